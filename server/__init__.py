@@ -1,0 +1,1 @@
+"""clipalbum server: bundle loading, preprocessing, ONNX encoders, index, API and CLI (no torch)."""

@@ -1,0 +1,222 @@
+"""The `clipalbum` command line: model build, index, search, serve, eval, train, export, demo."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from pathlib import Path
+
+import msgspec
+
+from server.errors import ClipalbumError
+from server.settings import data_paths
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data-dir", help="index, thumbnails and default model (default: $CLIPALBUM_DATA_DIR "
+                   "or $XDG_DATA_HOME/clipalbum)")
+    p.add_argument("--model", help="model bundle directory (default: $CLIPALBUM_MODEL or DATA_DIR/models/default)")
+
+
+def _open_library(args: argparse.Namespace, roots: list[str] | None = None):
+    from server.library import Library
+
+    return Library.open(data_paths(args.data_dir), model=args.model, roots=roots)
+
+
+def cmd_model_build(args: argparse.Namespace) -> int:
+    from server.model_resolver import build_default_bundle
+
+    out = Path(args.out) if args.out else data_paths(args.data_dir).default_bundle
+    bundle = build_default_bundle(out, force=args.force, progress=True)
+    print(f"model bundle ready: {bundle}")
+    return 0
+
+
+def cmd_model_info(args: argparse.Namespace) -> int:
+    from server.bundle import read_manifest, verify_bundle
+    from server.model_resolver import resolve_bundle
+
+    bundle = resolve_bundle(data_paths(args.data_dir), args.model, build_if_missing=False)
+    manifest = read_manifest(bundle)
+    verify_bundle(bundle, manifest)
+    print(msgspec.json.format(msgspec.json.encode(manifest), indent=2).decode())
+    return 0
+
+
+def cmd_index(args: argparse.Namespace) -> int:
+    library = _open_library(args, roots=args.paths)
+    try:
+        summary = library.index(progress=not args.quiet, reembed=args.reembed)
+    finally:
+        library.close()
+    print(msgspec.json.encode(summary).decode() if args.json else summary.describe())
+    return 0
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    library = _open_library(args)
+    try:
+        if args.similar is not None:
+            response = library.similar(args.similar, k=args.k)
+        elif args.image:
+            response = library.search_image(Path(args.image).read_bytes(), k=args.k)
+        else:
+            response = library.search_text(args.query or "", k=args.k)
+    finally:
+        library.close()
+    if args.json:
+        print(msgspec.json.encode(response).decode())
+        return 0
+    for hit in response.results:
+        print(f"{hit.score:6.3f}  {Path(hit.root) / hit.path}")
+    print(f"{len(response.results)} results in {response.took_ms:.1f} ms", file=sys.stderr)
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    library = _open_library(args)
+    try:
+        status = library.status()
+    finally:
+        library.close()
+    if args.json:
+        print(msgspec.json.encode(status).decode())
+        return 0
+    print(f"model {status.model_id} ({status.embed_dim}-d); albums: {', '.join(status.roots) or 'none'}")
+    print(f"indexed {status.indexed}, pending {status.pending}, failed {status.failed}")
+    for failure in status.errors:
+        print(f"  failed: {failure.path}: {failure.error}")
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from server.app import serve
+
+    serve(data_paths(args.data_dir), model=args.model, albums=args.album, host=args.host, port=args.port,
+          rescan_minutes=args.rescan_minutes)
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from server.evaluate import evaluate_bundle
+    from server.model_resolver import resolve_bundle
+
+    bundle = resolve_bundle(data_paths(args.data_dir), args.model)
+    report = evaluate_bundle(bundle, Path(args.images), Path(args.captions), progress=not args.quiet,
+                             limit=args.limit)
+    print(msgspec.json.encode(report).decode() if args.json else report.describe())
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from server.demo import run_demo
+
+    run_demo(data_paths(args.data_dir), host=args.host, port=args.port, no_serve=args.no_serve)
+    return 0
+
+
+def _delegate(module: str, extra: str):
+    """Runs a subcommand that lives outside server/ (torch), with a clear message when it isn't installed."""
+
+    def run(args: argparse.Namespace) -> int:
+        try:
+            target = importlib.import_module(module)
+        except ImportError as exc:
+            raise ClipalbumError(f"'{args.command}' needs the {extra} extras ({exc}); "
+                                 f"pip install 'clipalbum[{extra}]'") from exc
+        return int(target.main(args.rest) or 0)
+
+    return run
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="clipalbum", description="Find photos in your album by describing them.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log more")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    model = sub.add_parser("model", help="build or inspect the model bundle")
+    model_sub = model.add_subparsers(dest="model_command", required=True)
+    build = model_sub.add_parser("build", help="build the default bundle offline from packaged weights")
+    _add_common(build)
+    build.add_argument("--out", help="bundle directory (default: DATA_DIR/models/default)")
+    build.add_argument("--force", action="store_true", help="rebuild even if a bundle is there")
+    build.set_defaults(func=cmd_model_build)
+    info = model_sub.add_parser("info", help="show and verify the bundle's manifest")
+    _add_common(info)
+    info.set_defaults(func=cmd_model_info)
+
+    index = sub.add_parser("index", help="index (or update) album folders")
+    _add_common(index)
+    index.add_argument("paths", nargs="*", help="album folders (default: those indexed before)")
+    index.add_argument("--reembed", action="store_true", help="embed every photo again")
+    index.add_argument("--json", action="store_true")
+    index.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    index.set_defaults(func=cmd_index)
+
+    search = sub.add_parser("search", help="search the index by text, by an indexed photo, or by a photo file")
+    _add_common(search)
+    search.add_argument("query", nargs="?", help="what the photo shows, in plain English")
+    search.add_argument("--similar", type=int, metavar="ID", help="photos like the indexed photo ID")
+    search.add_argument("--image", metavar="FILE", help="photos like this photo file")
+    search.add_argument("--k", type=int, default=20, help="how many results (default 20)")
+    search.add_argument("--json", action="store_true")
+    search.set_defaults(func=cmd_search)
+
+    status = sub.add_parser("status", help="counts, model and failed files")
+    _add_common(status)
+    status.add_argument("--json", action="store_true")
+    status.set_defaults(func=cmd_status)
+
+    serve = sub.add_parser("serve", help="run the web server (indexes in the background)")
+    _add_common(serve)
+    serve.add_argument("--album", action="append", default=[], help="album folder (repeatable)")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--rescan-minutes", type=float, default=30.0, help="periodic rescan (0: never)")
+    serve.set_defaults(func=cmd_serve)
+
+    ev = sub.add_parser("eval", help="text-to-image Recall@1/5/10 on a folder of photos and a captions CSV")
+    _add_common(ev)
+    ev.add_argument("--images", required=True, help="folder of photos")
+    ev.add_argument("--captions", required=True, help="CSV with columns image,caption")
+    ev.add_argument("--limit", type=int, default=None, help="use only the first N photos")
+    ev.add_argument("--json", action="store_true")
+    ev.add_argument("-q", "--quiet", action="store_true")
+    ev.set_defaults(func=cmd_eval)
+
+    demo = sub.add_parser("demo", help="build the model, index a sample album and serve it")
+    _add_common(demo)
+    demo.add_argument("--host", default="127.0.0.1")
+    demo.add_argument("--port", type=int, default=8000)
+    demo.add_argument("--no-serve", action="store_true", help="stop after indexing")
+    demo.set_defaults(func=cmd_demo)
+
+    for name, module, extra, text in (
+        ("train", "training.cli", "train", "train a dual encoder from a TOML config"),
+        ("export", "export.cli", "export", "turn a training checkpoint into a model bundle"),
+    ):
+        p = sub.add_parser(name, help=text, add_help=False)
+        p.add_argument("rest", nargs=argparse.REMAINDER)
+        p.set_defaults(func=_delegate(module, extra))
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return args.func(args)
+    except ClipalbumError as exc:
+        print(f"clipalbum: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("clipalbum: interrupted; run the same command again to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,52 @@
+"""JSON shapes at the boundaries (API responses, CLI --json): msgspec Structs."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import msgspec
+
+
+class Hit(msgspec.Struct):
+    id: int
+    path: str  # relative to its album root
+    score: float  # cosine similarity, higher is closer
+    width: int | None
+    height: int | None
+    taken_at: str | None  # EXIF capture time, ISO 8601
+    root: str = ""  # the album root the path is relative to
+
+
+class SearchResponse(msgspec.Struct):
+    results: list[Hit]
+    took_ms: float
+    query: str = ""
+    offset: int = 0
+    k: int = 0
+
+
+class FailedFile(msgspec.Struct):
+    path: str
+    error: str
+
+
+class ScanProgress(msgspec.Struct):
+    running: bool = False
+    phase: Literal["idle", "scanning", "embedding", "done", "error"] = "idle"
+    total: int = 0  # files that need embedding in this scan
+    done: int = 0
+    failed: int = 0
+    started_at: float | None = None
+    finished_at: float | None = None
+    message: str = ""
+
+
+class StatusResponse(msgspec.Struct):
+    indexed: int
+    pending: int
+    failed: int
+    roots: list[str]
+    model_id: str
+    embed_dim: int
+    progress: ScanProgress
+    errors: list[FailedFile]

@@ -1,0 +1,47 @@
+"""Where clipalbum keeps its data: the data directory and the paths inside it."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+APP_NAME = "clipalbum"
+
+
+def default_data_dir() -> Path:
+    """$CLIPALBUM_DATA_DIR, else $XDG_DATA_HOME/clipalbum, else ~/.local/share/clipalbum."""
+    if env := os.environ.get("CLIPALBUM_DATA_DIR"):
+        return Path(env).expanduser()
+    xdg = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(xdg).expanduser() / APP_NAME
+
+
+@dataclass(frozen=True)
+class DataPaths:
+    root: Path
+
+    @property
+    def database(self) -> Path:
+        return self.root / "index.sqlite3"
+
+    @property
+    def ann_index(self) -> Path:
+        return self.root / "vectors.usearch"
+
+    @property
+    def thumbnails(self) -> Path:
+        return self.root / "thumbnails"
+
+    @property
+    def default_bundle(self) -> Path:
+        return self.root / "models" / "default"
+
+    def ensure(self) -> "DataPaths":
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.thumbnails.mkdir(exist_ok=True)
+        return self
+
+
+def data_paths(data_dir: str | Path | None = None) -> DataPaths:
+    return DataPaths(Path(data_dir).expanduser() if data_dir else default_data_dir())

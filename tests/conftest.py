@@ -1,0 +1,65 @@
+"""Shared fixtures: model bundles (tiny and real), sample photos, the flickr8k-dev folder."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from tests.tinybundle import make_tiny_bundle
+
+REPO = Path(__file__).resolve().parents[1]
+FLICKR8K_DEV = REPO.parent / "shared" / "data" / "flickr8k-dev"
+
+# scikit-image's real photos, by file name in skimage's data folder, and what they show.
+SAMPLE_PHOTOS = {
+    "chelsea.png": "a cat",
+    "coffee.png": "a cup of coffee",
+    "astronaut.png": "an astronaut",
+    "rocket.jpg": "a rocket on a launch pad",
+    "motorcycle_left.png": "a motorcycle",
+    "hubble_deep_field.jpg": "galaxies in space",
+    "page.png": "a page of printed text",
+    "retina.jpg": "a retina",
+}
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_tiny_bundle(tmp_path_factory.mktemp("bundles") / "tiny")
+
+
+@pytest.fixture(scope="session")
+def default_bundle() -> Path:
+    """The real default bundle, built once and cached in .cache/ (or $CLIPALBUM_TEST_BUNDLE)."""
+    pytest.importorskip("torch", reason="building the default bundle needs clipalbum[export]")
+    from server.model_resolver import build_default_bundle
+
+    target = Path(os.environ.get("CLIPALBUM_TEST_BUNDLE", REPO / ".cache" / "default-bundle"))
+    return build_default_bundle(target, force=False, progress=False)
+
+
+def skimage_data_dir() -> Path:
+    skimage = pytest.importorskip("skimage", reason="sample photos come from scikit-image")
+    return Path(skimage.__file__).parent / "data"
+
+
+@pytest.fixture()
+def sample_album(tmp_path: Path) -> Path:
+    """A small album of real photos (scikit-image's), in nested folders as people keep them."""
+    source = skimage_data_dir()
+    album = tmp_path / "album"
+    for i, name in enumerate(SAMPLE_PHOTOS):
+        folder = album / ("2023" if i % 2 else "2024/summer")
+        folder.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(source / name, folder / name)
+    return album
+
+
+@pytest.fixture(scope="session")
+def flickr8k_dev() -> Path:
+    if not (FLICKR8K_DEV / "captions.csv").is_file():
+        pytest.skip(f"flickr8k-dev is not at {FLICKR8K_DEV} (research data, read from ../shared only)")
+    return FLICKR8K_DEV

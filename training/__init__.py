@@ -1,0 +1,1 @@
+"""clipalbum training: torch encoders, projection heads, losses, data sets, trainer and recipes."""
