@@ -4,17 +4,16 @@ from __future__ import annotations
 
 import logging
 import os
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
 import onnxruntime as ort
-from tokenizers import Tokenizer
 
 from server.bundle import Manifest, read_manifest, verify_bundle
 from server.errors import BundleError
+from server.textprep import TextTokenizer
 
 log = logging.getLogger(__name__)
 
@@ -62,22 +61,7 @@ class TextEncoder:
         self.spec = manifest.text
         self.normalized = manifest.normalized
         self.session = make_session(Path(bundle_dir) / self.spec.file, threads)
-        self.tokenizer = Tokenizer.from_file(str(Path(bundle_dir) / self.spec.tokenizer))
-        self.tokenizer.enable_truncation(max_length=self.spec.max_length)
-        self.tokenizer.enable_padding()
-        self._lock = threading.Lock()  # the tokenizer's padding/truncation state is shared
-
-    def tokenize(self, texts: list[str]) -> dict[str, npt.NDArray[np.int64]]:
-        if self.spec.lowercase:
-            texts = [t.lower() for t in texts]
-        with self._lock:
-            encodings = self.tokenizer.encode_batch(texts)
-        feeds = {
-            "input_ids": np.array([e.ids for e in encodings], dtype=np.int64),
-            "attention_mask": np.array([e.attention_mask for e in encodings], dtype=np.int64),
-            "token_type_ids": np.array([e.type_ids for e in encodings], dtype=np.int64),
-        }
-        return {name: feeds[name] for name in self.spec.input_names}
+        self.tokenize = TextTokenizer(Path(bundle_dir) / self.spec.tokenizer, self.spec)
 
     def encode(self, texts: list[str]) -> npt.NDArray[np.float32]:
         if not texts:

@@ -1,0 +1,36 @@
+"""Text preprocessing: tokenisation exactly as the bundle's manifest says (shared by serving and training)."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+from tokenizers import Tokenizer
+
+from server.bundle import TextSpec
+
+
+class TextTokenizer:
+    """tokenizer.json + the manifest's lower-casing and max length -> padded int64 arrays."""
+
+    def __init__(self, tokenizer_file: Path, spec: TextSpec) -> None:
+        self.spec = spec
+        self.tokenizer = Tokenizer.from_file(str(tokenizer_file))
+        self.tokenizer.enable_truncation(max_length=spec.max_length)
+        self.tokenizer.enable_padding()
+        self._lock = threading.Lock()  # padding/truncation state is shared by all callers
+
+    def __call__(self, texts: list[str]) -> dict[str, npt.NDArray[np.int64]]:
+        """Returns {input name: (N, T) int64} for the names the text graph takes."""
+        if self.spec.lowercase:
+            texts = [t.lower() for t in texts]
+        with self._lock:
+            encodings = self.tokenizer.encode_batch(texts)
+        arrays = {
+            "input_ids": np.array([e.ids for e in encodings], dtype=np.int64),
+            "attention_mask": np.array([e.attention_mask for e in encodings], dtype=np.int64),
+            "token_type_ids": np.array([e.type_ids for e in encodings], dtype=np.int64),
+        }
+        return {name: arrays[name] for name in self.spec.input_names}
