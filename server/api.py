@@ -1,0 +1,180 @@
+"""The JSON API: text, similar and by-example search, photo metadata, thumbnails, originals, status."""
+
+from __future__ import annotations
+
+import mimetypes
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING, Annotated, Any
+
+import msgspec
+from litestar import Controller, Request, Response, get, post
+from litestar.datastructures import State, UploadFile
+from litestar.enums import RequestEncodingType
+from litestar.params import Body, Parameter
+from litestar.response import File
+from litestar.status_codes import HTTP_202_ACCEPTED, HTTP_304_NOT_MODIFIED
+
+from server.schemas import SearchResponse, StatusResponse
+from server.thumbnails import ThumbnailCache, snap_size, thumbnail_etag
+
+if TYPE_CHECKING:
+    from server.background import BackgroundIndexer
+    from server.library import Library
+
+# Uploads for search-by-example: a 45 MP camera JPEG is about 25 MB; anything bigger is refused with 413.
+MAX_UPLOAD_BYTES = 32 * 1024 * 1024
+THUMBNAIL_CACHE_CONTROL = "private, max-age=86400"  # revalidated with the ETag after a day
+ORIGINAL_CACHE_CONTROL = "private, max-age=3600"
+
+# Query parameters shared by the three searches.
+KParam = Annotated[int, Parameter(description="how many results (1..max, see errors)")]
+OffsetParam = Annotated[int, Parameter(description="skip this many results (paging)")]
+SortParam = Annotated[str, Parameter(description="'relevance' (default) or 'date' (capture time, newest first)")]
+FromParam = Annotated[str | None, Parameter(query="from", description="capture date on or after, YYYY-MM-DD")]
+ToParam = Annotated[str | None, Parameter(query="to", description="capture date on or before, YYYY-MM-DD")]
+
+
+class PhotoInfo(msgspec.Struct):
+    """One indexed photo, as GET /api/images/{id} returns it."""
+
+    id: int
+    path: str  # relative to its album root
+    root: str
+    name: str
+    size: int  # bytes
+    modified: str  # file modification time, ISO 8601 UTC
+    width: int | None
+    height: int | None
+    taken_at: str | None
+    content_type: str
+    thumbnail_url: str
+    file_url: str
+
+
+class RefreshResponse(msgspec.Struct):
+    state: str  # "started": a scan begins now; "queued": one runs, another follows it
+    scanning: bool
+
+
+class Health(msgspec.Struct):
+    status: str
+    model_id: str
+
+
+@dataclass
+class ImageUpload:
+    file: UploadFile
+
+
+def content_type_for(name: str) -> str:
+    guessed, _ = mimetypes.guess_type(name)
+    if guessed:
+        return guessed
+    return {".heic": "image/heic", ".heif": "image/heif", ".webp": "image/webp"}.get(
+        name[name.rfind("."):].lower(), "application/octet-stream")
+
+
+def _matches(request: Request, etag: str) -> bool:
+    """If-None-Match holds our ETag (or '*'): the client's copy is current."""
+    header = request.headers.get("if-none-match")
+    if not header:
+        return False
+    tags = {t.strip().removeprefix("W/") for t in header.split(",")}
+    return "*" in tags or etag in tags
+
+
+def _not_modified(etag: str, cache_control: str) -> Response[Any]:
+    return Response(content=b"", status_code=HTTP_304_NOT_MODIFIED,
+                    headers={"ETag": etag, "Cache-Control": cache_control})
+
+
+class SearchController(Controller):
+    path = "/api/search"
+    tags = ["search"]
+
+    @get(sync_to_thread=True, summary="Photos that match a text description")
+    def by_text(self, state: State, q: str, k: KParam = 20, offset: OffsetParam = 0, sort: SortParam = "relevance",
+                date_from: FromParam = None, date_to: ToParam = None) -> SearchResponse:
+        library: Library = state.library
+        return library.search_text(q, k=k, offset=offset, date_from=date_from, date_to=date_to, sort=sort)
+
+    @post("/image", sync_to_thread=True, status_code=200, request_max_body_size=MAX_UPLOAD_BYTES,
+          summary="Photos like an uploaded photo (multipart field 'file')")
+    def by_image(self, state: State, data: Annotated[ImageUpload, Body(media_type=RequestEncodingType.MULTI_PART)],
+                 k: KParam = 20, offset: OffsetParam = 0, sort: SortParam = "relevance",
+                 date_from: FromParam = None, date_to: ToParam = None) -> SearchResponse:
+        library: Library = state.library
+        payload = data.file.file.read()
+        return library.search_image(payload, k=k, offset=offset, date_from=date_from, date_to=date_to, sort=sort)
+
+
+class ImagesController(Controller):
+    path = "/api/images/{photo_id:int}"
+    tags = ["images"]
+
+    @get(sync_to_thread=True, summary="An indexed photo's metadata")
+    def info(self, state: State, photo_id: int) -> PhotoInfo:
+        photo = state.library.photo(photo_id)
+        modified = datetime.fromtimestamp(photo.mtime_ns / 1e9, tz=timezone.utc).isoformat(timespec="seconds")
+        return PhotoInfo(
+            id=photo.id, path=photo.rel_path, root=str(photo.root), name=photo.rel_path.rsplit("/", 1)[-1],
+            size=photo.size, modified=modified, width=photo.width, height=photo.height, taken_at=photo.taken_at,
+            content_type=content_type_for(photo.rel_path), thumbnail_url=f"/api/images/{photo.id}/thumbnail",
+            file_url=f"/api/images/{photo.id}/file")
+
+    @get("/similar", sync_to_thread=True, summary="More like this indexed photo (its stored vector)")
+    def similar(self, state: State, photo_id: int, k: KParam = 20, offset: OffsetParam = 0,
+                sort: SortParam = "relevance", date_from: FromParam = None, date_to: ToParam = None) -> SearchResponse:
+        library: Library = state.library
+        return library.similar(photo_id, k=k, offset=offset, date_from=date_from, date_to=date_to, sort=sort)
+
+    @get("/thumbnail", sync_to_thread=True, summary="A JPEG thumbnail (long side `size` px, snapped up to a cached size)",
+         response_description="image/jpeg; 304 when If-None-Match holds the ETag")
+    def thumbnail(self, state: State, request: Request, photo_id: int,
+                  size: Annotated[int | None, Parameter(description="long side in pixels (default 384)")] = None,
+                  ) -> Response[Any]:
+        library: Library = state.library
+        snapped = snap_size(size)
+        photo = library.photo(photo_id)
+        etag = thumbnail_etag(photo.content_hash, snapped)
+        if _matches(request, etag):
+            return _not_modified(etag, THUMBNAIL_CACHE_CONTROL)
+        cache: ThumbnailCache = state.thumbnails
+        path = cache.get(library.original_path(photo_id), photo.content_hash, snapped)
+        return File(path=path, media_type="image/jpeg", content_disposition_type="inline",
+                    filename=f"{photo_id}-{snapped}.jpg", etag=None,
+                    headers={"ETag": etag, "Cache-Control": THUMBNAIL_CACHE_CONTROL})
+
+    @get("/file", sync_to_thread=True, summary="The original photo, by id only")
+    def original(self, state: State, request: Request, photo_id: int) -> Response[Any]:
+        library: Library = state.library
+        photo = library.photo(photo_id)
+        etag = f'"{photo.content_hash[:32]}"'
+        if _matches(request, etag):
+            return _not_modified(etag, ORIGINAL_CACHE_CONTROL)
+        path = library.original_path(photo_id)
+        name = photo.rel_path.rsplit("/", 1)[-1]
+        return File(path=path, media_type=content_type_for(name), content_disposition_type="inline", filename=name,
+                    headers={"ETag": etag, "Cache-Control": ORIGINAL_CACHE_CONTROL})
+
+
+class IndexController(Controller):
+    path = "/api"
+    tags = ["index"]
+
+    @get("/status", sync_to_thread=True, summary="Counts, scan progress, model and failed files")
+    def status(self, state: State, max_errors: Annotated[int, Parameter(ge=0, le=10_000)] = 100) -> StatusResponse:
+        library: Library = state.library
+        return library.status(max_errors=max_errors)
+
+    @post("/index/refresh", status_code=HTTP_202_ACCEPTED,
+          summary="Rescan the albums now (coalesced with a scan that is running)")
+    async def refresh(self, state: State) -> RefreshResponse:
+        indexer: BackgroundIndexer = state.indexer
+        return RefreshResponse(state=indexer.request_scan(), scanning=indexer.scanning)
+
+
+@get("/health", tags=["system"], summary="Liveness")
+async def health(state: State) -> Health:
+    return Health(status="ok", model_id=state.library.encoders.manifest.model_id)

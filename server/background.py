@@ -1,0 +1,106 @@
+"""The server's indexing thread: a first scan at start-up, periodic rescans, and rescans on request."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import TYPE_CHECKING, Literal
+
+from server.errors import ClipalbumError
+
+if TYPE_CHECKING:
+    from server.library import Library
+
+log = logging.getLogger(__name__)
+
+
+class BackgroundIndexer:
+    """Runs Library.index() on one thread, so queries keep being answered while photos are embedded.
+
+    Requests made while a scan runs are coalesced into one follow-up scan: the files they are about
+    may have been listed before they changed.
+    """
+
+    def __init__(self, library: "Library", rescan_minutes: float = 30.0, initial_scan: bool = True) -> None:
+        self.library = library
+        self.rescan_seconds = max(0.0, rescan_minutes) * 60.0  # 0: no periodic rescans
+        self.initial_scan = initial_scan
+        self.scans_finished = 0
+        self.last_error: str | None = None
+        self._wake = threading.Event()
+        self._stopping = threading.Event()
+        self._lock = threading.Lock()
+        self._scanning = False
+        self._thread: threading.Thread | None = None
+
+    @property
+    def scanning(self) -> bool:
+        with self._lock:
+            return self._scanning
+
+    @property
+    def queued(self) -> bool:
+        return self._wake.is_set()
+
+    def start(self) -> None:
+        if self._thread is not None:
+            raise RuntimeError("the indexer thread is already started")
+        if self.initial_scan:
+            self._wake.set()
+        # A daemon thread: an interrupted scan is safe (the index is crash-safe) and resumes at the next start.
+        self._thread = threading.Thread(target=self._loop, name="clipalbum-indexer", daemon=True)
+        self._thread.start()
+
+    def request_scan(self) -> Literal["started", "queued"]:
+        """Asks for a rescan; 'queued' when one is running (it will be followed by one more)."""
+        with self._lock:
+            state: Literal["started", "queued"] = "queued" if self._scanning else "started"
+            self._wake.set()
+        log.info("rescan requested (%s)", state)
+        return state
+
+    def wait_idle(self, timeout: float) -> bool:
+        """Waits until no scan runs or is queued (for tests and the demo); True when idle."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not self.scanning and not self._wake.is_set():
+                return True
+            time.sleep(0.05)
+        return False
+
+    def stop(self, timeout: float = 10.0) -> bool:
+        """Stops after the current scan (waiting at most `timeout` seconds); True when the thread ended."""
+        self._stopping.set()
+        self._wake.set()
+        if self._thread is None:
+            return True
+        self._thread.join(timeout)
+        if self._thread.is_alive():
+            log.warning("indexing is still running after %.0f s; it stops with the process and resumes "
+                        "at the next start", timeout)
+            return False
+        return True
+
+    def _loop(self) -> None:
+        while not self._stopping.is_set():
+            self._wake.wait(self.rescan_seconds or None)
+            if self._stopping.is_set():
+                break
+            with self._lock:
+                self._wake.clear()
+                self._scanning = True
+            try:
+                summary = self.library.index(progress=False)
+                self.last_error = None
+                log.info("scan finished: %s", summary)
+            except ClipalbumError as exc:
+                self.last_error = str(exc)
+                log.error("scan failed: %s", exc)
+            except Exception as exc:  # keep serving queries whatever a scan hits
+                self.last_error = f"{exc.__class__.__name__}: {exc}"
+                log.exception("scan failed unexpectedly")
+            finally:
+                with self._lock:
+                    self._scanning = False
+                    self.scans_finished += 1

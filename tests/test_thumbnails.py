@@ -1,0 +1,99 @@
+"""Thumbnails: made from real photos, oriented, sized, cached by content hash, originals untouched."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from server.errors import ImageDecodeError, InvalidQueryError
+from server.thumbnails import DEFAULT_SIZE, THUMBNAIL_SIZES, ThumbnailCache, snap_size, thumbnail_etag
+from tests.conftest import skimage_data_dir
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+class TestSnapSize:
+    def test_default_when_not_asked(self) -> None:
+        assert snap_size(None) == DEFAULT_SIZE
+
+    @pytest.mark.parametrize(("asked", "snapped"), [(1, 128), (128, 128), (129, 256), (300, 384), (1024, 1024)])
+    def test_rounds_up_to_a_cached_size(self, asked: int, snapped: int) -> None:
+        assert snap_size(asked) == snapped
+
+    @pytest.mark.parametrize("asked", [0, -5, THUMBNAIL_SIZES[-1] + 1, 100_000])
+    def test_refuses_sizes_out_of_range(self, asked: int) -> None:
+        with pytest.raises(InvalidQueryError, match="thumbnail size"):
+            snap_size(asked)
+
+
+class TestThumbnailCache:
+    def test_makes_a_jpeg_whose_long_side_is_the_size(self, tmp_path: Path) -> None:
+        original = skimage_data_dir() / "astronaut.png"  # 512x512
+        before = _sha256(original)
+        cache = ThumbnailCache(tmp_path / "thumbs")
+        thumb = cache.get(original, before, 256)
+        with Image.open(thumb) as img:
+            assert img.format == "JPEG" and img.mode == "RGB"
+            assert max(img.size) == 256
+        assert _sha256(original) == before, "the original must only be read"
+
+    def test_keeps_the_aspect_ratio(self, tmp_path: Path) -> None:
+        original = skimage_data_dir() / "chelsea.png"  # 451x300
+        thumb = ThumbnailCache(tmp_path).get(original, _sha256(original), 128)
+        with Image.open(thumb) as img:
+            assert img.size == (128, 85)
+
+    def test_never_enlarges_a_small_photo(self, tmp_path: Path) -> None:
+        small = tmp_path / "small.png"
+        Image.new("RGB", (40, 30), (200, 10, 10)).save(small)
+        with Image.open(ThumbnailCache(tmp_path / "t").get(small, _sha256(small), 512)) as img:
+            assert img.size == (40, 30)
+
+    def test_applies_exif_orientation(self, tmp_path: Path) -> None:
+        rotated = tmp_path / "rotated.jpg"
+        exif = Image.Exif()
+        exif[0x0112] = 6  # stored landscape, shown portrait (rotate 90 degrees clockwise)
+        Image.new("RGB", (400, 200), (10, 120, 200)).save(rotated, exif=exif.tobytes())
+        with Image.open(ThumbnailCache(tmp_path / "t").get(rotated, _sha256(rotated), 128)) as img:
+            assert img.size == (64, 128)
+
+    def test_second_request_is_served_from_disk(self, tmp_path: Path) -> None:
+        original = skimage_data_dir() / "coffee.png"
+        digest = _sha256(original)
+        cache = ThumbnailCache(tmp_path)
+        first = cache.get(original, digest, 128)
+        stamp = first.stat().st_mtime_ns
+        # A different (even unreadable) source path with the same content hash hits the cache.
+        assert cache.get(tmp_path / "gone.png", digest, 128) == first
+        assert first.stat().st_mtime_ns == stamp
+        assert cache.get(original, digest, 256) != first  # each size has its own file
+
+    def test_leaves_no_temporary_files(self, tmp_path: Path) -> None:
+        original = skimage_data_dir() / "rocket.jpg"
+        cache = ThumbnailCache(tmp_path)
+        thumb = cache.get(original, _sha256(original), 384)
+        assert [p.name for p in thumb.parent.iterdir()] == [thumb.name]
+
+    def test_a_broken_original_raises_a_decode_error(self, tmp_path: Path) -> None:
+        broken = tmp_path / "broken.jpg"
+        broken.write_bytes(b"\xff\xd8\xff\xe0 this is not really a jpeg")
+        cache = ThumbnailCache(tmp_path / "t")
+        with pytest.raises(ImageDecodeError):
+            cache.get(broken, _sha256(broken), 128)
+        assert not any((tmp_path / "t").rglob("*.jpg"))
+
+    def test_odd_hashes_still_give_safe_file_names(self, tmp_path: Path) -> None:
+        cache = ThumbnailCache(tmp_path)
+        path = cache.path_for("../../etc/passwd", 128)
+        assert path.parent.parent == tmp_path and ".." not in path.name
+
+
+def test_etag_changes_with_content_and_size() -> None:
+    assert thumbnail_etag("ab" * 32, 128) != thumbnail_etag("ab" * 32, 256)
+    assert thumbnail_etag("ab" * 32, 128) != thumbnail_etag("cd" * 32, 128)
+    assert thumbnail_etag("ab" * 32, 128).startswith('"')
