@@ -1,0 +1,329 @@
+"""The Library: one indexed photo collection (model, SQLite store, ANN index) that the CLI and the API share."""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import math
+import os
+import re
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import date, timedelta
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import numpy.typing as npt
+
+from server.ann import AnnIndex
+from server.encoders import Encoders, load_encoders
+from server.errors import ClipalbumError, InvalidQueryError, NotFoundError
+from server.model_resolver import resolve_bundle
+from server.preprocess import decode_photo, to_model_input
+from server.scanner import IndexSummary, Scan
+from server.schemas import FailedFile, Hit, ScanProgress, SearchResponse, StatusResponse
+from server.settings import DataPaths
+from server.store import PhotoRecord, Store, VectorRow
+
+__all__ = ["IndexBusyError", "IndexSummary", "Library", "PhotoRecord"]
+
+log = logging.getLogger(__name__)
+
+MAX_QUERY_CHARS = 500
+MAX_K = 200
+MAX_OFFSET = 10_000
+MAX_UPLOAD_BYTES = 25 * 1024 * 1024
+DATE_SORT_POOL = 500  # sort="date" orders the this many most relevant hits by capture time
+EXACT_FILTER_MAX = 5_000  # a date filter matching fewer photos than this is ranked exactly, without the ANN
+_ISO_DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
+
+SortOrder = Literal["relevance", "date"]
+
+
+class IndexBusyError(ClipalbumError):
+    """A scan is already running (in this process or another one on the same data directory)."""
+
+
+class Library:
+    """An album index ready to search; `index()` brings it up to date with the album folders."""
+
+    def __init__(self, paths: DataPaths, encoders: Encoders, store: Store) -> None:
+        self.paths = paths
+        self.encoders = encoders
+        self.store = store
+        self.model_id = encoders.manifest.model_id
+        self.embed_dim = encoders.manifest.embed_dim
+        self.progress = ScanProgress()  # replaced (never mutated) while a scan runs: safe to read anywhere
+        self.batch_size: int | None = None  # scan tuning; None: the scanner's defaults
+        self.decode_threads: int | None = None
+        self._scan_lock = threading.Lock()
+        self.ann = AnnIndex(self.embed_dim)
+
+    # -- opening -------------------------------------------------------------------------------------------
+
+    @classmethod
+    def open(cls, paths: DataPaths, model: str | Path | None = None, roots: list[str] | None = None,
+             build_if_missing: bool = True) -> "Library":
+        """Opens (creating if needed) the index in `paths` with the model bundle `model` (or the default).
+
+        `roots` are album folders to add; each must exist. Raises ClipalbumError subclasses with the fix.
+        """
+        paths.ensure()
+        bundle = resolve_bundle(paths, model, build_if_missing)
+        encoders = load_encoders(bundle)
+        store = Store(paths.database)
+        try:
+            library = cls(paths, encoders, store)
+            for root in roots or []:
+                library.add_root(root)
+            library._load_ann()
+        except BaseException:
+            store.close()
+            raise
+        return library
+
+    def add_root(self, folder: str | Path) -> Path:
+        """Adds an album folder (resolved to an absolute path) to the ones this index scans."""
+        path = Path(folder).expanduser()
+        if not path.exists():
+            raise ClipalbumError(f"album folder {path} does not exist")
+        if not path.is_dir():
+            raise ClipalbumError(f"{path} is not a folder; give the folder that holds your photos")
+        path = path.resolve()
+        for known in self.roots:
+            if path == known:
+                return path
+            if known in path.parents or path in known.parents:
+                inner, outer = (path, known) if known in path.parents else (known, path)
+                raise ClipalbumError(f"{inner} is inside the album {outer}; index one or the other, not both")
+        self.store.add_root(path)
+        log.info("album folder %s added", path)
+        return path
+
+    @property
+    def roots(self) -> list[Path]:
+        return [path for _, path in self.store.roots()]
+
+    def _load_ann(self) -> None:
+        """Loads the saved ANN index if it matches SQLite (generation, model, count, ids); else rebuilds it."""
+        expected = self.store.vector_checksum(self.model_id)
+        up_to_date = (self.store.get_meta("ann_generation") == str(self.store.generation())
+                      and self.store.get_meta("ann_model_id") == self.model_id)
+        ann = AnnIndex.load(self.paths.ann_index, self.embed_dim) if up_to_date else None
+        if ann is not None and ann.checksum() == expected:
+            self.ann = ann
+            log.info("vector index loaded: %d photos", len(ann))
+            return
+        log.info("rebuilding the vector index from the database (%d photos)", expected[0])
+        self.ann = AnnIndex.build(self.embed_dim, self.store.iter_vectors(self.model_id))
+        try:
+            with self._writer():
+                self._save_ann()
+        except IndexBusyError:
+            log.info("another process is indexing this data directory; not saving the rebuilt vector index")
+
+    def _save_ann(self) -> None:
+        # Save first, then record it: a crash in between leaves a mismatch, which means a rebuild, never a lie.
+        generation = self.store.generation()
+        self.ann.save(self.paths.ann_index)
+        self.store.set_meta({"ann_generation": str(generation), "ann_model_id": self.model_id})
+
+    @contextmanager
+    def _writer(self) -> Iterator[None]:
+        """An exclusive lock on the data directory across processes (one indexer at a time)."""
+        with open(self.paths.root / "index.lock", "a+b") as lock_file:
+            try:
+                fcntl.flock(lock_file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError as exc:
+                raise IndexBusyError(f"another clipalbum process is indexing {self.paths.root}; "
+                                     "wait for it to finish") from exc
+            try:
+                yield
+            finally:
+                fcntl.flock(lock_file.fileno(), fcntl.LOCK_UN)
+
+    # -- indexing ------------------------------------------------------------------------------------------
+
+    def index(self, progress: bool = False, reembed: bool = False) -> IndexSummary:
+        """Scans every album folder and brings the index up to date (blocking; searches keep working).
+
+        Raises IndexBusyError when a scan is already running.
+        """
+        if not self._scan_lock.acquire(blocking=False):
+            raise IndexBusyError("an index scan is already running; its progress is in the status")
+        try:
+            with self._writer():
+                scan = Scan(self.store, self.ann, self.encoders, batch_size=self.batch_size or 32,
+                            decode_threads=self.decode_threads, on_progress=self._set_progress,
+                            checkpoint=self._save_ann)
+                try:
+                    summary = scan.run(self.store.roots(), reembed=reembed,
+                                       skip=frozenset({os.path.realpath(self.paths.root)}), bar=progress)
+                except BaseException as exc:
+                    self._set_progress(ScanProgress(running=False, phase="error", total=self.progress.total,
+                                                    done=self.progress.done, failed=self.progress.failed,
+                                                    started_at=self.progress.started_at,
+                                                    finished_at=time.time(), message=f"scan stopped: {exc!r}"))
+                    raise
+                finally:
+                    if scan.ann_in_sync:  # else the next start rebuilds it from SQLite
+                        self._save_ann()
+            log.info("%s", summary.describe())
+            return summary
+        finally:
+            self._scan_lock.release()
+
+    def _set_progress(self, progress: ScanProgress) -> None:
+        self.progress = progress
+
+    # -- searching -----------------------------------------------------------------------------------------
+
+    def search_text(self, q: str, k: int = 20, offset: int = 0, date_from: str | None = None,
+                    date_to: str | None = None, sort: SortOrder = "relevance") -> SearchResponse:
+        """Photos that match a plain-English description, best first (or newest first with sort="date")."""
+        started = time.perf_counter()
+        if not isinstance(q, str) or not q.strip():
+            raise InvalidQueryError("the query is empty; describe the photo you are looking for")
+        if len(q) > MAX_QUERY_CHARS:
+            raise InvalidQueryError(f"the query is {len(q)} characters long; the limit is {MAX_QUERY_CHARS}")
+        window = _validate(k, offset, date_from, date_to, sort)
+        vector = self.encoders.text.encode([q.strip()])[0]
+        return self._respond(vector, k, offset, window, sort, started, query=q.strip())
+
+    def similar(self, photo_id: int, k: int = 20, offset: int = 0, date_from: str | None = None,
+                date_to: str | None = None, sort: SortOrder = "relevance") -> SearchResponse:
+        """Photos like an indexed one (its stored vector; the photo itself is left out)."""
+        started = time.perf_counter()
+        window = _validate(k, offset, date_from, date_to, sort)
+        record = self.photo(photo_id)
+        row_model, vector = self.store.vector(photo_id)
+        if vector is None or row_model != self.model_id:
+            why = f"could not be read ({record.error})" if record.status == "failed" else "is not embedded yet"
+            raise InvalidQueryError(f"photo {photo_id} {why}; it has no vector to compare with")
+        return self._respond(vector, k, offset, window, sort, started, query=f"similar:{photo_id}",
+                             exclude=photo_id)
+
+    def search_image(self, data: bytes, k: int = 20, offset: int = 0, date_from: str | None = None,
+                     date_to: str | None = None, sort: SortOrder = "relevance") -> SearchResponse:
+        """Photos like an uploaded photo. Raises ImageDecodeError when `data` is not a readable image."""
+        started = time.perf_counter()
+        window = _validate(k, offset, date_from, date_to, sort)
+        if not data:
+            raise InvalidQueryError("the uploaded file is empty")
+        if len(data) > MAX_UPLOAD_BYTES:
+            raise InvalidQueryError(f"the uploaded file is {len(data) / 1e6:.1f} MB; the limit is "
+                                    f"{MAX_UPLOAD_BYTES / 1e6:.0f} MB")
+        spec = self.encoders.manifest.image
+        pixels = to_model_input(decode_photo(data, min_side=spec.size).image, spec)
+        vector = self.encoders.image.encode(pixels[None])[0]
+        return self._respond(vector, k, offset, window, sort, started, query="image")
+
+    def _respond(self, vector: npt.NDArray[np.float32], k: int, offset: int, window: tuple[str | None, str | None],
+                 sort: SortOrder, started: float, query: str, exclude: int | None = None) -> SearchResponse:
+        need = DATE_SORT_POOL if sort == "date" else offset + k
+        rows, scores = self._rank(vector, need, window, exclude)
+        order = list(range(len(rows)))
+        if sort == "date":  # newest first, undated last; ties by score
+            order.sort(key=lambda i: (rows[i].taken_at is not None, rows[i].taken_at or "", scores[i]),
+                       reverse=True)
+        hits = [Hit(id=rows[i].id, path=rows[i].rel_path, root=rows[i].root, score=round(float(scores[i]), 6),
+                    width=rows[i].width, height=rows[i].height, taken_at=rows[i].taken_at)
+                for i in order[offset:offset + k]]
+        return SearchResponse(results=hits, took_ms=round((time.perf_counter() - started) * 1000, 3),
+                              query=query, offset=offset, k=k)
+
+    def _rank(self, vector: npt.NDArray[np.float32], need: int, window: tuple[str | None, str | None],
+              exclude: int | None) -> tuple[list[VectorRow], npt.NDArray[np.float32]]:
+        """The `need` best photos (within the date window), scored exactly with SQLite's float32 vectors."""
+        if window != (None, None):
+            allowed = set(self.store.ids_taken_between(self.model_id, *window))
+            allowed.discard(exclude)  # type: ignore[arg-type]
+            if len(allowed) <= EXACT_FILTER_MAX:
+                rows = self.store.vector_rows(allowed, self.model_id)
+                return _top(rows, vector, need)
+            ids = self._ann_candidates(vector, need, allowed)
+        else:
+            ids = self._ann_candidates(vector, need + (exclude is not None), None)
+            if exclude is not None:
+                ids = [i for i in ids if i != exclude]
+        return _top(self.store.vector_rows(ids, self.model_id), vector, need)
+
+    def _ann_candidates(self, vector: npt.NDArray[np.float32], need: int, allowed: set[int] | None) -> list[int]:
+        """ANN candidates, a little more than needed (the exact re-rank then orders them)."""
+        total = len(self.ann)
+        share = 1.0 if allowed is None else max(len(allowed), 1) / max(total, 1)
+        count = math.ceil((need + max(10, need // 4)) / share)
+        while True:
+            ids, _ = self.ann.search(vector, count)
+            if allowed is not None:
+                ids = [i for i in ids if i in allowed]
+            if len(ids) >= need or count >= total:
+                return ids
+            count *= 2
+
+    # -- records and status --------------------------------------------------------------------------------
+
+    def photo(self, photo_id: int) -> PhotoRecord:
+        record = self.store.photo(int(photo_id), self.model_id)
+        if record is None:
+            raise NotFoundError(f"no photo with id {photo_id} in the index")
+        return record
+
+    def original_path(self, photo_id: int) -> Path:
+        """The original file's absolute path (the id comes from the index, never a path from a client)."""
+        record = self.photo(photo_id)
+        return Path(record.root) / record.rel_path
+
+    def status(self, max_errors: int = 100) -> StatusResponse:
+        counts = self.store.counts(self.model_id)
+        progress = self.progress
+        pending = progress.total - progress.done if progress.running else counts["pending"]
+        errors = [FailedFile(path=str(Path(root) / rel), error=error)
+                  for root, rel, error in self.store.failures(max_errors)]
+        return StatusResponse(indexed=counts["indexed"], pending=max(pending, 0), failed=counts["failed"],
+                              roots=[str(r) for r in self.roots], model_id=self.model_id,
+                              embed_dim=self.embed_dim, progress=progress, errors=errors)
+
+    def close(self) -> None:
+        self.store.close()
+
+
+def _validate(k: int, offset: int, date_from: str | None, date_to: str | None,
+              sort: str) -> tuple[str | None, str | None]:
+    """Checks paging, dates and sort; returns the capture-time window as ISO bounds [start, end)."""
+    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= MAX_K:
+        raise InvalidQueryError(f"k must be between 1 and {MAX_K}, got {k!r}")
+    if isinstance(offset, bool) or not isinstance(offset, int) or not 0 <= offset <= MAX_OFFSET:
+        raise InvalidQueryError(f"offset must be between 0 and {MAX_OFFSET}, got {offset!r}")
+    if sort not in ("relevance", "date"):
+        raise InvalidQueryError(f"sort must be 'relevance' or 'date', got {sort!r}")
+    start = _parse_date("date_from", date_from)
+    end = _parse_date("date_to", date_to)
+    if start and end and start > end:
+        raise InvalidQueryError(f"date_from {date_from} is after date_to {date_to}")
+    return (start.isoformat() if start else None,
+            (end + timedelta(days=1)).isoformat() if end else None)  # date_to is inclusive
+
+
+def _parse_date(name: str, value: str | None) -> date | None:
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str) or not _ISO_DATE.fullmatch(value):
+        raise InvalidQueryError(f"{name} must be a date like 2024-07-31, got {value!r}")
+    try:
+        return date.fromisoformat(value)
+    except ValueError as exc:
+        raise InvalidQueryError(f"{name} {value!r} is not a valid date ({exc})") from exc
+
+
+def _top(rows: list[VectorRow], vector: npt.NDArray[np.float32], need: int
+         ) -> tuple[list[VectorRow], npt.NDArray[np.float32]]:
+    """Exact cosine scores (vectors are unit length) and the `need` best rows, best first."""
+    if not rows:
+        return [], np.zeros(0, dtype=np.float32)
+    scores = np.stack([r.vector for r in rows]) @ np.asarray(vector, dtype=np.float32)
+    best = np.argsort(-scores, kind="stable")[:need]
+    return [rows[i] for i in best], scores[best]

@@ -1,0 +1,356 @@
+"""The album scanner: walks album folders, decodes changed photos on a thread pool, embeds them in batches."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+import os
+import re
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import msgspec
+import numpy as np
+import numpy.typing as npt
+from tqdm import tqdm
+
+from server.ann import AnnIndex
+from server.bundle import ImageSpec
+from server.encoders import Encoders
+from server.errors import BundleError, ImageDecodeError
+from server.preprocess import PHOTO_SUFFIXES, decode_photo, to_model_input
+from server.schemas import ScanProgress
+from server.store import Changes, FileState, PhotoFields, Store
+
+log = logging.getLogger(__name__)
+
+BATCH_SIZE = 32  # photos per ONNX Runtime call
+CHECKPOINT_SECONDS = 60.0  # how often a long scan saves the vector index (a crash then rebuilds less)
+
+
+def default_decode_threads() -> int:
+    """Decoding threads: CLIPALBUM_DECODE_THREADS, else the core count (PIL and hashlib release the GIL)."""
+    return int(os.environ.get("CLIPALBUM_DECODE_THREADS", "0")) or max(1, os.cpu_count() or 1)
+
+
+class IndexSummary(msgspec.Struct):
+    """What one scan did."""
+
+    scanned: int = 0  # photo files found
+    unchanged: int = 0  # same size and mtime (or same content): nothing to do
+    added: int = 0  # new photos in the index
+    updated: int = 0  # known paths whose content or model changed
+    moved: int = 0  # moved or renamed files recognised by content (vector kept)
+    removed: int = 0  # photos whose file is gone
+    failed: int = 0  # files that could not be read as photos in this scan
+    embedded: int = 0  # photos run through the image encoder
+    seconds: float = 0.0
+
+    def describe(self) -> str:
+        rate = f" ({self.embedded / self.seconds:.1f} photos/s)" if self.embedded and self.seconds > 0 else ""
+        return (f"scanned {self.scanned} photos in {self.seconds:.1f} s: {self.added} added, {self.updated} updated, "
+                f"{self.moved} moved, {self.removed} removed, {self.failed} failed, {self.unchanged} unchanged; "
+                f"{self.embedded} embedded{rate}")
+
+
+@dataclass(frozen=True)
+class FoundFile:
+    rel_path: str  # relative to the album root, "/"-separated
+    path: Path
+    size: int
+    mtime_ns: int
+
+
+def walk_album(root: Path, skip: frozenset[str] = frozenset()) -> Iterator[FoundFile]:
+    """Photo files under `root`, recursively. Hidden files and folders are skipped, symlinked folders are
+    followed once (a loop or a folder linked twice is visited once), folders named in `skip` (real paths)
+    are left out, and unreadable folders are logged and skipped."""
+    visited: set[tuple[int, int]] = set()
+    stack: list[tuple[str, str]] = [(str(root), "")]
+    while stack:
+        folder, prefix = stack.pop()
+        try:
+            st = os.stat(folder)
+            with os.scandir(folder) as it:
+                entries = sorted(it, key=lambda e: e.name)
+        except OSError as exc:
+            log.warning("skipping folder %s: %s", folder, exc.strerror or exc)
+            continue
+        if (st.st_dev, st.st_ino) in visited:
+            continue
+        visited.add((st.st_dev, st.st_ino))
+        subfolders = []
+        for entry in entries:
+            if entry.name.startswith("."):
+                continue
+            try:
+                if entry.is_dir(follow_symlinks=True):
+                    if not skip or os.path.realpath(entry.path) not in skip:
+                        subfolders.append((entry.path, prefix + entry.name + "/"))
+                elif os.path.splitext(entry.name)[1].lower() in PHOTO_SUFFIXES and entry.is_file(follow_symlinks=True):
+                    est = entry.stat(follow_symlinks=True)
+                    yield FoundFile(prefix + entry.name, Path(entry.path), est.st_size, est.st_mtime_ns)
+            except OSError as exc:  # vanished or unreadable entry
+                log.warning("skipping %s: %s", entry.path, exc.strerror or exc)
+        stack.extend(reversed(subfolders))  # depth first, in name order
+
+
+_BYTESIO_REPR = re.compile(r" ?<_io\.BytesIO object at 0x[0-9a-fA-F]+>")
+
+
+def content_hash(data: bytes) -> str:
+    """Identifies a photo's bytes, to recognise a moved or copied file without decoding it."""
+    return hashlib.sha256(data).hexdigest()
+
+
+@dataclass
+class WorkItem:
+    """A file that needs reading: new, changed, or embedded by another model."""
+
+    root_id: int
+    rel_path: str
+    path: Path
+    size: int
+    mtime_ns: int
+    existing: FileState | None
+
+
+@dataclass
+class Prepared:
+    """A work item after the decode thread: its hash and model input, or why it failed."""
+
+    item: WorkItem
+    size: int
+    mtime_ns: int
+    content_hash: str | None = None
+    pixels: npt.NDArray[np.float32] | None = None
+    width: int | None = None
+    height: int | None = None
+    taken_at: str | None = None
+    error: str | None = None
+    known_content: bool = False  # an embedded photo has the same bytes: no decoding was done
+
+
+def prepare(item: WorkItem, spec: ImageSpec, known_hashes: frozenset[str] | set[str]) -> Prepared:
+    """Reads, hashes and (unless its content is already embedded) decodes one file. Never raises."""
+    try:
+        with open(item.path, "rb") as f:
+            st = os.fstat(f.fileno())
+            data = f.read()
+    except OSError as exc:
+        return Prepared(item, item.size, item.mtime_ns, error=f"cannot read the file: {exc.strerror or exc}")
+    out = Prepared(item, st.st_size, st.st_mtime_ns, content_hash=content_hash(data))
+    if not data:
+        out.error = "empty file (0 bytes)"
+        return out
+    if out.content_hash in known_hashes:
+        out.known_content = True
+        return out
+    try:
+        photo = decode_photo(data, min_side=spec.size)
+        out.pixels = to_model_input(photo.image, spec)
+        out.width, out.height, out.taken_at = photo.width, photo.height, photo.taken_at
+    except ImageDecodeError as exc:  # decode_photo names in-memory data "upload" and PIL shows its repr
+        out.error = _BYTESIO_REPR.sub("", str(exc).removeprefix("upload: "))
+    except Exception as exc:  # a decoder bug on one odd file must not stop the scan
+        out.error = f"{exc.__class__.__name__}: {exc}"
+    return out
+
+
+def _prefetch(pool: ThreadPoolExecutor, fn: Callable[[WorkItem], Prepared], items: Iterable[WorkItem],
+              depth: int) -> Iterator[Prepared]:
+    """fn over items on the pool, in order, with at most `depth` in flight (bounded memory)."""
+    pending: deque[Future[Prepared]] = deque()
+    for item in items:
+        pending.append(pool.submit(fn, item))
+        if len(pending) >= depth:
+            yield pending.popleft().result()
+    while pending:
+        yield pending.popleft().result()
+
+
+@dataclass
+class ScanPlan:
+    work: list[WorkItem] = field(default_factory=list)
+    missing: dict[int, FileState] = field(default_factory=dict)  # rows whose file was not found
+    scanned: int = 0
+    unchanged: int = 0
+
+
+def plan_scan(store: Store, roots: list[tuple[int, Path]], model_id: str, reembed: bool,
+              skip: frozenset[str]) -> ScanPlan:
+    """Compares the folders with the index: unchanged files (size + mtime) are not opened."""
+    plan = ScanPlan()
+    for root_id, root in roots:
+        if not root.is_dir():
+            # An unplugged drive must not empty the index: its photos stay until the folder is back.
+            log.warning("album folder %s is not there; its photos stay indexed until it is back", root)
+            continue
+        known = store.file_states(root_id)
+        for found in walk_album(root, skip):
+            plan.scanned += 1
+            state = known.pop(found.rel_path, None)
+            if (state is not None and not reembed and state.size == found.size
+                    and state.mtime_ns == found.mtime_ns
+                    and (state.status == "failed" or state.model_id == model_id)):
+                plan.unchanged += 1
+                continue
+            plan.work.append(WorkItem(root_id, found.rel_path, found.path, found.size, found.mtime_ns, state))
+        plan.missing.update({state.id: state for state in known.values()})
+    return plan
+
+
+class Scan:
+    """One run over the albums: plan, then decode ahead on threads while the encoder embeds batches."""
+
+    def __init__(self, store: Store, ann: AnnIndex, encoders: Encoders, *, batch_size: int = BATCH_SIZE,
+                 decode_threads: int | None = None,
+                 on_progress: Callable[[ScanProgress], None] = lambda p: None,
+                 checkpoint: Callable[[], None] = lambda: None) -> None:
+        self.store, self.ann, self.encoders = store, ann, encoders
+        self.model_id = encoders.manifest.model_id
+        self.embed_dim = encoders.manifest.embed_dim
+        self.batch_size = batch_size
+        self.decode_threads = decode_threads or default_decode_threads()
+        self.on_progress = on_progress
+        self.checkpoint = checkpoint
+        self.summary = IndexSummary()
+        self.progress = ScanProgress()
+        self._changes = Changes()
+        self._batch: list[Prepared] = []
+        self._missing: dict[int, FileState] = {}
+        self._deleted: set[int] = set()
+        self._last_checkpoint = time.monotonic()
+        self.ann_in_sync = True  # False only between a commit and the ANN update that follows it
+
+    def _report(self, **fields: object) -> None:
+        self.progress = msgspec.structs.replace(self.progress, **fields)
+        self.on_progress(self.progress)
+
+    def run(self, roots: list[tuple[int, Path]], reembed: bool = False, skip: frozenset[str] = frozenset(),
+            bar: bool = False) -> IndexSummary:
+        started = time.monotonic()
+        self._report(running=True, phase="scanning", total=0, done=0, failed=0, started_at=time.time(),
+                     finished_at=None, message="looking for new and changed photos")
+        plan = plan_scan(self.store, roots, self.model_id, reembed, skip)
+        self.summary.scanned, self.summary.unchanged = plan.scanned, plan.unchanged
+        self._missing = dict(plan.missing)
+        known = set() if reembed else self.store.embedded_hashes(self.model_id)
+        log.info("%d photos found, %d unchanged, %d to read, %d gone", plan.scanned, plan.unchanged,
+                 len(plan.work), len(plan.missing))
+        self._report(phase="embedding", total=len(plan.work), message=f"{len(plan.work)} photos to read")
+
+        spec = self.encoders.manifest.image
+        with tqdm(total=len(plan.work), unit="photo", desc="indexing", disable=not bar) as pbar, \
+                ThreadPoolExecutor(self.decode_threads, thread_name_prefix="decode") as pool:
+            try:
+                for prepared in _prefetch(pool, lambda item: prepare(item, spec, known), plan.work,
+                                          depth=self.batch_size * 2):
+                    self._take(prepared, spec)
+                    pbar.update(1)
+                    self._report(done=self.progress.done + 1, failed=self.summary.failed)
+                self._embed_batch()
+                self._flush()
+            finally:
+                pool.shutdown(wait=True, cancel_futures=True)
+
+        gone = [photo_id for photo_id in self._missing if photo_id not in self._deleted]
+        if gone:
+            self._changes.deletes.extend(gone)
+            self.summary.removed += len(gone)
+            self._flush()
+        self.summary.seconds = round(time.monotonic() - started, 3)
+        self._report(running=False, phase="done", finished_at=time.time(), message=self.summary.describe())
+        return self.summary
+
+    def _take(self, p: Prepared, spec: ImageSpec) -> None:
+        """Turns one prepared file into index changes (or into a slot in the next encoder batch)."""
+        existing = p.item.existing
+        if p.error is not None:
+            log.warning("skipping %s: %s", p.item.path, p.error)
+            self.summary.failed += 1
+            self._changes.writes.append((existing.id if existing else None, PhotoFields(
+                p.item.root_id, p.item.rel_path, p.size, p.mtime_ns, p.content_hash, error=p.error)))
+        elif p.known_content:
+            if not self._reuse(p):
+                # Its twin was removed earlier in this scan: decode after all.
+                self._take(prepare(p.item, spec, frozenset()), spec)
+                return
+        else:
+            self._batch.append(p)
+            if len(self._batch) >= self.batch_size:
+                self._embed_batch()
+        if len(self._changes.writes) + len(self._changes.copies) + len(self._changes.moves) >= self.batch_size:
+            self._flush()
+
+    def _reuse(self, p: Prepared) -> bool:
+        """A file whose bytes are already embedded: touched, moved, or a copy. False if no twin is left."""
+        existing = p.item.existing
+        item = p.item
+        if (existing is not None and existing.content_hash == p.content_hash and existing.status == "indexed"
+                and existing.model_id == self.model_id):
+            self._changes.moves.append((existing.id, item.root_id, item.rel_path, p.size, p.mtime_ns))
+            self.summary.unchanged += 1  # only its mtime changed
+            return True
+        twins = [i for i in self.store.embedded_by_hash(p.content_hash or "", self.model_id)
+                 if i not in self._deleted]
+        gone = [i for i in twins if i in self._missing]
+        if gone:  # moved or renamed: the old row takes the new path and keeps its id and vector
+            if existing is not None:
+                self._changes.deletes.append(existing.id)
+                self._deleted.add(existing.id)
+                self.summary.removed += 1
+            self._missing.pop(gone[0])
+            self._changes.moves.append((gone[0], item.root_id, item.rel_path, p.size, p.mtime_ns))
+            self.summary.moved += 1
+            return True
+        if twins:  # a copy of an embedded photo: same vector
+            self._changes.copies.append((existing.id if existing else None, twins[0], PhotoFields(
+                item.root_id, item.rel_path, p.size, p.mtime_ns, p.content_hash)))
+            self._count_write(existing)
+            return True
+        return False
+
+    def _count_write(self, existing: FileState | None) -> None:
+        if existing is None:
+            self.summary.added += 1
+        else:
+            self.summary.updated += 1
+
+    def _embed_batch(self) -> None:
+        if not self._batch:
+            return
+        pixels = np.stack([p.pixels for p in self._batch])  # (B, 3, S, S)
+        vectors = self.encoders.image.encode(pixels)
+        if vectors.shape[1] != self.embed_dim:
+            raise BundleError(f"the image encoder returns {vectors.shape[1]}-d vectors but the manifest says "
+                              f"{self.embed_dim}; re-export the bundle")
+        for p, vector in zip(self._batch, vectors):
+            existing = p.item.existing
+            self._changes.writes.append((existing.id if existing else None, PhotoFields(
+                p.item.root_id, p.item.rel_path, p.size, p.mtime_ns, p.content_hash, p.width, p.height,
+                p.taken_at, None, self.model_id, vector)))
+            self._count_write(existing)
+        self.summary.embedded += len(self._batch)
+        self._batch = []
+        self._flush()
+
+    def _flush(self) -> None:
+        """Commits the pending changes in one transaction, then makes the ANN index follow."""
+        if not self._changes:
+            return
+        self.ann_in_sync = False
+        added, removed = self.store.apply(self._changes)
+        self._changes = Changes()
+        self.ann.remove(removed)
+        if added:
+            self.ann.add([i for i, _ in added], np.stack([v for _, v in added]))
+        self.ann_in_sync = True
+        if time.monotonic() - self._last_checkpoint > CHECKPOINT_SECONDS:
+            self.checkpoint()
+            self._last_checkpoint = time.monotonic()

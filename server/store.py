@@ -1,0 +1,410 @@
+"""The photo index's source of truth: an SQLite database (WAL) with one row per photo, vector included."""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import threading
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import msgspec
+import numpy as np
+import numpy.typing as npt
+
+from server.errors import ClipalbumError
+
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS roots (id INTEGER PRIMARY KEY, path TEXT NOT NULL UNIQUE);
+-- AUTOINCREMENT: a photo id is never reused, so a stale client URL or ANN key can't point at another photo.
+CREATE TABLE IF NOT EXISTS photos (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    root_id INTEGER NOT NULL REFERENCES roots(id),
+    rel_path TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    mtime_ns INTEGER NOT NULL,
+    content_hash TEXT,
+    width INTEGER,
+    height INTEGER,
+    taken_at TEXT,
+    status TEXT NOT NULL CHECK (status IN ('indexed', 'failed')),
+    error TEXT,
+    model_id TEXT,
+    vector BLOB,
+    UNIQUE (root_id, rel_path)
+);
+CREATE INDEX IF NOT EXISTS photos_by_hash ON photos (content_hash);
+CREATE INDEX IF NOT EXISTS photos_by_model_taken ON photos (model_id, taken_at);
+"""
+
+PhotoStatus = Literal["indexed", "pending", "failed"]
+
+
+class PhotoRecord(msgspec.Struct):
+    """One photo as the index knows it (status 'pending': embedded by another model, waiting to re-embed)."""
+
+    id: int
+    root: str
+    rel_path: str
+    size: int
+    mtime_ns: int
+    content_hash: str | None
+    width: int | None
+    height: int | None
+    taken_at: str | None
+    status: PhotoStatus
+    error: str | None
+    model_id: str | None
+
+
+@dataclass(frozen=True)
+class FileState:
+    """What a scan needs to decide whether a known file changed."""
+
+    id: int
+    size: int
+    mtime_ns: int
+    status: str
+    model_id: str | None
+    content_hash: str | None
+
+
+@dataclass(frozen=True)
+class VectorRow:
+    """A photo with its vector, for ranking and building hits."""
+
+    id: int
+    root: str
+    rel_path: str
+    width: int | None
+    height: int | None
+    taken_at: str | None
+    vector: npt.NDArray[np.float32]
+
+
+@dataclass(frozen=True)
+class PhotoFields:
+    """Everything a scan writes for one file (vector None for a failed file)."""
+
+    root_id: int
+    rel_path: str
+    size: int
+    mtime_ns: int
+    content_hash: str | None
+    width: int | None = None
+    height: int | None = None
+    taken_at: str | None = None
+    error: str | None = None
+    model_id: str | None = None
+    vector: npt.NDArray[np.float32] | None = None
+
+
+def vector_blob(vector: npt.NDArray[np.float32]) -> bytes:
+    return np.ascontiguousarray(vector, dtype=np.float32).tobytes()
+
+
+def blob_vector(blob: bytes) -> npt.NDArray[np.float32]:
+    return np.frombuffer(blob, dtype=np.float32)
+
+
+class Store:
+    """SQLite access. Writes go through one connection under a lock, in explicit transactions; reads use a
+    connection per thread, so searches never wait for an indexing transaction (WAL)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self._local = threading.local()
+        self._all: list[sqlite3.Connection] = []
+        self._all_lock = threading.Lock()
+        self._write_lock = threading.RLock()
+        self._writer = self._connect()
+        self._migrate()
+
+    # -- connections ---------------------------------------------------------------------------------------
+
+    def _connect(self) -> sqlite3.Connection:
+        try:
+            con = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=30.0)
+            con.execute("PRAGMA journal_mode=WAL")
+            # NORMAL in WAL mode survives a killed process (only a power cut may lose the last commits).
+            con.execute("PRAGMA synchronous=NORMAL")
+            con.execute("PRAGMA foreign_keys=ON")
+        except sqlite3.DatabaseError as exc:
+            raise ClipalbumError(f"cannot open the index database {self.path}: {exc}") from exc
+        with self._all_lock:
+            self._all.append(con)
+        return con
+
+    @property
+    def _reader(self) -> sqlite3.Connection:
+        con = getattr(self._local, "con", None)
+        if con is None:
+            con = self._local.con = self._connect()
+        return con
+
+    def close(self) -> None:
+        with self._all_lock:
+            for con in self._all:
+                try:
+                    con.close()
+                except sqlite3.Error:  # closing from another thread than the one using it; harmless
+                    pass
+            self._all.clear()
+
+    def _transaction(self) -> "_Transaction":
+        return _Transaction(self._writer, self._write_lock)
+
+    def _migrate(self) -> None:
+        with self._write_lock:
+            self._writer.executescript(_SCHEMA)  # idempotent (IF NOT EXISTS)
+        with self._transaction() as con:
+            row = con.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+            have = int(row[0]) if row else 0
+            if have > SCHEMA_VERSION:
+                raise ClipalbumError(
+                    f"the index at {self.path} was written by a newer clipalbum (schema {have} > {SCHEMA_VERSION}); "
+                    "upgrade clipalbum or use another --data-dir"
+                )
+            if have < SCHEMA_VERSION:
+                con.execute("INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+
+    # -- meta ----------------------------------------------------------------------------------------------
+
+    def get_meta(self, key: str, default: str | None = None) -> str | None:
+        row = self._reader.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return row[0] if row else default
+
+    def set_meta(self, values: dict[str, str]) -> None:
+        with self._transaction() as con:
+            con.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", list(values.items()))
+
+    def generation(self) -> int:
+        """Bumped by every transaction that changes photos; the ANN file records the one it was saved at."""
+        return int(self.get_meta("generation", "0") or 0)
+
+    # -- roots ---------------------------------------------------------------------------------------------
+
+    def add_root(self, path: Path) -> int:
+        with self._transaction() as con:
+            con.execute("INSERT OR IGNORE INTO roots (path) VALUES (?)", (str(path),))
+            return int(con.execute("SELECT id FROM roots WHERE path = ?", (str(path),)).fetchone()[0])
+
+    def roots(self) -> list[tuple[int, Path]]:
+        return [(int(i), Path(p)) for i, p in self._reader.execute("SELECT id, path FROM roots ORDER BY id")]
+
+    # -- scanning ------------------------------------------------------------------------------------------
+
+    def file_states(self, root_id: int) -> dict[str, FileState]:
+        rows = self._reader.execute(
+            "SELECT rel_path, id, size, mtime_ns, status, model_id, content_hash FROM photos WHERE root_id = ?",
+            (root_id,),
+        )
+        return {rel: FileState(*rest) for rel, *rest in rows}
+
+    def embedded_hashes(self, model_id: str) -> set[str]:
+        """Content hashes that already have a vector from this model (so their photos need no decoding)."""
+        rows = self._reader.execute(
+            "SELECT DISTINCT content_hash FROM photos WHERE status = 'indexed' AND model_id = ? "
+            "AND content_hash IS NOT NULL", (model_id,))
+        return {h for (h,) in rows}
+
+    def embedded_by_hash(self, content_hash: str, model_id: str) -> list[int]:
+        rows = self._writer_read(
+            "SELECT id FROM photos WHERE content_hash = ? AND status = 'indexed' AND model_id = ? ORDER BY id",
+            (content_hash, model_id))
+        return [int(i) for (i,) in rows]
+
+    def _writer_read(self, sql: str, params: tuple) -> list[tuple]:
+        # Reads that must see this process's own latest commits, through the writer connection.
+        with self._write_lock:
+            return self._writer.execute(sql, params).fetchall()
+
+    def apply(self, changes: "Changes") -> tuple[list[tuple[int, npt.NDArray[np.float32]]], list[int]]:
+        """Writes one batch of scan results in one transaction (and bumps the generation).
+
+        Returns what the ANN index must do to follow: (photo id, vector) pairs to add, photo ids to remove.
+        """
+        added: list[tuple[int, npt.NDArray[np.float32]]] = []
+        removed: list[int] = []
+        with self._transaction() as con:
+            for photo_id in changes.deletes:
+                con.execute("DELETE FROM photos WHERE id = ?", (photo_id,))
+                removed.append(photo_id)
+            for photo_id, root_id, rel_path, size, mtime_ns in changes.moves:
+                con.execute("UPDATE photos SET root_id = ?, rel_path = ?, size = ?, mtime_ns = ? WHERE id = ?",
+                            (root_id, rel_path, size, mtime_ns, photo_id))
+            for photo_id, fields in changes.writes:
+                new_id = self._write_photo(con, photo_id, fields)
+                if fields.vector is None:
+                    removed.append(new_id)
+                else:
+                    added.append((new_id, np.asarray(fields.vector, dtype=np.float32)))
+            for photo_id, source_id, fields in changes.copies:
+                added.append(self._copy_photo(con, photo_id, source_id, fields))
+            con.execute("INSERT INTO meta VALUES ('generation', '1') ON CONFLICT (key) "
+                        "DO UPDATE SET value = CAST(value AS INTEGER) + 1")
+        return added, removed
+
+    @staticmethod
+    def _write_photo(con: sqlite3.Connection, photo_id: int | None, f: PhotoFields) -> int:
+        status = "failed" if f.vector is None else "indexed"
+        blob = None if f.vector is None else vector_blob(f.vector)
+        values = (f.root_id, f.rel_path, f.size, f.mtime_ns, f.content_hash, f.width, f.height, f.taken_at,
+                  status, f.error, f.model_id, blob)
+        if photo_id is None:
+            cur = con.execute(
+                "INSERT INTO photos (root_id, rel_path, size, mtime_ns, content_hash, width, height, taken_at, "
+                "status, error, model_id, vector) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", values)
+            return int(cur.lastrowid)
+        con.execute(
+            "UPDATE photos SET root_id = ?, rel_path = ?, size = ?, mtime_ns = ?, content_hash = ?, width = ?, "
+            "height = ?, taken_at = ?, status = ?, error = ?, model_id = ?, vector = ? WHERE id = ?",
+            (*values, photo_id))
+        return photo_id
+
+    @staticmethod
+    def _copy_photo(con: sqlite3.Connection, photo_id: int | None, source_id: int,
+                    f: PhotoFields) -> tuple[int, npt.NDArray[np.float32]]:
+        # A second copy of an embedded photo: same pixels, so same vector, size and capture time.
+        row = con.execute("SELECT width, height, taken_at, model_id, vector FROM photos WHERE id = ?",
+                          (source_id,)).fetchone()
+        width, height, taken_at, model_id, blob = row
+        fields = PhotoFields(f.root_id, f.rel_path, f.size, f.mtime_ns, f.content_hash, width, height, taken_at,
+                             None, model_id, blob_vector(blob))
+        return Store._write_photo(con, photo_id, fields), fields.vector
+
+    def delete(self, ids: Iterable[int]) -> None:
+        changes = Changes()
+        changes.deletes.extend(ids)
+        self.apply(changes)
+
+    def id_at(self, root_id: int, rel_path: str) -> int | None:
+        rows = self._writer_read("SELECT id FROM photos WHERE root_id = ? AND rel_path = ?", (root_id, rel_path))
+        return int(rows[0][0]) if rows else None
+
+    # -- vectors and search --------------------------------------------------------------------------------
+
+    def vector_checksum(self, model_id: str) -> tuple[int, int]:
+        """(count, sum of ids) of the photos embedded by `model_id`: what the ANN index must hold."""
+        count, total = self._reader.execute(
+            "SELECT COUNT(*), COALESCE(SUM(id), 0) FROM photos WHERE status = 'indexed' AND model_id = ?",
+            (model_id,)).fetchone()
+        return int(count), int(total)
+
+    def iter_vectors(self, model_id: str, chunk: int = 4096) -> Iterator[tuple[npt.NDArray[np.uint64],
+                                                                            npt.NDArray[np.float32]]]:
+        """All (ids, vectors) of one model, in chunks, for rebuilding the ANN index."""
+        last = 0
+        while True:
+            rows = self._reader.execute(
+                "SELECT id, vector FROM photos WHERE status = 'indexed' AND model_id = ? AND id > ? "
+                "ORDER BY id LIMIT ?", (model_id, last, chunk)).fetchall()
+            if not rows:
+                return
+            ids = np.fromiter((r[0] for r in rows), dtype=np.uint64, count=len(rows))
+            yield ids, np.stack([blob_vector(r[1]) for r in rows])
+            last = int(rows[-1][0])
+
+    def vector_rows(self, ids: Iterable[int], model_id: str) -> list[VectorRow]:
+        """Rows with their vectors for the given ids (those embedded by `model_id`; others are left out)."""
+        ids = list(ids)
+        out: list[VectorRow] = []
+        for start in range(0, len(ids), 500):  # SQLite's bound-parameter limit
+            part = ids[start:start + 500]
+            marks = ",".join("?" * len(part))
+            rows = self._reader.execute(
+                "SELECT p.id, r.path, p.rel_path, p.width, p.height, p.taken_at, p.vector FROM photos p "
+                f"JOIN roots r ON r.id = p.root_id WHERE p.id IN ({marks}) AND p.status = 'indexed' "
+                "AND p.model_id = ?", (*part, model_id))
+            out.extend(VectorRow(i, root, rel, w, h, t, blob_vector(v)) for i, root, rel, w, h, t, v in rows)
+        return out
+
+    def ids_taken_between(self, model_id: str, start: str | None, end: str | None) -> list[int]:
+        """Embedded photos whose EXIF capture time is in [start, end) (ISO strings compare in time order)."""
+        sql = "SELECT id FROM photos WHERE status = 'indexed' AND model_id = ? AND taken_at IS NOT NULL"
+        params: list[object] = [model_id]
+        if start:
+            sql += " AND taken_at >= ?"
+            params.append(start)
+        if end:
+            sql += " AND taken_at < ?"
+            params.append(end)
+        return [int(i) for (i,) in self._reader.execute(sql, params)]
+
+    # -- records and status --------------------------------------------------------------------------------
+
+    def photo(self, photo_id: int, model_id: str) -> PhotoRecord | None:
+        row = self._reader.execute(
+            "SELECT p.id, r.path, p.rel_path, p.size, p.mtime_ns, p.content_hash, p.width, p.height, p.taken_at, "
+            "p.status, p.error, p.model_id FROM photos p JOIN roots r ON r.id = p.root_id WHERE p.id = ?",
+            (photo_id,)).fetchone()
+        if row is None:
+            return None
+        *head, status, error, row_model = row
+        if status == "indexed" and row_model != model_id:
+            status = "pending"
+        return PhotoRecord(*head, status=status, error=error, model_id=row_model)
+
+    def vector(self, photo_id: int) -> tuple[str | None, npt.NDArray[np.float32] | None]:
+        row = self._reader.execute("SELECT model_id, vector FROM photos WHERE id = ?", (photo_id,)).fetchone()
+        if row is None or row[1] is None:
+            return (row[0] if row else None), None
+        return row[0], blob_vector(row[1])
+
+    def counts(self, model_id: str) -> dict[str, int]:
+        """Photos by status for the current model: indexed, pending (embedded by another model), failed."""
+        rows = self._reader.execute(
+            "SELECT CASE WHEN status = 'failed' THEN 'failed' WHEN model_id = ? THEN 'indexed' ELSE 'pending' END "
+            "AS s, COUNT(*) FROM photos GROUP BY s", (model_id,))
+        counts = {"indexed": 0, "pending": 0, "failed": 0}
+        counts.update({s: int(n) for s, n in rows})
+        return counts
+
+    def failures(self, limit: int) -> list[tuple[str, str, str]]:
+        """(root, rel_path, error) of failed files, most recently changed first."""
+        rows = self._reader.execute(
+            "SELECT r.path, p.rel_path, COALESCE(p.error, '') FROM photos p JOIN roots r ON r.id = p.root_id "
+            "WHERE p.status = 'failed' ORDER BY p.mtime_ns DESC, p.id LIMIT ?", (limit,))
+        return [(root, rel, err) for root, rel, err in rows]
+
+
+@dataclass
+class Changes:
+    """One transaction's worth of scan results."""
+
+    deletes: list[int] = field(default_factory=list)
+    moves: list[tuple[int, int, str, int, int]] = field(default_factory=list)  # (id, root_id, rel, size, mtime)
+    writes: list[tuple[int | None, PhotoFields]] = field(default_factory=list)  # id None: a new photo
+    copies: list[tuple[int | None, int, PhotoFields]] = field(default_factory=list)  # (id, source id, fields)
+
+    def __bool__(self) -> bool:
+        return bool(self.deletes or self.moves or self.writes or self.copies)
+
+
+class _Transaction:
+    """BEGIN IMMEDIATE ... COMMIT on the writer connection, ROLLBACK on any exception."""
+
+    def __init__(self, con: sqlite3.Connection, lock: threading.RLock) -> None:
+        self.con, self.lock = con, lock
+
+    def __enter__(self) -> sqlite3.Connection:
+        self.lock.acquire()
+        try:
+            self.con.execute("BEGIN IMMEDIATE")
+        except BaseException:
+            self.lock.release()
+            raise
+        return self.con
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        try:
+            self.con.execute("ROLLBACK" if exc_type else "COMMIT")
+        finally:
+            self.lock.release()
