@@ -1,0 +1,142 @@
+"""The SQLite store and the usearch ANN index, without models."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from server.ann import AnnIndex
+from server.store import Changes, PhotoFields, Store
+
+
+def unit(rng: np.random.Generator, n: int, dim: int = 16) -> np.ndarray:
+    v = rng.standard_normal((n, dim)).astype(np.float32)
+    return v / np.linalg.norm(v, axis=1, keepdims=True)
+
+
+@pytest.fixture()
+def store(tmp_path: Path):
+    s = Store(tmp_path / "index.sqlite3")
+    yield s
+    s.close()
+
+
+def fields(root_id: int, rel: str, vector=None, model="m1", taken_at=None, error=None, content_hash="h"):
+    return PhotoFields(root_id, rel, size=10, mtime_ns=1, content_hash=content_hash, width=4, height=3,
+                       taken_at=taken_at, error=error, model_id=None if vector is None else model, vector=vector)
+
+
+class TestStore:
+    def test_writes_and_reads_back_photos_with_their_vectors(self, store: Store) -> None:
+        rng = np.random.default_rng(0)
+        vecs = unit(rng, 3)
+        root = store.add_root(Path("/album"))
+        assert store.add_root(Path("/album")) == root  # idempotent
+        added, removed = store.apply(Changes(writes=[(None, fields(root, f"p{i}.jpg", vecs[i])) for i in range(3)]))
+        assert [i for i, _ in added] == [1, 2, 3] and removed == []
+        rows = store.vector_rows([1, 2, 3], "m1")
+        assert [r.rel_path for r in rows] == ["p0.jpg", "p1.jpg", "p2.jpg"]
+        np.testing.assert_array_equal(np.stack([r.vector for r in rows]), vecs)
+        assert store.vector_checksum("m1") == (3, 6)
+        assert store.counts("m1") == {"indexed": 3, "pending": 0, "failed": 0}
+        assert store.counts("m2") == {"indexed": 0, "pending": 3, "failed": 0}  # another model's vectors
+        record = store.photo(2, "m1")
+        assert record is not None and record.rel_path == "p1.jpg" and record.status == "indexed"
+        assert store.photo(2, "m2").status == "pending"
+        assert store.photo(99, "m1") is None
+
+    def test_every_change_bumps_the_generation(self, store: Store) -> None:
+        root = store.add_root(Path("/album"))
+        g0 = store.generation()
+        store.apply(Changes(writes=[(None, fields(root, "a.jpg", unit(np.random.default_rng(1), 1)[0]))]))
+        g1 = store.generation()
+        store.delete([1])
+        assert g0 < g1 < store.generation()
+
+    def test_moves_keep_the_id_and_vector_and_copies_share_it(self, store: Store) -> None:
+        vec = unit(np.random.default_rng(2), 1)[0]
+        a, b = store.add_root(Path("/a")), store.add_root(Path("/b"))
+        store.apply(Changes(writes=[(None, fields(a, "x.jpg", vec, content_hash="hx"))]))
+        store.apply(Changes(moves=[(1, b, "sub/y.jpg", 11, 2)]))
+        assert store.file_states(a) == {}
+        state = store.file_states(b)["sub/y.jpg"]
+        assert (state.id, state.size, state.mtime_ns) == (1, 11, 2)
+        added, _ = store.apply(Changes(copies=[(None, 1, PhotoFields(a, "copy.jpg", 11, 3, "hx"))]))
+        assert added[0][0] == 2
+        np.testing.assert_array_equal(store.vector(2)[1], vec)
+        assert store.embedded_by_hash("hx", "m1") == [1, 2]
+        assert store.embedded_hashes("m1") == {"hx"}
+
+    def test_a_failed_file_has_no_vector_and_is_listed(self, store: Store) -> None:
+        root = store.add_root(Path("/album"))
+        _, removed = store.apply(Changes(writes=[(None, fields(root, "bad.jpg", error="truncated"))]))
+        assert removed == [1]  # the ANN index drops any old vector of that photo
+        assert store.counts("m1")["failed"] == 1
+        assert store.failures(10) == [("/album", "bad.jpg", "truncated")]
+        assert store.vector(1) == (None, None)
+        assert store.vector_checksum("m1") == (0, 0)
+
+    def test_capture_time_window(self, store: Store) -> None:
+        root = store.add_root(Path("/album"))
+        vecs = unit(np.random.default_rng(3), 3)
+        times = ["2023-05-01T10:00:00", "2024-01-01T00:00:00", None]
+        store.apply(Changes(writes=[(None, fields(root, f"{i}.jpg", vecs[i], taken_at=t))
+                                    for i, t in enumerate(times)]))
+        assert store.ids_taken_between("m1", "2024-01-01", None) == [2]
+        assert store.ids_taken_between("m1", None, "2024-01-01") == [1]
+        assert sorted(store.ids_taken_between("m1", None, None)) == [1, 2]  # undated photos never match
+
+    def test_iterates_vectors_in_chunks(self, store: Store) -> None:
+        root = store.add_root(Path("/album"))
+        vecs = unit(np.random.default_rng(4), 10)
+        store.apply(Changes(writes=[(None, fields(root, f"{i}.jpg", vecs[i])) for i in range(10)]))
+        chunks = list(store.iter_vectors("m1", chunk=4))
+        assert [len(ids) for ids, _ in chunks] == [4, 4, 2]
+        np.testing.assert_array_equal(np.concatenate([v for _, v in chunks]), vecs)
+
+    def test_a_rolled_back_batch_leaves_nothing(self, store: Store) -> None:
+        root = store.add_root(Path("/album"))
+        vec = unit(np.random.default_rng(5), 1)[0]
+        bad = Changes(writes=[(None, fields(root, "a.jpg", vec)), (None, fields(root, "a.jpg", vec))])
+        with pytest.raises(Exception, match="UNIQUE"):
+            store.apply(bad)
+        assert store.file_states(root) == {}
+        assert store.generation() == 0
+
+
+class TestAnnIndex:
+    def test_finds_the_nearest_and_replaces_updated_vectors(self) -> None:
+        rng = np.random.default_rng(6)
+        vecs = unit(rng, 200)
+        ann = AnnIndex(16)
+        ann.add(np.arange(1, 201), vecs)
+        ids, scores = ann.search(vecs[41], 5)
+        assert ids[0] == 42 and scores[0] == pytest.approx(1.0, abs=1e-2)
+        ann.add([42], -vecs[41:42])  # an updated photo keeps its key
+        assert len(ann) == 200
+        assert 42 not in ann.search(vecs[41], 5)[0]
+        ann.remove([1, 2])
+        assert len(ann) == 198 and ann.checksum() == (198, sum(range(3, 201)))
+
+    def test_saves_atomically_and_loads_back(self, tmp_path: Path) -> None:
+        vecs = unit(np.random.default_rng(7), 50)
+        ann = AnnIndex.build(16, [(np.arange(1, 51, dtype=np.uint64), vecs)])
+        path = tmp_path / "vectors.usearch"
+        ann.save(path)
+        assert not (tmp_path / "vectors.usearch.tmp").exists()
+        loaded = AnnIndex.load(path, 16)
+        assert loaded is not None and loaded.checksum() == ann.checksum()
+        assert loaded.search(vecs[9], 1)[0] == [10]
+
+    def test_a_missing_damaged_or_other_dimension_file_means_rebuild(self, tmp_path: Path) -> None:
+        path = tmp_path / "vectors.usearch"
+        assert AnnIndex.load(path, 16) is None
+        AnnIndex.build(16, [(np.arange(1, 4, dtype=np.uint64), unit(np.random.default_rng(8), 3))]).save(path)
+        assert AnnIndex.load(path, 32) is None
+        path.write_bytes(b"garbage" * 10)
+        assert AnnIndex.load(path, 16) is None
+
+    def test_empty_index_searches_to_nothing(self) -> None:
+        assert AnnIndex(16).search(np.ones(16, dtype=np.float32), 10) == ([], [])
