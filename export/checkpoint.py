@@ -1,0 +1,49 @@
+"""Turns a training checkpoint (safetensors weights + its config) into a model bundle the server loads."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from pathlib import Path
+from typing import Literal
+
+from server.bundle import Manifest
+from training.model import image_spec, text_spec
+from training.trainer import TOKENIZER, WEIGHTS, load_checkpoint
+
+log = logging.getLogger(__name__)
+
+
+def checkpoint_model_id(name: str, weights: Path, quantize: str) -> str:
+    """Changes whenever the vectors would: the config name, a digest of the weights, the quantization."""
+    digest = hashlib.sha256()
+    with weights.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return f"{name}-{digest.hexdigest()[:12]}" + ("-int8" if quantize == "int8" else "")
+
+
+def export_checkpoint(checkpoint: Path, bundle_dir: Path, quantize: Literal["none", "int8"] = "none",
+                      parity_images: list[Path] | None = None, progress: bool = False) -> Manifest:
+    """Rebuilds the trained model offline from `checkpoint` (a run directory, or its best/ or last/) and
+    exports it with export.onnx_export; the validation recalls it reached go into the manifest's metrics."""
+    from export.onnx_export import export_dual_encoder
+
+    model, cfg, meta = load_checkpoint(Path(checkpoint))
+    folder = Path(checkpoint)
+    if not (folder / WEIGHTS).is_file():
+        folder = folder / "best"
+    tokenizer = folder / TOKENIZER
+    if not tokenizer.is_file():
+        raise FileNotFoundError(f"{folder} has no {TOKENIZER}; it was not written by clipalbum train")
+    model_id = checkpoint_model_id(cfg.name, folder / WEIGHTS, quantize)
+    metrics = {f"val_{k}": float(v) for k, v in (meta.get("metrics") or {}).items()}
+    description = (f"{cfg.name}: {cfg.image.name if cfg.image.kind == 'timm' else cfg.image.kind} + "
+                   f"{cfg.text.kind}, {cfg.head.kind} heads, trained {meta.get('step', 0)} steps "
+                   f"({meta.get('epoch', 0)} epochs) by clipalbum train")
+    log.info("exporting %s (%s) to %s", folder, model_id, bundle_dir)
+    return export_dual_encoder(
+        model, Path(bundle_dir), model_id=model_id, image_spec=image_spec(cfg), text_spec=text_spec(cfg),
+        tokenizer_file=tokenizer, quantize=quantize, parity_images=parity_images, description=description,
+        metrics=metrics, progress=progress,
+    )

@@ -1,0 +1,198 @@
+"""Training configuration: dataclasses read from TOML, with `key=value` command-line overrides."""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass
+class ImageTowerCfg:
+    kind: str = "timm"  # "timm" (any timm model by name) | "efficientnet_lite0" (packaged ImageNet weights)
+    name: str = "resnet50"  # timm model name, for kind = "timm"
+    pretrained: str = "none"  # "none" (random) | "hub" (timm download) | path to a local weights file
+    size: int = 256  # square input side in pixels
+    mean: tuple[float, float, float] = IMAGENET_MEAN  # per channel, on 0..1 pixels
+    std: tuple[float, float, float] = IMAGENET_STD
+    freeze: bool = False  # keep the tower's weights fixed
+    trainable: list[str] = field(default_factory=list)  # parameter-name prefixes left trainable when frozen
+    options: dict[str, Any] = field(default_factory=dict)  # extra timm.create_model kwargs (e.g. depth for ViTs)
+
+
+@dataclass
+class TextTowerCfg:
+    kind: str = "distilbert"  # "distilbert" | "minilm" (packaged all-MiniLM-L6-v2) | "hf" (local transformers dir)
+    pretrained: str = "none"  # "none" (random, from a config) | "hub" | path to a local transformers checkpoint
+    hub_name: str = "distilbert-base-uncased"  # used only when pretrained = "hub"
+    max_length: int = 200  # tokens, including [CLS] and [SEP]
+    pooling: str = "cls"  # "cls" (first token) | "mean" (attention-masked mean)
+    tokenizer: str = ""  # tokenizer.json; empty: the packaged BERT uncased one (DistilBERT's and MiniLM's)
+    freeze: bool = False
+    trainable: list[str] = field(default_factory=list)  # parameter-name prefixes left trainable when frozen
+    options: dict[str, Any] = field(default_factory=dict)  # transformers config overrides (e.g. n_layers, dim)
+
+
+@dataclass
+class HeadCfg:
+    kind: str = "mlp"  # "mlp": Linear-GELU-Linear-Dropout-residual-LayerNorm | "rms": RMSNorm/SiLU residual blocks
+    dim: int = 256  # the shared embedding space
+    dropout: float = 0.1
+    blocks: int = 1  # residual blocks, for kind = "rms"
+
+
+@dataclass
+class LossCfg:
+    temperature: float = 1.0
+    learnable_temperature: bool = False
+    normalize: bool = False  # cosine logits (L2-normalised embeddings) instead of raw dot products
+    targets: str = "hard"  # "hard": InfoNCE, the i-th text matches the i-th photo | "soft": similarity-blended
+
+
+@dataclass
+class OptimCfg:
+    image_lr: float = 1e-4
+    text_lr: float = 1e-5
+    head_lr: float = 1e-3
+    weight_decay: float = 1e-3
+    warmup_steps: int = 0  # optimizer steps of linear warmup
+    warmup_fraction: float = 0.05  # used when warmup_steps = 0: a fraction of all optimizer steps
+    min_lr_ratio: float = 0.0  # cosine decays to this fraction of each group's learning rate
+    grad_accum: int = 1  # micro-batches per optimizer step
+    max_grad_norm: float = 0.0  # gradient clipping; 0 turns it off
+
+
+@dataclass
+class SourceCfg:
+    format: str  # "flickr30k_csv" | "karpathy_json" | "csv" (image,caption; Flickr8k captions.txt) |
+    # "flickr8k_token" | "sidecar" (IMG_1234.JPG + IMG_1234.txt)
+    path: str  # the captions file, or the album folder for "sidecar"
+    images: str = ""  # folder the file names are relative to (default: the captions file's folder)
+    splits: list[str] = field(default_factory=list)  # karpathy_json: which of train/restval/val/test to use
+
+
+@dataclass
+class DataCfg:
+    sources: list[SourceCfg] = field(default_factory=list)
+    val_sources: list[SourceCfg] = field(default_factory=list)  # empty: split val_fraction off `sources`
+    val_fraction: float = 0.1  # of photos (never of captions: a photo's captions stay together)
+    split_seed: int = 0
+    verify_images: bool = True  # open every photo's header once up front so unreadable files are counted
+    batch_size: int = 32
+    eval_batch_size: int = 64
+    workers: int = 0  # DataLoader worker processes
+    augment: bool = True  # random resized crop, flip, colour jitter (training only)
+    crop_scale: tuple[float, float] = (0.6, 1.0)
+    flip: bool = True
+    color_jitter: float = 0.2
+
+
+@dataclass
+class TrainCfg:
+    out_dir: str = "runs/default"  # checkpoints, logs and the resolved config go here
+    epochs: int = 5
+    max_steps: int = 0  # stop after this many optimizer steps in total (0: run all epochs)
+    device: str = "auto"  # "auto" (CUDA, then MPS, then CPU) | "cuda" | "mps" | "cpu" | "cuda:1"
+    amp: bool = True  # mixed precision, CUDA only
+    seed: int = 0
+    log_every: int = 10  # optimizer steps between JSON-lines log records
+    checkpoint_every: int = 0  # optimizer steps between mid-epoch "last" checkpoints (0: each epoch only)
+    select_metric: str = "mean_recall"  # validation metric that picks the best checkpoint
+    threads: int = 0  # torch CPU threads (0: torch's default)
+
+
+@dataclass
+class Config:
+    name: str = "clip"
+    image: ImageTowerCfg = field(default_factory=ImageTowerCfg)
+    text: TextTowerCfg = field(default_factory=TextTowerCfg)
+    head: HeadCfg = field(default_factory=HeadCfg)
+    loss: LossCfg = field(default_factory=LossCfg)
+    optim: OptimCfg = field(default_factory=OptimCfg)
+    data: DataCfg = field(default_factory=DataCfg)
+    train: TrainCfg = field(default_factory=TrainCfg)
+
+
+def _build(cls: type, values: dict[str, Any], where: str) -> Any:
+    """Builds dataclass `cls` from a dict, refusing unknown keys with the section that holds them."""
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = set(values) - set(fields)
+    if unknown:
+        raise ValueError(f"unknown config key(s) {sorted(unknown)} in [{where}]; known: {sorted(fields)}")
+    kwargs: dict[str, Any] = {}
+    for name, value in values.items():
+        hint = str(fields[name].type)
+        if name in ("sources", "val_sources"):
+            kwargs[name] = [_build(SourceCfg, dict(v), f"{where}.{name}") for v in value]
+        elif dataclasses.is_dataclass(_SECTIONS.get(name)) and isinstance(value, dict) and cls is Config:
+            kwargs[name] = _build(_SECTIONS[name], value, name)
+        elif hint.startswith("tuple") and isinstance(value, list):
+            kwargs[name] = tuple(value)
+        elif hint == "float" and isinstance(value, int) and not isinstance(value, bool):
+            kwargs[name] = float(value)
+        else:
+            kwargs[name] = value
+    return cls(**kwargs)
+
+
+_SECTIONS: dict[str, type] = {
+    "image": ImageTowerCfg, "text": TextTowerCfg, "head": HeadCfg, "loss": LossCfg,
+    "optim": OptimCfg, "data": DataCfg, "train": TrainCfg,
+}
+
+
+def config_from_dict(values: dict[str, Any]) -> Config:
+    return _build(Config, values, "top level")
+
+
+def config_to_dict(cfg: Config) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """`section.key=value` -> (["section", "key"], value); the value is read as TOML, else as a string."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise ValueError(f"override {text!r} is not key=value (e.g. train.epochs=3)")
+    try:
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw  # bare strings such as paths need no quotes
+    return key.strip().split("."), value
+
+
+def apply_overrides(values: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    for text in overrides:
+        path, value = parse_override(text)
+        node = values
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ValueError(f"override {text!r}: {part} is not a section")
+        node[path[-1]] = value
+    return values
+
+
+def load_config(path: Path, overrides: list[str] | None = None) -> Config:
+    """Reads a TOML config; relative data paths are resolved against the working directory, like overrides."""
+    path = Path(path)
+    values = tomllib.loads(path.read_text(encoding="utf-8"))
+    cfg = config_from_dict(apply_overrides(values, list(overrides or [])))
+    return resolve_paths(cfg, Path.cwd())
+
+
+def resolve_paths(cfg: Config, base: Path) -> Config:
+    def absolute(p: str) -> str:
+        return str((base / Path(p).expanduser()).resolve()) if p else p
+
+    for source in [*cfg.data.sources, *cfg.data.val_sources]:
+        source.path = absolute(source.path)
+        source.images = absolute(source.images)
+    if cfg.text.tokenizer:
+        cfg.text.tokenizer = absolute(cfg.text.tokenizer)
+    return cfg

@@ -1,0 +1,111 @@
+"""The dual encoder: image tower + text tower, each with a projection head into the shared space."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from server.bundle import ImageSpec, TextSpec
+from training.config import Config
+from training.heads import build_head
+from training.loss import ContrastiveLoss
+from training.towers import ImageTower, TextTower, build_image_tower, build_text_tower, set_trainable
+
+log = logging.getLogger(__name__)
+
+
+class DualEncoder(nn.Module):
+    """encode_image / encode_text return L2-normalised (N, D); forward returns the raw projections for the loss."""
+
+    def __init__(self, image_tower: ImageTower, text_tower: TextTower, image_head: nn.Module,
+                 text_head: nn.Module, loss: ContrastiveLoss, embed_dim: int) -> None:
+        super().__init__()
+        self.image_tower = image_tower
+        self.text_tower = text_tower
+        self.image_head = image_head
+        self.text_head = text_head
+        self.loss = loss
+        self.embed_dim = embed_dim
+
+    def project_image(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.image_head(self.image_tower(pixels))  # (N, D)
+
+    def project_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self.text_head(self.text_tower(input_ids, attention_mask))  # (N, D)
+
+    def encode_image(self, pixels: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.project_image(pixels), dim=-1)
+
+    def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.project_text(input_ids, attention_mask), dim=-1)
+
+    def forward(self, pixels: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """The contrastive loss of a batch of matching (photo, caption) pairs."""
+        return self.loss(self.project_image(pixels), self.project_text(input_ids, attention_mask))
+
+    def train(self, mode: bool = True) -> "DualEncoder":
+        super().train(mode)
+        if mode:
+            # Batch-norm layers whose weights are frozen keep their ImageNet running statistics.
+            for module in self.modules():
+                if isinstance(module, nn.modules.batchnorm._BatchNorm) and not any(
+                        p.requires_grad for p in module.parameters(recurse=False)):
+                    module.eval()
+        return self
+
+
+def build_model(cfg: Config, text_hf_config: dict[str, Any] | None = None) -> DualEncoder:
+    """Builds the model from the config. With `text_hf_config` (from a checkpoint), nothing is downloaded
+    or read from pretrained weights: the caller loads the checkpoint's weights."""
+    image_cfg = cfg.image
+    if text_hf_config is not None and image_cfg.kind == "timm":
+        image_cfg = type(image_cfg)(**{**vars(image_cfg), "pretrained": "none"})
+    image_tower = build_image_tower(image_cfg)
+    text_tower = build_text_tower(cfg.text, text_hf_config)
+    model = DualEncoder(
+        image_tower, text_tower,
+        build_head(cfg.head, image_tower.out_dim), build_head(cfg.head, text_tower.out_dim),
+        ContrastiveLoss(cfg.loss), cfg.head.dim,
+    )
+    image_trainable = set_trainable(image_tower.backbone, cfg.image.freeze, cfg.image.trainable)
+    text_trainable = set_trainable(text_tower.encoder, cfg.text.freeze, cfg.text.trainable)
+    log.info("model: image %s (%d-d, %d trainable), text %s (%d-d, %d trainable), %s heads -> %d-d",
+             cfg.image.name if cfg.image.kind == "timm" else cfg.image.kind, image_tower.out_dim, image_trainable,
+             cfg.text.kind, text_tower.out_dim, text_trainable, cfg.head.kind, cfg.head.dim)
+    return model
+
+
+def param_groups(model: DualEncoder, cfg: Config) -> list[dict[str, Any]]:
+    """AdamW groups with the image / text / head learning rates; frozen parameters are left out."""
+    groups = [
+        ("image", model.image_tower, cfg.optim.image_lr),
+        ("text", model.text_tower, cfg.optim.text_lr),
+        ("heads", nn.ModuleList([model.image_head, model.text_head, model.loss]), cfg.optim.head_lr),
+    ]
+    out = []
+    for name, module, lr in groups:
+        params = [p for p in module.parameters() if p.requires_grad]
+        if params:
+            out.append({"name": name, "params": params, "lr": lr, "weight_decay": cfg.optim.weight_decay})
+    return out
+
+
+def image_spec(cfg: Config) -> ImageSpec:
+    """What the server must do to a photo for this model (the same preprocessing validation uses)."""
+    return ImageSpec(size=cfg.image.size, resize="shortest_crop", mean=tuple(cfg.image.mean),
+                     std=tuple(cfg.image.std))
+
+
+def text_spec(cfg: Config) -> TextSpec:
+    return TextSpec(max_length=cfg.text.max_length, lowercase=True, input_names=("input_ids", "attention_mask"))
+
+
+def tokenizer_path(cfg: Config) -> Path:
+    from training.towers import tokenizer_file
+
+    return tokenizer_file(cfg.text)
