@@ -145,7 +145,8 @@ async function fetchPage(mine, offset) {
     if (mine !== generation) return false;
     if (state.similar != null && (!similarSource || similarSource.id !== state.similar)) describeSimilar(mine);
     grid.append(answer.results);
-    exhausted = answer.results.length < PAGE;
+    // A short page means the end; the server's echo of k counts, since it may cap what was asked.
+    exhausted = answer.results.length < (answer.k > 0 ? Math.min(answer.k, PAGE) : PAGE);
     moreButton.hidden = exhausted;
     await showSummary(answer);
     if (viewer.isOpen) viewer.updateNav();

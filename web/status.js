@@ -12,6 +12,7 @@ export class StatusPanel {
     this.onUpdate = onUpdate;
     this.last = null;
     this.timer = 0;
+    this.watchUntil = 0; // poll fast until then: a requested scan may take a moment to start
     this.counts = document.getElementById("counts");
     this.progress = document.getElementById("progress");
     this.failed = document.getElementById("failed");
@@ -29,7 +30,7 @@ export class StatusPanel {
       this.last = status;
       this.render(status);
       this.onUpdate(status, previous);
-      if (status.progress.running) next = FAST_POLL_MS;
+      if (status.progress.running || Date.now() < this.watchUntil) next = FAST_POLL_MS;
     } catch (error) {
       this.counts.textContent = error.message;
       this.counts.classList.add("error");
@@ -40,6 +41,7 @@ export class StatusPanel {
 
   async rescan() {
     this.rescanButton.disabled = true;
+    this.watchUntil = Date.now() + 5000;
     try {
       await api.refresh();
     } catch (error) {

@@ -1,0 +1,326 @@
+"""The web client in a real Chromium against a real `clipalbum serve` over a real, indexed album."""
+
+from __future__ import annotations
+
+import base64
+import re
+import urllib.request
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from tests.browser.conftest import (CAPTURE_DATES, CORRUPT_NAME, NEAR_DUPLICATE, UNDATED, RunningServer,
+                                    copy_source_photo, make_album, photo_name, start_server)
+
+ALBUM_NAMES = sorted([photo_name(n) for n in CAPTURE_DATES] + list(UNDATED))
+
+pytestmark = pytest.mark.browser
+
+SUMMARY = re.compile(r"(\d+) photos?( so far)?(, by capture date)? in \d+ ms")
+
+
+def result_names(page) -> list[str]:
+    """File names of the results, in the order the grid shows them."""
+    return page.locator("#grid li .cell-name").all_inner_texts()
+
+
+def search(page, server: RunningServer, text: str) -> list[str]:
+    page.goto(server.url + "/")
+    page.locator("#q").press_sequentially(text, delay=30)  # as a person types: the page must debounce
+    page.wait_for_function("q => new URL(location).searchParams.get('q') === q", arg=text)
+    page.locator("#grid li").first.wait_for()
+    return result_names(page)
+
+
+class TestSearchAsYouType:
+    def test_typing_a_description_shows_the_matching_photo_with_count_and_time(self, page, album_server):
+        names = search(page, album_server, "a cat")
+        assert "chelsea.jpg" in names[:3], names
+        summary = page.locator("#summary").inner_text()
+        match = SUMMARY.search(summary)
+        assert match and int(match.group(1)) == len(names), summary
+        # The thumbnails really load (lazily, but the first row is on screen).
+        first = page.locator("#grid li img").first
+        page.wait_for_function("img => img.complete && img.naturalWidth > 0", arg=first.element_handle())
+        assert first.get_attribute("loading") == "lazy"
+        assert first.get_attribute("alt").startswith("Photo ")
+
+    def test_every_described_photo_is_found_first_or_close(self, page, album_server):
+        names = search(page, album_server, "a cup of coffee")
+        assert "coffee.jpg" in names[:3], names
+
+    def test_no_results_and_server_errors_get_clear_messages(self, page, album_server):
+        # A date range that holds no photo: a message, not an empty page.
+        page.goto(album_server.url + "/?q=a+cat&from=1990-01-01&to=1990-12-31")
+        message = page.locator("#message")
+        message.wait_for()
+        assert "No photos match" in message.inner_text()
+        # The server failing: the page says so, and "Try again" recovers.
+        page.route("**/api/search?*", lambda route: route.fulfill(
+            status=500, content_type="application/json", body='{"detail": "the index is on fire"}'))
+        page.goto(album_server.url + "/?q=a+cat")
+        page.locator("#message.error").wait_for()
+        assert "the index is on fire" in message.inner_text()
+        assert message.get_attribute("role") == "alert"
+        page.unroute("**/api/search?*")
+        page.get_by_role("button", name="Try again").click()
+        page.locator("#grid li").first.wait_for()
+        assert message.is_hidden()
+        # An unknown photo id is a 404 from the real server, shown as such.
+        page.goto(album_server.url + "/?similar=987654")
+        page.locator("#message.error").wait_for()
+        assert "404" in message.inner_text()
+
+    def test_more_results_load_in_pages_as_the_end_of_the_grid_comes_into_view(self, page, album_server):
+        # Pages of 2 (the test rewrites k in the page's requests) so that the album takes several offsets.
+        offsets: list[int] = []
+
+        def small_pages(route):
+            url = re.sub(r"k=\d+", "k=2", route.request.url)
+            offsets.append(int(re.search(r"offset=(\d+)", url).group(1)))
+            route.continue_(url=url)
+
+        page.route(re.compile(r".*/api/search\?.*"), small_pages)
+        page.goto(album_server.url + "/?q=a+photo")
+        page.locator("#grid li").first.wait_for()
+        page.locator("#more").wait_for(state="hidden")
+        seen = result_names(page)
+        assert sorted(seen) == ALBUM_NAMES, seen
+        assert len(set(seen)) == len(seen), "a photo came twice across pages"
+        assert offsets == [0, 2, 4, 6, 8], offsets
+        assert f"{len(ALBUM_NAMES)} photos in" in page.locator("#summary").inner_text()
+
+
+class TestViewer:
+    def test_viewer_shows_details_pages_with_arrow_keys_and_closes_with_escape(self, page, album_server):
+        names = search(page, album_server, "a cat")
+        page.locator("#grid li a").first.click()
+        viewer = page.locator("#viewer")
+        viewer.wait_for()
+        assert page.locator("#viewer-title").inner_text() == names[0]
+        assert page.locator("#viewer-pos").inner_text() == f"1 of {len(names)}"
+        assert re.search(r"\d+ × \d+ px", page.locator("#viewer-size").inner_text())
+        # The capture date is shown; chelsea's is 15 June 2019.
+        if names[0] == "chelsea.jpg":
+            assert "2019" in page.locator("#viewer-date").inner_text()
+        original = page.locator("#viewer-original").get_attribute("href")
+        with urllib.request.urlopen(f"{album_server.url}/{original}") as response:
+            assert response.headers["Content-Type"].startswith("image/")
+        page.wait_for_function("() => { const i = document.getElementById('viewer-img');"
+                               " return i.complete && i.naturalWidth > 0; }")
+        first_view = page.url
+        assert "view=" in first_view
+
+        page.keyboard.press("ArrowRight")
+        page.wait_for_function("n => document.getElementById('viewer-title').textContent === n", arg=names[1])
+        assert page.locator("#viewer-pos").inner_text() == f"2 of {len(names)}"
+        page.keyboard.press("ArrowLeft")
+        page.wait_for_function("n => document.getElementById('viewer-title').textContent === n", arg=names[0])
+
+        page.keyboard.press("Escape")
+        viewer.wait_for(state="hidden")
+        page.wait_for_function("() => !new URL(location).searchParams.has('view')")
+        # Keyboard users land back on the photo they opened.
+        assert page.evaluate("document.activeElement.dataset.index") == "0"
+
+    def test_keyboard_alone_opens_the_viewer(self, page, album_server):
+        search(page, album_server, "a rocket")
+        page.locator("#grid li a").first.focus()
+        page.keyboard.press("Enter")
+        page.locator("#viewer").wait_for()
+        page.keyboard.press("Escape")
+        page.locator("#viewer").wait_for(state="hidden")
+
+    def test_more_like_this_lists_photos_like_the_open_one(self, page, album_server):
+        names = search(page, album_server, "a cat")
+        index = names.index("chelsea.jpg")
+        page.locator("#grid li a").nth(index).click()
+        page.get_by_role("button", name="More like this").click()
+        page.wait_for_function("() => new URL(location).searchParams.has('similar')")
+        page.wait_for_function("() => document.getElementById('summary').textContent.startsWith('Photos like')")
+        page.locator("#grid li").first.wait_for()
+        similar = result_names(page)
+        assert similar[0] == NEAR_DUPLICATE, similar
+        assert "chelsea.jpg" not in similar  # the photo itself is left out
+        assert "chelsea.jpg" in page.locator("#summary").inner_text()
+        assert page.locator("#q").input_value() == ""
+        # Back returns to the text search, with the viewer open on the photo it came from.
+        page.go_back()
+        page.wait_for_function("() => new URL(location).searchParams.get('q') === 'a cat'")
+        page.locator("#viewer").wait_for()
+        assert page.locator("#viewer-title").inner_text() == "chelsea.jpg"
+
+    def test_a_bookmarked_photo_opens_on_its_own(self, page, album_server):
+        names = search(page, album_server, "a motorcycle")
+        photo_id = page.locator("#grid li a").first.get_attribute("data-id")
+        page.goto(f"{album_server.url}/?view={photo_id}")
+        page.locator("#viewer").wait_for()
+        assert page.locator("#viewer-title").inner_text() == names[0]
+        assert page.locator("#viewer-next").is_disabled()
+
+
+class TestSearchByPhoto:
+    def test_picking_a_photo_finds_the_same_scene(self, page, album_server, tmp_path):
+        upload = copy_source_photo("coffee.png", tmp_path)  # the original PNG, not the album's JPEG
+        page.goto(album_server.url + "/")
+        page.locator("#pick").set_input_files(str(upload))
+        page.wait_for_function("() => document.getElementById('summary').textContent.startsWith('Photos like')")
+        page.locator("#grid li").first.wait_for()
+        assert result_names(page)[0] == "coffee.jpg"
+        assert "coffee.png" in page.locator("#summary").inner_text()
+
+    def test_dropping_a_photo_onto_the_page_finds_the_same_scene(self, page, album_server, tmp_path):
+        upload = copy_source_photo("astronaut.png", tmp_path)
+        page.goto(album_server.url + "/")
+        page.evaluate("""([data, name]) => {
+            const bytes = Uint8Array.from(atob(data), (c) => c.charCodeAt(0));
+            const file = new File([bytes], name, { type: "image/png" });
+            const transfer = new DataTransfer();
+            transfer.items.add(file);
+            for (const type of ["dragenter", "dragover", "drop"]) {
+                window.dispatchEvent(new DragEvent(type, { dataTransfer: transfer, bubbles: true, cancelable: true }));
+            }
+        }""", [base64.b64encode(upload.read_bytes()).decode(), upload.name])
+        page.locator("#grid li").first.wait_for()
+        page.wait_for_function("() => document.getElementById('summary').textContent.includes('astronaut.png')")
+        assert result_names(page)[0] == "astronaut.jpg"
+        assert page.locator("#drop").is_hidden()
+
+
+class TestSortAndDates:
+    def test_sorting_by_capture_date_puts_the_newest_first(self, page, album_server):
+        search(page, album_server, "a photo")
+        page.get_by_label("Sort", exact=True).select_option("date")
+        page.wait_for_function("() => new URL(location).searchParams.get('sort') === 'date'")
+        page.wait_for_function("() => document.getElementById('summary').textContent.includes('by capture date')")
+        dated = sorted(CAPTURE_DATES, key=CAPTURE_DATES.get, reverse=True)
+        names = result_names(page)
+        shown_dated = [n for n in names if n not in UNDATED]
+        assert shown_dated == [photo_name(n) for n in dated], names
+
+    def test_a_date_range_narrows_the_results(self, page, album_server):
+        search(page, album_server, "a photo")
+        page.get_by_label("From", exact=True).fill("2019-01-01")
+        page.get_by_label("To", exact=True).fill("2021-12-31")
+        page.wait_for_function("() => new URL(location).searchParams.get('to') === '2021-12-31'")
+        page.wait_for_function("() => !document.getElementById('summary').textContent.startsWith('Searching')")
+        expected = {photo_name(n) for n, t in CAPTURE_DATES.items() if "2019" <= t[:4] <= "2021"}
+        assert set(result_names(page)) == expected
+        page.get_by_role("button", name="Any date").click()
+        page.wait_for_function("() => !new URL(location).searchParams.has('from')")
+        page.wait_for_function("n => document.querySelectorAll('#grid li').length > n", arg=len(expected))
+
+
+class TestUrlState:
+    def test_the_url_restores_query_and_options_on_reload_and_back(self, page, album_server):
+        page.goto(album_server.url + "/?q=a+cat&sort=date&from=2015-01-01")
+        page.locator("#grid li").first.wait_for()
+        assert page.locator("#q").input_value() == "a cat"
+        assert page.get_by_label("Sort", exact=True).input_value() == "date"
+        assert page.get_by_label("From", exact=True).input_value() == "2015-01-01"
+
+        page.locator("#q").fill("a rocket")
+        page.locator("#q").press("Enter")
+        page.wait_for_function("() => new URL(location).searchParams.get('q') === 'a rocket'")
+        page.go_back()
+        page.wait_for_function("() => document.getElementById('q').value === 'a cat'")
+        page.wait_for_function("() => new URL(location).searchParams.get('sort') === 'date'")
+        page.go_forward()
+        page.wait_for_function("() => document.getElementById('q').value === 'a rocket'")
+        page.wait_for_function("() => !document.getElementById('summary').textContent.startsWith('Searching')")
+        before = result_names(page)
+        assert before
+
+        page.reload()
+        page.locator("#grid li").first.wait_for()
+        assert page.locator("#q").input_value() == "a rocket"
+        assert result_names(page) == before
+        assert page.get_by_label("Sort", exact=True).input_value() == "date"
+        assert page.get_by_label("From", exact=True).input_value() == "2015-01-01"
+
+
+class TestIndexStatus:
+    def test_failed_files_are_listed_with_their_reason(self, page, album_server):
+        page.goto(album_server.url + "/")
+        page.wait_for_function("() => document.getElementById('counts').textContent.includes('indexed')")
+        counts = page.locator("#counts").inner_text()
+        assert f"{len(ALBUM_NAMES)} photos indexed" in counts and "1 failed" in counts, counts
+        page.locator("#failed summary").click()
+        item = page.locator("#failed-list li").first
+        assert CORRUPT_NAME in item.inner_text()
+        assert len(item.inner_text().split(":", 1)[1].strip()) > 3  # a reason, not just the name
+
+    def test_an_empty_album_then_a_rescan_shows_progress_and_then_results(self, page, browser, tmp_path,
+                                                                        default_bundle):
+        album = tmp_path / "album"
+        album.mkdir()
+        server = start_server(album, tmp_path / "data", default_bundle)
+        try:
+            page.goto(server.url + "/?q=a+cat")
+            page.locator("#message.empty").wait_for()
+            assert "no indexed photos" in page.locator("#message").inner_text()
+            assert page.locator("#progress").is_hidden()
+
+            # Photos arrive: the sample album, and enough variants of it that the scan takes a while.
+            make_album(album, corrupt=False)
+            variants = album / "variants"
+            variants.mkdir()
+            for source in sorted(album.rglob("*.jpg"))[:8]:
+                with Image.open(source) as img:
+                    for turn in range(1, 13):
+                        img.rotate(turn * 7, expand=True).save(variants / f"{source.stem}-{turn}.jpg", quality=85)
+            # Watch the progress bar from inside the page: a short scan must not slip between two checks.
+            page.evaluate("""() => { window.progressSeen = [];
+                new MutationObserver(() => { const p = document.getElementById('progress');
+                    if (!p.hidden) window.progressSeen.push([p.value, p.max]); })
+                .observe(document.getElementById('progress'), { attributes: true }); }""")
+            page.get_by_role("button", name="Rescan album").click()
+            page.wait_for_function("() => window.progressSeen.length > 0", timeout=60_000)
+            page.locator("#progress").wait_for(state="hidden", timeout=120_000)
+            counts = page.locator("#counts").inner_text()
+            assert f"{len(ALBUM_NAMES) + 8 * 12} photos indexed" in counts, counts
+            assert page.locator("#rescan").is_enabled()
+            # The scan finished while the page showed "empty": it searches again by itself.
+            page.locator("#grid li").first.wait_for()
+            assert "chelsea.jpg" in result_names(page)[:3]
+        finally:
+            server.stop()
+
+
+class TestLooks:
+    def test_phone_screen_dark_mode_and_labels(self, browser, album_server):
+        context = browser.new_context(viewport={"width": 390, "height": 844}, is_mobile=True, has_touch=True,
+                                      color_scheme="dark")
+        try:
+            page = context.new_page()
+            page.goto(album_server.url + "/?q=a+cat")
+            page.locator("#grid li").first.wait_for()
+            assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth"), "sideways scrolling"
+            background = page.evaluate("getComputedStyle(document.body).backgroundColor")
+            red, green, blue = (int(v) for v in re.findall(r"\d+", background)[:3])
+            assert red + green + blue < 150, background  # dark
+            # Every control has a name a screen reader can read out.
+            for selector in ("#q", "#sort", "#from", "#to", "#pick"):
+                assert page.locator(selector).evaluate(
+                    "el => Boolean(el.labels?.length || el.getAttribute('aria-label'))"), selector
+            for button in page.locator("button:visible").all():
+                assert (button.inner_text().strip() or button.get_attribute("aria-label")), button
+            # The viewer fills the phone screen.
+            page.locator("#grid li a").first.click()
+            box = page.locator("#viewer").bounding_box()
+            assert box["width"] >= 380
+        finally:
+            context.close()
+
+
+def test_the_page_is_light(album_server):
+    """The page's own files (HTML, CSS, JS, icon) stay small; measured for the README by bench/web_page.py."""
+    web = Path(__file__).resolve().parents[2] / "web"
+    total = 0
+    for path in sorted(web.iterdir()):
+        with urllib.request.urlopen(f"{album_server.url}/{'' if path.name == 'index.html' else path.name}") as r:
+            body = r.read()
+            assert body == path.read_bytes(), path.name
+            total += len(body)
+    assert total < 100_000, total
