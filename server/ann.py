@@ -10,6 +10,9 @@ from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
+# Import order matters: usearch loads NumKong with RTLD_GLOBAL, and onnxruntime imported *after* that
+# segfaults (usearch 2.26 / numkong 7.8 / onnxruntime 1.32 on Linux). Loading ORT first is safe.
+import onnxruntime  # noqa: F401,I001
 from usearch.index import Index
 
 log = logging.getLogger(__name__)

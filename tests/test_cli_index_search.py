@@ -1,0 +1,87 @@
+"""`clipalbum index`, `search` and `status` through server.cli.main, as a user types them."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from server.cli import main
+from tests.conftest import SAMPLE_PHOTOS
+
+
+@pytest.fixture()
+def cli(tmp_path: Path, tiny_bundle: Path, capsys: pytest.CaptureFixture):
+    """Runs `clipalbum ARGS --data-dir D --model TINY`; returns (exit code, stdout, stderr)."""
+
+    def run(*args: str) -> tuple[int, str, str]:
+        code = main([*args, "--data-dir", str(tmp_path / "data"), "--model", str(tiny_bundle)])
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    return run
+
+
+def test_index_then_search_status_similar_and_by_image(cli, sample_album: Path) -> None:
+    code, out, _ = cli("index", str(sample_album), "-q")
+    assert code == 0 and f"{len(SAMPLE_PHOTOS)} added" in out
+
+    code, out, _ = cli("index", "--json", "-q")  # the album is remembered
+    summary = json.loads(out)
+    assert code == 0 and summary["unchanged"] == len(SAMPLE_PHOTOS) and summary["embedded"] == 0
+
+    code, out, err = cli("search", "a cat sitting", "--k", "3")
+    lines = out.strip().splitlines()
+    assert code == 0 and len(lines) == 3 and "3 results" in err
+    assert all(Path(line.split(maxsplit=1)[1]).is_file() for line in lines)  # score, then the full path
+
+    code, out, _ = cli("search", "a rocket", "--k", "5", "--json")
+    response = json.loads(out)
+    assert code == 0 and len(response["results"]) == 5
+    assert {"id", "path", "score", "width", "height", "taken_at", "root"} <= set(response["results"][0])
+    first = response["results"][0]["id"]
+
+    code, out, _ = cli("search", "--similar", str(first), "--k", "20", "--json")
+    similar = json.loads(out)["results"]
+    assert code == 0 and len(similar) == len(SAMPLE_PHOTOS) - 1 and first not in [h["id"] for h in similar]
+
+    code, out, _ = cli("search", "--image", str(sample_album / "2023" / "coffee.png"), "--json")
+    assert code == 0 and json.loads(out)["results"][0]["path"] == "2023/coffee.png"
+
+    code, out, _ = cli("status", "--json")
+    status = json.loads(out)
+    assert code == 0 and (status["indexed"], status["failed"]) == (len(SAMPLE_PHOTOS), 0)
+    assert status["roots"] == [str(sample_album.resolve())]
+
+
+def test_status_lists_failed_files(cli, sample_album: Path) -> None:
+    (sample_album / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated")
+    assert cli("index", str(sample_album), "-q")[0] == 0
+    code, out, _ = cli("status")
+    assert code == 0 and f"indexed {len(SAMPLE_PHOTOS)}, pending 0, failed 1" in out
+    assert "broken.jpg" in out
+
+
+@pytest.mark.parametrize("args, message", [
+    (("search", ""), "query is empty"),
+    (("search", "cat", "--k", "0"), "k must be between 1 and 200"),
+    (("search", "--similar", "999"), "no photo with id 999"),
+])
+def test_bad_searches_exit_2_with_a_message(cli, sample_album: Path, args: tuple, message: str) -> None:
+    cli("index", str(sample_album), "-q")
+    code, out, err = cli(*args)
+    assert code == 2 and message in err and out == ""
+
+
+def test_a_missing_album_folder_exits_2_with_a_message(cli, tmp_path: Path) -> None:
+    code, _, err = cli("index", str(tmp_path / "nowhere"))
+    assert code == 2 and "does not exist" in err
+
+
+def test_a_non_image_query_file_exits_2(cli, sample_album: Path, tmp_path: Path) -> None:
+    cli("index", str(sample_album), "-q")
+    notes = tmp_path / "notes.txt"
+    notes.write_text("hello")
+    code, _, err = cli("search", "--image", str(notes))
+    assert code == 2 and "not a supported image" in err
