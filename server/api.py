@@ -9,30 +9,33 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import msgspec
 from litestar import Controller, Request, Response, get, post
-from litestar.datastructures import State, UploadFile
-from litestar.enums import RequestEncodingType
-from litestar.params import Body, Parameter
+from litestar.datastructures import ETag, State, UploadFile
+from litestar.params import MultipartBody, PathParameter, QueryParameter
 from litestar.response import File
 from litestar.status_codes import HTTP_202_ACCEPTED, HTTP_304_NOT_MODIFIED
 
+from server.library import MAX_K, MAX_QUERY_CHARS, MAX_UPLOAD_BYTES
 from server.schemas import SearchResponse, StatusResponse
+from server.store import PhotoRecord
 from server.thumbnails import ThumbnailCache, snap_size, thumbnail_etag
 
 if TYPE_CHECKING:
     from server.background import BackgroundIndexer
     from server.library import Library
 
-# Uploads for search-by-example: a 45 MP camera JPEG is about 25 MB; anything bigger is refused with 413.
-MAX_UPLOAD_BYTES = 32 * 1024 * 1024
+# Uploads for search-by-example: the Library's cap plus room for the multipart envelope; more gets a 413.
+MAX_REQUEST_BYTES = MAX_UPLOAD_BYTES + 64 * 1024
 THUMBNAIL_CACHE_CONTROL = "private, max-age=86400"  # revalidated with the ETag after a day
 ORIGINAL_CACHE_CONTROL = "private, max-age=3600"
 
 # Query parameters shared by the three searches.
-KParam = Annotated[int, Parameter(description="how many results (1..max, see errors)")]
-OffsetParam = Annotated[int, Parameter(description="skip this many results (paging)")]
-SortParam = Annotated[str, Parameter(description="'relevance' (default) or 'date' (capture time, newest first)")]
-FromParam = Annotated[str | None, Parameter(query="from", description="capture date on or after, YYYY-MM-DD")]
-ToParam = Annotated[str | None, Parameter(query="to", description="capture date on or before, YYYY-MM-DD")]
+QueryText = Annotated[str, QueryParameter(description=f"what the photo shows, 1 to {MAX_QUERY_CHARS} characters")]
+KParam = Annotated[int, QueryParameter(description=f"how many results, 1 to {MAX_K}")]
+OffsetParam = Annotated[int, QueryParameter(description="skip this many results (paging)")]
+SortParam = Annotated[str, QueryParameter(description="'relevance' (default) or 'date' (capture time, newest first)")]
+FromParam = Annotated[str | None, QueryParameter(name="from", description="captured on or after, YYYY-MM-DD")]
+ToParam = Annotated[str | None, QueryParameter(name="to", description="captured on or before, YYYY-MM-DD")]
+PhotoId = Annotated[int, PathParameter(description="a photo id from a search result")]
 
 
 class PhotoInfo(msgspec.Struct):
@@ -75,6 +78,11 @@ def content_type_for(name: str) -> str:
         name[name.rfind("."):].lower(), "application/octet-stream")
 
 
+def _version_key(photo: PhotoRecord) -> str:
+    """What identifies the bytes of a photo's original: its content hash (or size and mtime before hashing)."""
+    return photo.content_hash or f"{photo.size:x}{photo.mtime_ns:x}"
+
+
 def _matches(request: Request, etag: str) -> bool:
     """If-None-Match holds our ETag (or '*'): the client's copy is current."""
     header = request.headers.get("if-none-match")
@@ -94,14 +102,14 @@ class SearchController(Controller):
     tags = ["search"]
 
     @get(sync_to_thread=True, summary="Photos that match a text description")
-    def by_text(self, state: State, q: str, k: KParam = 20, offset: OffsetParam = 0, sort: SortParam = "relevance",
+    def by_text(self, state: State, q: QueryText, k: KParam = 20, offset: OffsetParam = 0, sort: SortParam = "relevance",
                 date_from: FromParam = None, date_to: ToParam = None) -> SearchResponse:
         library: Library = state.library
         return library.search_text(q, k=k, offset=offset, date_from=date_from, date_to=date_to, sort=sort)
 
-    @post("/image", sync_to_thread=True, status_code=200, request_max_body_size=MAX_UPLOAD_BYTES,
+    @post("/image", sync_to_thread=True, status_code=200, request_max_body_size=MAX_REQUEST_BYTES,
           summary="Photos like an uploaded photo (multipart field 'file')")
-    def by_image(self, state: State, data: Annotated[ImageUpload, Body(media_type=RequestEncodingType.MULTI_PART)],
+    def by_image(self, state: State, data: MultipartBody[ImageUpload],
                  k: KParam = 20, offset: OffsetParam = 0, sort: SortParam = "relevance",
                  date_from: FromParam = None, date_to: ToParam = None) -> SearchResponse:
         library: Library = state.library
@@ -114,7 +122,7 @@ class ImagesController(Controller):
     tags = ["images"]
 
     @get(sync_to_thread=True, summary="An indexed photo's metadata")
-    def info(self, state: State, photo_id: int) -> PhotoInfo:
+    def info(self, state: State, photo_id: PhotoId) -> PhotoInfo:
         photo = state.library.photo(photo_id)
         modified = datetime.fromtimestamp(photo.mtime_ns / 1e9, tz=timezone.utc).isoformat(timespec="seconds")
         return PhotoInfo(
@@ -124,39 +132,39 @@ class ImagesController(Controller):
             file_url=f"/api/images/{photo.id}/file")
 
     @get("/similar", sync_to_thread=True, summary="More like this indexed photo (its stored vector)")
-    def similar(self, state: State, photo_id: int, k: KParam = 20, offset: OffsetParam = 0,
+    def similar(self, state: State, photo_id: PhotoId, k: KParam = 20, offset: OffsetParam = 0,
                 sort: SortParam = "relevance", date_from: FromParam = None, date_to: ToParam = None) -> SearchResponse:
         library: Library = state.library
         return library.similar(photo_id, k=k, offset=offset, date_from=date_from, date_to=date_to, sort=sort)
 
     @get("/thumbnail", sync_to_thread=True, summary="A JPEG thumbnail (long side `size` px, snapped up to a cached size)",
          response_description="image/jpeg; 304 when If-None-Match holds the ETag")
-    def thumbnail(self, state: State, request: Request, photo_id: int,
-                  size: Annotated[int | None, Parameter(description="long side in pixels (default 384)")] = None,
+    def thumbnail(self, state: State, request: Request, photo_id: PhotoId,
+                  size: Annotated[int | None, QueryParameter(description="long side in pixels (default 384)")] = None,
                   ) -> Response[Any]:
         library: Library = state.library
         snapped = snap_size(size)
         photo = library.photo(photo_id)
-        etag = thumbnail_etag(photo.content_hash, snapped)
+        etag = thumbnail_etag(_version_key(photo), snapped)
         if _matches(request, etag):
             return _not_modified(etag, THUMBNAIL_CACHE_CONTROL)
         cache: ThumbnailCache = state.thumbnails
-        path = cache.get(library.original_path(photo_id), photo.content_hash, snapped)
+        path = cache.get(library.original_path(photo_id), _version_key(photo), snapped)
         return File(path=path, media_type="image/jpeg", content_disposition_type="inline",
-                    filename=f"{photo_id}-{snapped}.jpg", etag=None,
-                    headers={"ETag": etag, "Cache-Control": THUMBNAIL_CACHE_CONTROL})
+                    filename=f"{photo_id}-{snapped}.jpg", etag=ETag(value=etag.strip('"')),
+                    headers={"Cache-Control": THUMBNAIL_CACHE_CONTROL})
 
     @get("/file", sync_to_thread=True, summary="The original photo, by id only")
-    def original(self, state: State, request: Request, photo_id: int) -> Response[Any]:
+    def original(self, state: State, request: Request, photo_id: PhotoId) -> Response[Any]:
         library: Library = state.library
         photo = library.photo(photo_id)
-        etag = f'"{photo.content_hash[:32]}"'
+        etag = f'"{_version_key(photo)[:32]}"'
         if _matches(request, etag):
             return _not_modified(etag, ORIGINAL_CACHE_CONTROL)
         path = library.original_path(photo_id)
         name = photo.rel_path.rsplit("/", 1)[-1]
         return File(path=path, media_type=content_type_for(name), content_disposition_type="inline", filename=name,
-                    headers={"ETag": etag, "Cache-Control": ORIGINAL_CACHE_CONTROL})
+                    etag=ETag(value=etag.strip('"')), headers={"Cache-Control": ORIGINAL_CACHE_CONTROL})
 
 
 class IndexController(Controller):
@@ -164,7 +172,7 @@ class IndexController(Controller):
     tags = ["index"]
 
     @get("/status", sync_to_thread=True, summary="Counts, scan progress, model and failed files")
-    def status(self, state: State, max_errors: Annotated[int, Parameter(ge=0, le=10_000)] = 100) -> StatusResponse:
+    def status(self, state: State, max_errors: Annotated[int, QueryParameter(ge=0, le=10_000)] = 100) -> StatusResponse:
         library: Library = state.library
         return library.status(max_errors=max_errors)
 

@@ -19,6 +19,7 @@ from litestar.types import ASGIApp, Message, Receive, Scope, Send
 from server.api import ImagesController, IndexController, SearchController, health
 from server.background import BackgroundIndexer
 from server.errors import BundleError, ClipalbumError, ImageDecodeError, InvalidQueryError, NotFoundError
+from server.library import IndexBusyError
 from server.settings import DataPaths
 from server.thumbnails import ThumbnailCache
 
@@ -42,6 +43,7 @@ STOP_TIMEOUT_S = 10.0  # how long shutdown waits for a running scan before leavi
 # Our exceptions -> HTTP status. Litestar picks the most specific class, so ClipalbumError is the fallback.
 ERROR_STATUS: dict[type[ClipalbumError], int] = {
     InvalidQueryError: 400,
+    IndexBusyError: 409,
     NotFoundError: 404,
     ImageDecodeError: 422,
     BundleError: 503,
@@ -50,7 +52,7 @@ ERROR_STATUS: dict[type[ClipalbumError], int] = {
 
 
 def _error_response(request: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, str]]:
-    status = next((code for cls, code in ERROR_STATUS.items() if isinstance(exc, cls)), 500)
+    status = next((code for cls, code in ERROR_STATUS.items() if isinstance(exc, cls)), 500)  # most specific first
     if status >= 500:
         log.error("%s %s failed: %s", request.method, request.url.path, exc)
     return Response(content={"detail": str(exc)}, status_code=status)
