@@ -48,6 +48,8 @@ const statusPanel = new StatusPanel((status, previous) => {
   albumStatus = status;
   // A scan just finished: an empty page may now have answers.
   if (previous?.progress.running && !status.progress.running && grid.hits.length === 0 && hasQuery()) runSearch();
+  // The start page says whether there is anything to search yet.
+  if (!hasQuery() && (previous === null || (previous.indexed === 0) !== (status.indexed === 0))) showLanding();
 });
 
 function hasQuery() {
@@ -231,6 +233,13 @@ function hideMessage() {
 }
 
 function showLanding() {
+  if (albumStatus && albumStatus.indexed === 0) {
+    showMessage("empty", albumStatus.progress.running
+      ? "Your album is being indexed; you can search as soon as the first photos are ready."
+      : `No photos are indexed yet${albumStatus.roots.length ? ` (looking in ${albumStatus.roots.join(", ")})` : ""}.`
+        + " Add photos there and press “Rescan album”.");
+    return;
+  }
   message.className = "message landing";
   message.removeAttribute("role");
   const intro = document.createElement("p");

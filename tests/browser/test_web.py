@@ -257,6 +257,9 @@ class TestIndexStatus:
         album.mkdir()
         server = start_server(album, tmp_path / "data", default_bundle)
         try:
+            page.goto(server.url + "/")
+            page.wait_for_function("() => document.getElementById('message').textContent.includes('No photos are "
+                                   "indexed yet')")
             page.goto(server.url + "/?q=a+cat")
             page.locator("#message.empty").wait_for()
             assert "no indexed photos" in page.locator("#message").inner_text()
