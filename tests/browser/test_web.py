@@ -170,6 +170,18 @@ class TestSearchByPhoto:
         assert result_names(page)[0] == "coffee.jpg"
         assert "coffee.png" in page.locator("#summary").inner_text()
 
+    def test_a_file_that_is_not_a_photo_gets_a_clear_message(self, page, album_server, tmp_path):
+        notes = tmp_path / "notes.txt"
+        notes.write_text("shopping list: milk, eggs")
+        page.goto(album_server.url + "/")
+        page.locator("#pick").set_input_files(str(notes))
+        page.locator("#message.error").wait_for()
+        assert "notes.txt is not a photo" in page.locator("#message").inner_text()
+        # A file that claims to be an image but is not: the server's 4xx reason is shown.
+        page.locator("#pick").set_input_files(files=[{"name": "fake.jpg", "mimeType": "image/jpeg",
+                                                      "buffer": b"not a jpeg"}])
+        page.wait_for_function("() => /\\(4\\d\\d\\)/.test(document.getElementById('message').textContent)")
+
     def test_dropping_a_photo_onto_the_page_finds_the_same_scene(self, page, album_server, tmp_path):
         upload = copy_source_photo("astronaut.png", tmp_path)
         page.goto(album_server.url + "/")
