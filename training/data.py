@@ -288,6 +288,18 @@ class PhotoCaptionDataset(torch.utils.data.Dataset):
         return to_model_input(image, self.spec), self.caption_for(index)
 
 
+class CachedFeatureDataset(PhotoCaptionDataset):
+    """Training items from a frozen image tower's cached outputs: (features, one caption of the photo)."""
+
+    def __init__(self, photos: list[Photo], features: torch.Tensor, seed: int = 0) -> None:
+        assert len(photos) == len(features), f"{len(photos)} photos but {len(features)} feature rows"
+        super().__init__(photos, ImageSpec(), None, seed)
+        self.features = features
+
+    def __getitem__(self, index: int) -> tuple[np.ndarray, str]:
+        return self.features[index].numpy(), self.caption_for(index)
+
+
 class Collate:
     """Stacks pixels and tokenises captions with the server's tokenizer (same ids train and serve)."""
 
@@ -299,8 +311,9 @@ class Collate:
         if len(good) < 2:
             return None  # a contrastive batch needs at least two pairs
         tokens = self.tokenize([caption for _, caption in good])
+        images = torch.from_numpy(np.stack([image for image, _ in good]))
         return {
-            "pixels": torch.from_numpy(np.stack([pixels for pixels, _ in good])),
+            "pixels" if images.ndim == 4 else "features": images,  # (N, 3, S, S) pixels or (N, F) features
             "input_ids": torch.from_numpy(tokens["input_ids"]),
             "attention_mask": torch.from_numpy(tokens["attention_mask"]),
             "dropped": torch.tensor(len(items) - len(good)),

@@ -44,13 +44,21 @@ class DualEncoder(nn.Module):
     def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         return F.normalize(self.project_text(input_ids, attention_mask), dim=-1)
 
-    def forward(self, pixels: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """The contrastive loss of a batch of matching (photo, caption) pairs."""
-        return self.loss(self.project_image(pixels), self.project_text(input_ids, attention_mask))
+    def forward(self, pixels: torch.Tensor | None, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                image_features: torch.Tensor | None = None) -> torch.Tensor:
+        """The contrastive loss of a batch of matching (photo, caption) pairs.
+
+        `image_features` (the frozen image tower's output, cached) replaces `pixels` when given.
+        """
+        image = self.image_head(image_features) if image_features is not None else self.project_image(pixels)
+        return self.loss(image, self.project_text(input_ids, attention_mask))
 
     def train(self, mode: bool = True) -> "DualEncoder":
         super().train(mode)
         if mode:
+            for tower in (self.image_tower, self.text_tower):
+                if not any(p.requires_grad for p in tower.parameters()):
+                    tower.eval()  # a frozen tower computes the same features as at serving time (no dropout)
             # Batch-norm layers whose weights are frozen keep their ImageNet running statistics.
             for module in self.modules():
                 if isinstance(module, nn.modules.batchnorm._BatchNorm) and not any(

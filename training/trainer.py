@@ -19,7 +19,8 @@ from safetensors.torch import load_model, save_model
 from tqdm import tqdm
 
 from training.config import Config, config_from_dict, config_to_dict
-from training.data import Augment, Collate, Photo, PhotoCaptionDataset, load_photos, split_by_photo, write_caption_csv
+from training.data import (Augment, CachedFeatureDataset, Collate, Photo, PhotoCaptionDataset, load_photos,
+                           split_by_photo, write_caption_csv)
 from training.metrics import retrieval_recalls
 from training.model import DualEncoder, build_model, image_spec, param_groups, text_spec, tokenizer_path
 from training.towers import text_model_config
@@ -30,6 +31,7 @@ WEIGHTS = "model.safetensors"
 CHECKPOINT_META = "checkpoint.json"
 TRAINER_STATE = "trainer_state.pt"
 TOKENIZER = "tokenizer.json"
+FEATURE_CACHE = "image_features.pt"
 
 
 def pick_device(name: str) -> torch.device:
@@ -89,9 +91,9 @@ class Trainer:
         self.cfg = cfg
         self.run_dir = Path(cfg.train.out_dir).expanduser().resolve()
         self.progress = progress
-        if fresh and (self.run_dir / "last").exists():
-            log.warning("--fresh: discarding the checkpoints in %s", self.run_dir)
-            for name in ("last", "best", "log.jsonl"):
+        if fresh and self.run_dir.exists():
+            log.warning("--fresh: discarding the checkpoints and logs in %s", self.run_dir)
+            for name in ("last", "best", "log.jsonl", f"train_{FEATURE_CACHE}", f"val_{FEATURE_CACHE}"):
                 target = self.run_dir / name
                 shutil.rmtree(target) if target.is_dir() else target.unlink(missing_ok=True)
         self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -152,6 +154,40 @@ class Trainer:
             raise ValueError(f"only {len(train)} training photos after skipping bad rows; need at least 2")
         return train, val
 
+    # -- frozen image tower: features computed once -------------------------------------------------------
+
+    def caches_image_features(self) -> bool:
+        """A fully frozen image tower without augmentation gives the same features every epoch: compute once."""
+        return self.cfg.image.freeze and not self.cfg.image.trainable and not self.cfg.data.augment
+
+    @torch.no_grad()
+    def image_features(self, model: DualEncoder, photos: list[Photo], label: str) -> tuple[list[Photo], torch.Tensor]:
+        """The image tower's outputs for `photos` (those that decode), cached in the run directory."""
+        path = self.run_dir / f"{label}_{FEATURE_CACHE}"
+        key = {"image": config_to_dict(self.cfg)["image"], "photos": [str(p.path) for p in photos]}
+        if path.is_file():
+            cached = torch.load(path, map_location="cpu", weights_only=False)
+            if cached.get("key") == key:
+                by_path = {p.path: p for p in photos}
+                return [by_path[Path(p)] for p in cached["kept"]], cached["features"]
+        tower = model.image_tower.eval()
+        dataset = PhotoCaptionDataset(photos, image_spec(self.cfg))
+        size = self.cfg.data.eval_batch_size
+        kept: list[Photo] = []
+        rows: list[torch.Tensor] = []
+        for start in tqdm(range(0, len(photos), size), desc=f"{label} image features", unit="batch",
+                          disable=not self.progress):
+            items = [(i, dataset[i]) for i in range(start, min(start + size, len(photos)))]
+            items = [(i, item) for i, item in items if item is not None]
+            if items:
+                pixels = torch.from_numpy(np.stack([item[0] for _, item in items])).to(self.device)
+                with self.autocast():
+                    rows.append(tower(pixels).float().cpu())
+                kept.extend(photos[i] for i, _ in items)
+        features = torch.cat(rows) if rows else torch.zeros(0, model.image_tower.out_dim)
+        torch.save({"key": key, "kept": [str(p.path) for p in kept], "features": features}, path)
+        return kept, features
+
     # -- validation ------------------------------------------------------------------------------------
 
     @torch.no_grad()
@@ -163,7 +199,11 @@ class Trainer:
         dataset = PhotoCaptionDataset(val, image_spec(self.cfg))
         size = self.cfg.data.eval_batch_size
         image_vectors, kept = [], []
-        for start in range(0, len(val), size):
+        if self.val_features is not None:  # frozen tower: only the head runs (eval mode, as encode_image)
+            features = self.val_features.to(self.device)
+            image_vectors.append(torch.nn.functional.normalize(model.image_head(features), dim=-1).float().cpu().numpy())
+            kept = list(range(len(val)))
+        for start in range(0, len(val) if self.val_features is None else 0, size):
             items = [(i, dataset[i]) for i in range(start, min(start + size, len(val)))]
             items = [(i, item) for i, item in items if item is not None]
             if not items:
@@ -199,8 +239,15 @@ class Trainer:
         model = build_model(cfg).to(self.device)
         self.tokenizer_file = tokenizer_path(cfg)
         collate = Collate(self.tokenizer_file, text_spec(cfg))
-        augment = Augment(cfg.data, cfg.image.size) if cfg.data.augment else None
-        dataset = PhotoCaptionDataset(train, image_spec(cfg), augment, seed=cfg.train.seed)
+        self.val_features = None
+        if self.caches_image_features():
+            log.info("image tower frozen and no augmentation: computing its features once")
+            train, train_features = self.image_features(model, train, "train")
+            val, self.val_features = self.image_features(model, val, "val")
+            dataset = CachedFeatureDataset(train, train_features, seed=cfg.train.seed)
+        else:
+            augment = Augment(cfg.data, cfg.image.size) if cfg.data.augment else None
+            dataset = PhotoCaptionDataset(train, image_spec(cfg), augment, seed=cfg.train.seed)
 
         batch = cfg.data.batch_size
         batches_per_epoch = len(train) // batch + (1 if len(train) % batch >= 2 else 0)
@@ -260,8 +307,10 @@ class Trainer:
                 if item is None:
                     continue
                 with self.autocast():
-                    loss = model(item["pixels"].to(self.device), item["input_ids"].to(self.device),
-                                 item["attention_mask"].to(self.device))
+                    features = item.get("features")
+                    loss = model(item["pixels"].to(self.device) if features is None else None,
+                                 item["input_ids"].to(self.device), item["attention_mask"].to(self.device),
+                                 image_features=None if features is None else features.to(self.device))
                 scaler.scale(loss / cfg.optim.grad_accum).backward()
                 running += float(loss.detach())
                 micro += 1
