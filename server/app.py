@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
+import socket
 from importlib import metadata
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -131,10 +133,20 @@ def create_app(library: "Library", web_dir: Path | None = None, background_index
         state=State({"library": library, "indexer": indexer, "thumbnails": thumbnails}),
         lifespan=[run_indexer],
         exception_handlers={cls: _error_response for cls in ERROR_STATUS},
+        logging_config=None,  # keep the CLI's logging set-up (WARNING unless -v); Litestar's would log INFO
         openapi_config=OpenAPIConfig(
             title="clipalbum", version=_package_version(), path=OPENAPI_PATH,
             description="Find photos in your album by describing them. Errors are JSON {\"detail\": message}."),
     )
+
+
+def _check_port_free(host: str, port: int) -> None:
+    try:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        socket.create_server((host, port), family=family).close()
+    except OSError as exc:
+        raise ClipalbumError(f"cannot listen on {host}:{port} ({os.strerror(exc.errno) if exc.errno else exc}); "
+                             "is another server running there? choose another with --port") from exc
 
 
 def serve_library(library: "Library", host: str = "127.0.0.1", port: int = 8000, rescan_minutes: float = 30,
@@ -142,6 +154,7 @@ def serve_library(library: "Library", host: str = "127.0.0.1", port: int = 8000,
     """Runs the app with uvicorn until interrupted (Ctrl-C or SIGTERM)."""
     import uvicorn
 
+    _check_port_free(host, port)  # before the app starts scanning: a taken port should fail fast and clearly
     app = create_app(library, background_index=background_index, rescan_minutes=rescan_minutes)
     shown_host = "localhost" if host in ("127.0.0.1", "::1") else host
     print(f"clipalbum: serving {', '.join(str(r) for r in library.roots) or 'no album yet'}", flush=True)
@@ -151,8 +164,19 @@ def serve_library(library: "Library", host: str = "127.0.0.1", port: int = 8000,
         print("clipalbum: listening on every interface: use this machine's LAN address from other devices",
               flush=True)
     level = "info" if logging.getLogger().isEnabledFor(logging.INFO) else "warning"
-    uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level=level, access_log=level == "info",
-                                  lifespan="on")).run()
+    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level=level,
+                                           access_log=level == "info", lifespan="on"))
+    # uvicorn shuts down gracefully on SIGINT/SIGTERM, then re-raises the signal to the handler that was
+    # there before it; this one only notes it, so the caller's clean-up runs and the process exits 0.
+    received: list[int] = []
+    previous = {sig: signal.signal(sig, lambda signum, _frame: received.append(signum))
+                for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        server.run()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    print("clipalbum: stopped" + (f" ({signal.Signals(received[0]).name})" if received else ""), flush=True)
 
 
 def serve(paths: DataPaths, model: str | Path | None, albums: list[str] | None, host: str = "127.0.0.1",
