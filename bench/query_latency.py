@@ -1,0 +1,133 @@
+"""Text-query latency over HTTP (real uvicorn server on loopback) at 10k and 100k indexed photos; prints JSON.
+
+Synthetic unit vectors stand in for photos (written through the Store, ANN built from SQLite, as a scan
+does). Besides the HTTP p50/p99 it breaks one query down in-process (text encoder, ANN, SQLite rows and
+exact re-rank) and runs the baseline side by side: an exact brute-force scan over every vector in numpy,
+which also gives the ANN path's recall@k.
+
+    .venv/bin/python bench/query_latency.py [--sizes 10000,100000] [--queries 300] [--model BUNDLE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from serving import (REPO, free_port, percentile, queries, resolve_model, start_server,  # noqa: E402
+                     stop_server, synthetic_index)
+
+
+def summarize(samples: list[float]) -> dict[str, float]:
+    return {"p50": percentile(samples, 50), "p90": percentile(samples, 90), "p99": percentile(samples, 99),
+            "mean": round(float(np.mean(samples)), 2)}
+
+
+def http_latency(port: int, texts: list[str], warmup: int, k: int) -> dict[str, object]:
+    import httpx
+
+    wall: list[float] = []
+    server: list[float] = []
+    with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
+        for text in texts[:warmup]:
+            client.get("/api/search", params={"q": text, "k": k}).raise_for_status()
+        for text in texts[warmup:]:
+            started = time.perf_counter()
+            response = client.get("/api/search", params={"q": text, "k": k})
+            wall.append((time.perf_counter() - started) * 1000)
+            response.raise_for_status()
+            server.append(response.json()["took_ms"])
+    return {"http_ms": summarize(wall), "library_ms_reported_by_server": summarize(server),
+            "queries": len(wall)}
+
+
+def breakdown(paths, bundle: Path, texts: list[str], k: int) -> dict[str, object]:
+    """Where one query's time goes, measured in-process on the same index, and the exact-scan baseline."""
+    from server.library import Library, _top
+
+    library = Library.open(paths, model=bundle)
+    try:
+        matrix_ids, chunks = [], []
+        for ids, vectors in library.store.iter_vectors(library.model_id):
+            matrix_ids.append(ids)
+            chunks.append(vectors)
+        all_ids = np.concatenate(matrix_ids)
+        matrix = np.concatenate(chunks)  # (N, D) float32: what a no-ANN server would keep in memory
+        encode, ann, rows, exact, recall = [], [], [], [], []
+        for text in texts:
+            t0 = time.perf_counter()
+            vector = library.encoders.text.encode([text])[0]
+            t1 = time.perf_counter()
+            candidates = library._ann_candidates(vector, k, None)
+            t2 = time.perf_counter()
+            ranked, _ = _top(library.store.vector_rows(candidates, library.model_id), vector, k)
+            t3 = time.perf_counter()
+            scores = matrix @ vector
+            best = np.argpartition(-scores, k)[:k]
+            exact_ids = set(all_ids[best[np.argsort(-scores[best])]].tolist())
+            t4 = time.perf_counter()
+            encode.append((t1 - t0) * 1000)
+            ann.append((t2 - t1) * 1000)
+            rows.append((t3 - t2) * 1000)
+            exact.append((t4 - t3) * 1000)
+            recall.append(len(exact_ids & {r.id for r in ranked}) / k)
+        return {
+            "text_encoder_ms": summarize(encode),
+            "ann_search_ms": summarize(ann),
+            "sqlite_rows_and_rerank_ms": summarize(rows),
+            "baseline_exact_numpy_scan_ms": summarize(exact),
+            "ann_recall_at_k_vs_exact": round(float(np.mean(recall)), 4),
+        }
+    finally:
+        library.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", default="10000,100000", help="indexed photo counts, comma-separated")
+    parser.add_argument("--queries", type=int, default=300, help="timed queries per size")
+    parser.add_argument("--warmup", type=int, default=30)
+    parser.add_argument("--k", type=int, default=20)
+    parser.add_argument("--model", help="bundle directory (default: the cached default bundle)")
+    parser.add_argument("--workdir", default=str(REPO / ".cache" / "bench-serving"),
+                        help="where the synthetic indexes are kept (reused between runs)")
+    args = parser.parse_args()
+
+    bundle = resolve_model(args.model)
+    texts, source = queries(args.warmup + args.queries)
+    from server.bundle import read_manifest
+
+    manifest = read_manifest(bundle)
+    report: dict[str, object] = {
+        "bench": "query_latency", "machine": f"{platform.machine()}, {__import__('os').cpu_count()} cores, "
+        f"{platform.python_implementation()} {platform.python_version()}", "model": manifest.model_id,
+        "embed_dim": manifest.embed_dim, "queries_from": source, "k": args.k,
+        "bar": {"p50_ms": 15, "p99_ms": 40, "at_photos": 100_000}, "sizes": {},
+    }
+    for size in (int(s) for s in args.sizes.split(",")):
+        started = time.perf_counter()
+        paths = synthetic_index(Path(args.workdir) / f"photos-{size}", bundle, size)
+        built_s = time.perf_counter() - started
+        port = free_port()
+        proc = start_server(paths, bundle, port)
+        try:
+            http = http_latency(port, texts, args.warmup, args.k)
+        finally:
+            stop_server(proc)
+        entry = {"index_ready_s": round(built_s, 1), **http,
+                 "in_process_breakdown": breakdown(paths, bundle, texts[args.warmup:][:200], args.k)}
+        report["sizes"][str(size)] = entry  # type: ignore[index]
+        print(f"{size} photos: http p50 {http['http_ms']['p50']} ms, p99 {http['http_ms']['p99']} ms",
+              file=sys.stderr, flush=True)
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()

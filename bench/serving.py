@@ -1,0 +1,170 @@
+"""Shared by the serving benchmarks: a synthetic index at scale, and a real server process over it.
+
+Run as a script (`python bench/serving.py serve --data-dir D --model B --port P`) it is the server under
+test: `clipalbum serve` without background scans (the synthetic photos have no files, so a scan would
+rightly remove them all).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from server.settings import DataPaths, data_paths  # noqa: E402
+
+# Plain-English queries of the kind people type (used when flickr8k-dev's captions are absent).
+QUERIES = [
+    "a cat", "a dog running on the beach", "children playing in the snow", "a red car", "sunset over the sea",
+    "birthday cake with candles", "a man riding a bicycle", "mountains with snow", "a plate of pasta",
+    "two people hiking", "a bride and groom", "a boat on a lake", "a city street at night", "a baby sleeping",
+    "fireworks", "a horse in a field", "a family at the dinner table", "a black and white photo of a building",
+    "flowers in a garden", "a kid on a swing", "a crowded market", "a dog catching a frisbee", "the eiffel tower",
+    "a person skiing down a slope", "a surfer riding a wave", "a cup of coffee", "a rocket launch", "a bridge",
+    "an old church", "a soccer match", "a girl with a balloon", "a train station", "a forest path in autumn",
+    "a kitchen", "a selfie in a mirror", "a cake on a table", "rain on a window", "a cow", "a parrot", "a tent",
+]
+FLICKR_CAPTIONS = REPO.parent / "shared" / "data" / "flickr8k-dev" / "captions.csv"
+
+
+def queries(count: int) -> tuple[list[str], str]:
+    """`count` text queries: flickr8k-dev captions when present (research data, read in place), else QUERIES."""
+    if FLICKR_CAPTIONS.is_file():
+        import csv
+
+        with open(FLICKR_CAPTIONS, newline="") as f:
+            captions = [row["caption"].strip() for row in csv.DictReader(f) if row.get("caption")]
+        if captions:
+            return [captions[i * 7 % len(captions)] for i in range(count)], "flickr8k-dev captions"
+    return [QUERIES[i % len(QUERIES)] for i in range(count)], "built-in queries"
+
+
+def resolve_model(model: str | None) -> Path:
+    """--model, else the test suite's cached default bundle, else the data directory's default (built if missing)."""
+    if model:
+        return Path(model)
+    cached = REPO / ".cache" / "default-bundle"
+    if (cached / "manifest.json").is_file():
+        return cached
+    from server.model_resolver import resolve_bundle
+
+    return resolve_bundle(data_paths(None), None, build_if_missing=True)
+
+
+def synthetic_index(root: Path, bundle: Path, photos: int, seed: int = 0) -> DataPaths:
+    """A data directory whose index holds `photos` photos with random unit vectors (of the bundle's dim and
+    model id), written through the Store like a scan would, plus the ANN index built and saved."""
+    from server.bundle import read_manifest
+    from server.library import Library
+    from server.store import Changes, PhotoFields, Store
+
+    paths = data_paths(root).ensure()
+    manifest = read_manifest(bundle)
+    store = Store(paths.database)
+    try:
+        have = store.counts(manifest.model_id)["indexed"]
+        if have != photos:
+            if have:
+                raise SystemExit(f"{root} holds {have} photos, not {photos}; remove it first")
+            album = root / "album-without-files"
+            album.mkdir(exist_ok=True)
+            root_id = store.add_root(album)
+            rng = np.random.default_rng(seed)
+            for start in range(0, photos, 5000):
+                changes = Changes()
+                count = min(5000, photos - start)
+                vectors = rng.standard_normal((count, manifest.embed_dim)).astype(np.float32)
+                vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+                for i in range(count):
+                    n = start + i
+                    day = f"20{10 + n % 15:02d}-{1 + n % 12:02d}-{1 + n % 28:02d}T12:00:00"
+                    changes.writes.append((None, PhotoFields(
+                        root_id=root_id, rel_path=f"{n // 1000:03d}/IMG_{n:06d}.jpg", size=3_000_000 + n,
+                        mtime_ns=1_700_000_000_000_000_000 + n, content_hash=f"{n:064x}", width=4000, height=3000,
+                        taken_at=day if n % 3 else None, model_id=manifest.model_id, vector=vectors[i])))
+                store.apply(changes)
+    finally:
+        store.close()
+    Library.open(paths, model=bundle).close()  # builds and saves the ANN index from SQLite
+    return paths
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def start_server(paths: DataPaths, bundle: Path, port: int, threads: int | None = None) -> subprocess.Popen:
+    """Starts this file as the server under test and waits until /health answers."""
+    import httpx
+
+    env = dict(os.environ)
+    if threads:
+        env["CLIPALBUM_THREADS"] = str(threads)
+    proc = subprocess.Popen([sys.executable, __file__, "serve", "--data-dir", str(paths.root), "--model",
+                             str(bundle), "--port", str(port)], cwd=REPO, env=env, stdout=sys.stderr)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"server exited with {proc.returncode}")
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=5).status_code == 200:
+                return proc
+        except httpx.TransportError:
+            time.sleep(0.2)
+    proc.kill()
+    raise SystemExit("server did not answer /health in 300 s")
+
+
+def stop_server(proc: subprocess.Popen) -> None:
+    proc.terminate()
+    try:
+        proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def proc_memory_mb(pid: int) -> dict[str, float]:
+    """VmRSS (resident now) and VmHWM (peak resident) of a process, in MB (10^6 bytes)."""
+    values = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        key, _, rest = line.partition(":")
+        if key in ("VmRSS", "VmHWM"):
+            values[key] = round(int(rest.split()[0]) * 1024 / 1e6, 1)
+    return values
+
+
+def percentile(samples: list[float], q: float) -> float:
+    return round(float(np.percentile(np.asarray(samples), q)), 2)
+
+
+def _serve_main(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("mode", choices=["serve"])
+    parser.add_argument("--data-dir", required=True)
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--port", type=int, required=True)
+    args = parser.parse_args(argv)
+    from server.app import serve_library
+    from server.library import Library
+
+    library = Library.open(data_paths(args.data_dir), model=args.model)
+    try:
+        serve_library(library, host="127.0.0.1", port=args.port, background_index=False)
+    finally:
+        library.close()
+
+
+if __name__ == "__main__":
+    _serve_main(sys.argv[1:])
