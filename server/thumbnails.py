@@ -6,6 +6,7 @@ import hashlib
 import logging
 import os
 import tempfile
+import threading
 from bisect import bisect_left
 from pathlib import Path
 
@@ -39,8 +40,11 @@ def thumbnail_etag(content_hash: str, size: int) -> str:
 class ThumbnailCache:
     """Makes thumbnails from originals (read only) into DIR/ab/<hash>-<size>.jpg, written atomically."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, max_concurrent: int | None = None) -> None:
         self.directory = Path(directory)
+        # A grid asks for dozens of thumbnails at once; decoding them all together would only add memory
+        # (full-size PNG/TIFF originals) without finishing sooner on a few cores.
+        self._decoding = threading.BoundedSemaphore(max_concurrent or max(2, os.cpu_count() or 2))
 
     def path_for(self, content_hash: str, size: int) -> Path:
         key = content_hash.lower()
@@ -53,6 +57,12 @@ class ThumbnailCache:
         target = self.path_for(content_hash, size)
         if target.is_file():
             return target
+        with self._decoding:
+            if target.is_file():  # made by a request that held the semaphore before this one
+                return target
+            return self._make(original, target, size)
+
+    def _make(self, original: Path, target: Path, size: int) -> Path:
         # decode_photo applies EXIF orientation and DCT-scales JPEGs, so big photos decode fast.
         image = decode_photo(original, min_side=size).image
         image.thumbnail((size, size), Image.Resampling.LANCZOS, reducing_gap=2.0)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -77,6 +78,19 @@ class TestThumbnailCache:
         original = skimage_data_dir() / "rocket.jpg"
         cache = ThumbnailCache(tmp_path)
         thumb = cache.get(original, _sha256(original), 384)
+        assert [p.name for p in thumb.parent.iterdir()] == [thumb.name]
+
+    def test_concurrent_requests_share_one_good_file(self, tmp_path: Path) -> None:
+        original = skimage_data_dir() / "astronaut.png"
+        digest = _sha256(original)
+        cache = ThumbnailCache(tmp_path, max_concurrent=2)
+        with ThreadPoolExecutor(8) as pool:
+            paths = set(pool.map(lambda _: cache.get(original, digest, 256), range(16)))
+        assert len(paths) == 1
+        (thumb,) = paths
+        with Image.open(thumb) as img:
+            img.load()
+            assert max(img.size) == 256
         assert [p.name for p in thumb.parent.iterdir()] == [thumb.name]
 
     def test_a_broken_original_raises_a_decode_error(self, tmp_path: Path) -> None:
