@@ -128,6 +128,9 @@ class Library:
     def _save_ann(self) -> None:
         # Save first, then record it: a crash in between leaves a mismatch, which means a rebuild, never a lie.
         generation = self.store.generation()
+        if (self.store.get_meta("ann_generation") == str(generation) and self.paths.ann_index.is_file()
+                and self.store.get_meta("ann_model_id") == self.model_id):
+            return  # nothing changed since the last save (a periodic rescan that found nothing new)
         self.ann.save(self.paths.ann_index)
         self.store.set_meta({"ann_generation": str(generation), "ann_model_id": self.model_id})
 
