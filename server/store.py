@@ -322,7 +322,9 @@ class Store:
             rows = self._reader.execute(
                 "SELECT p.id, r.path, p.rel_path, p.width, p.height, p.taken_at, p.vector FROM photos p "
                 f"JOIN roots r ON r.id = p.root_id WHERE p.id IN ({marks}) AND p.status = 'indexed' "
-                "AND p.model_id = ?", (*part, model_id))
+                # '+' keeps SQLite on the primary key: through the (model_id, taken_at) index it would
+                # read every photo of the model (48 ms at 100k photos instead of 0.1 ms).
+                "AND +p.model_id = ?", (*part, model_id))
             out.extend(VectorRow(i, root, rel, w, h, t, blob_vector(v)) for i, root, rel, w, h, t, v in rows)
         return out
 
