@@ -122,6 +122,8 @@ def naive_rate(files: list[Path], spec: ImageSpec, model) -> dict:
     import torch
 
     torch.set_num_threads(os.cpu_count() or 1)
+    with torch.no_grad():  # warm-up outside the timing, as the ONNX sessions are made in Library.open
+        model(torch.zeros(1, 3, spec.size, spec.size))
     started, cpu = time.perf_counter(), _cpu_seconds()
     with torch.no_grad():
         for path in files:

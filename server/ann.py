@@ -33,6 +33,7 @@ class AnnIndex:
         self._index = index or Index(ndim=ndim, metric="cos", dtype=ANN_DTYPE, connectivity=CONNECTIVITY,
                                      expansion_add=EXPANSION_ADD, expansion_search=EXPANSION_SEARCH)
         self._lock = threading.RLock()
+        self.removed = 0  # keys removed since built or loaded: usearch only marks them, so they cost memory
 
     @classmethod
     def load(cls, path: Path, ndim: int) -> "AnnIndex | None":
@@ -77,6 +78,7 @@ class AnnIndex:
             present = [k for k in keys.tolist() if self._index.contains(k)]
             if present:  # an updated photo: replace its vector
                 self._index.remove(np.asarray(present, dtype=np.uint64))
+                self.removed += len(present)
             self._index.add(keys, np.ascontiguousarray(vectors, dtype=np.float32))
 
     def remove(self, ids: Iterable[int]) -> None:
@@ -84,7 +86,7 @@ class AnnIndex:
         if not keys:
             return
         with self._lock:
-            self._index.remove(np.asarray(keys, dtype=np.uint64))
+            self.removed += int(np.sum(self._index.remove(np.asarray(keys, dtype=np.uint64))))
 
     def search(self, vector: npt.NDArray[np.float32], count: int) -> tuple[list[int], list[float]]:
         """Up to `count` nearest photo ids and their approximate cosine similarities, best first."""

@@ -38,6 +38,7 @@ MAX_OFFSET = 10_000
 MAX_UPLOAD_BYTES = 25 * 1024 * 1024
 DATE_SORT_POOL = 500  # sort="date" orders the this many most relevant hits by capture time
 EXACT_FILTER_MAX = 5_000  # a date filter matching fewer photos than this is ranked exactly, without the ANN
+COMPACT_MIN_REMOVED = 1000  # rebuild the ANN index once this many (and a fifth of it) were removed
 _ISO_DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
 
 SortOrder = Literal["relevance", "date"]
@@ -125,6 +126,12 @@ class Library:
         except IndexBusyError:
             log.info("another process is indexing this data directory; not saving the rebuilt vector index")
 
+    def _compact_ann(self) -> None:
+        """Rebuilds the ANN index from SQLite when removed photos (usearch only marks them) pile up."""
+        if self.ann.removed > max(COMPACT_MIN_REMOVED, len(self.ann) // 5):
+            log.info("compacting the vector index (%d removed entries)", self.ann.removed)
+            self.ann = AnnIndex.build(self.embed_dim, self.store.iter_vectors(self.model_id))
+
     def _save_ann(self) -> None:
         # Save first, then record it: a crash in between leaves a mismatch, which means a rebuild, never a lie.
         generation = self.store.generation()
@@ -173,6 +180,7 @@ class Library:
                     raise
                 finally:
                     if scan.ann_in_sync:  # else the next start rebuilds it from SQLite
+                        self._compact_ann()
                         self._save_ann()
             log.info("%s", summary.describe())
             return summary

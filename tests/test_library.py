@@ -242,6 +242,18 @@ class TestStatusAndConcurrency:
             third.close()
 
 
+    def test_the_vector_index_is_compacted_when_removals_pile_up(self, library: Library, sample_album: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch.setattr("server.library.COMPACT_MIN_REMOVED", 0)
+        for name in ("2023/coffee.png", "2024/summer/chelsea.png"):
+            (sample_album / name).unlink()
+        old_ann = library.ann
+        assert library.index().removed == 2
+        assert library.ann is not old_ann and library.ann.removed == 0
+        assert library.ann.checksum() == library.store.vector_checksum(library.model_id)
+        assert len(library.search_text("a cat", k=20).results) == len(SAMPLE_PHOTOS) - 2
+
+
 def _capture(errors: list[BaseException], fn) -> None:
     try:
         fn()

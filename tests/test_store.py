@@ -117,8 +117,9 @@ class TestAnnIndex:
         ann.add([42], -vecs[41:42])  # an updated photo keeps its key
         assert len(ann) == 200
         assert 42 not in ann.search(vecs[41], 5)[0]
-        ann.remove([1, 2])
+        ann.remove([1, 2, 1000])  # 1000 was never there
         assert len(ann) == 198 and ann.checksum() == (198, sum(range(3, 201)))
+        assert ann.removed == 3  # the replaced vector of 42, then 1 and 2
 
     def test_saves_atomically_and_loads_back(self, tmp_path: Path) -> None:
         vecs = unit(np.random.default_rng(7), 50)
