@@ -1,0 +1,83 @@
+"""The default model bundle: the bootstrap recipe exported offline, reused when already built."""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import time
+from pathlib import Path
+
+from export.onnx_export import Quantization, export_towers
+from server.bundle import read_manifest, verify_bundle
+from server.errors import BundleError
+
+log = logging.getLogger(__name__)
+
+MODEL_ID = "bootstrap-effnetlite0-minilm-v1"  # must change with training.bootstrap.RECIPE_VERSION
+
+# int8 per tower only where Recall@10 on flickr8k-dev drops by at most one point against fp32
+# (see the report in README "Quality"): measured by `clipalbum eval` on bundles built both ways.
+IMAGE_QUANTIZATION: Quantization = "none"
+TEXT_QUANTIZATION: Quantization = "none"
+
+# Real photos for the torch-vs-ONNX parity check; scikit-image ships them when it is installed.
+PARITY_PHOTOS = ("chelsea.png", "coffee.png", "astronaut.png", "rocket.jpg", "motorcycle_left.png")
+
+
+def parity_photos() -> list[Path]:
+    spec = importlib.util.find_spec("skimage")  # located, not imported: importing skimage is slow
+    if not spec or not spec.origin:
+        return []
+    data = Path(spec.origin).parent / "data"
+    return [data / name for name in PARITY_PHOTOS if (data / name).is_file()]
+
+
+def existing_bundle_ok(out_dir: Path) -> bool:
+    """True when out_dir holds an intact bundle of the current recipe."""
+    try:
+        manifest = read_manifest(out_dir)
+        if manifest.model_id != MODEL_ID:
+            log.info("bundle at %s is %s, not %s: rebuilding", out_dir, manifest.model_id, MODEL_ID)
+            return False
+        verify_bundle(out_dir, manifest)
+    except BundleError as exc:
+        log.info("bundle at %s is not usable (%s): rebuilding", out_dir, exc)
+        return False
+    return True
+
+
+def build_default_bundle(out_dir: Path, force: bool = False, progress: bool = True,
+                         image_quantize: Quantization = IMAGE_QUANTIZATION,
+                         text_quantize: Quantization = TEXT_QUANTIZATION) -> Path:
+    """Builds the default bundle into out_dir (offline, deterministic) unless a valid one is there."""
+    from training.bootstrap import RECIPE_VERSION, BootstrapConfig, build_bootstrap_model, image_spec, text_spec
+    from training.pretrained import bert_uncased_tokenizer_file
+
+    out_dir = Path(out_dir)
+    assert MODEL_ID.endswith(f"-v{RECIPE_VERSION}"), "bump MODEL_ID with the bootstrap recipe version"
+    if not force and existing_bundle_ok(out_dir):
+        log.info("default bundle %s already at %s", MODEL_ID, out_dir)
+        return out_dir
+    started = time.perf_counter()
+    config = BootstrapConfig()
+    model = build_bootstrap_model(config, progress=progress)
+    photos = parity_photos()
+    export_towers(
+        model,
+        out_dir,
+        model_id=MODEL_ID,
+        image_spec=image_spec(config),
+        text_spec=text_spec(config),
+        tokenizer_file=bert_uncased_tokenizer_file(),
+        image_quantize=image_quantize,
+        text_quantize=text_quantize,
+        parity_images=photos or None,
+        description=(
+            "Offline bootstrap: EfficientNet-Lite0 (ImageNet) and all-MiniLM-L6-v2 aligned without captions "
+            f"(ConSE over timm's 1000 class names and definitions, softmax T={config.temperature}, "
+            f"PCA to {config.embed_dim}-d)."
+        ),
+        progress=progress,
+    )
+    log.info("built the default bundle %s in %.0f s at %s", MODEL_ID, time.perf_counter() - started, out_dir)
+    return out_dir

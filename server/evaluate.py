@@ -1,0 +1,212 @@
+"""Retrieval quality of a model bundle on a folder of photos and a captions CSV (Recall@K, no torch)."""
+
+from __future__ import annotations
+
+import csv
+import logging
+import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import msgspec
+import numpy as np
+import numpy.typing as npt
+from tqdm import tqdm
+
+from server.encoders import load_encoders
+from server.errors import ClipalbumError, ImageDecodeError
+from server.preprocess import load_model_input
+
+log = logging.getLogger(__name__)
+
+IMAGE_BATCH = 32
+TEXT_BATCH = 256
+MAX_EXAMPLES = 20  # skipped rows listed by name in the report; the rest are only counted
+
+
+class EvalReport(msgspec.Struct):
+    model_id: str
+    photos: int  # gallery size: the CSV's photos that could be read
+    captions: int  # queries: captions of those photos
+    recall_at_1: float  # text -> image: fraction of captions whose photo ranks in the top K of the gallery
+    recall_at_5: float
+    recall_at_10: float
+    image_recall_at_1: float  # image -> text: fraction of photos with one of their captions in the top K
+    image_recall_at_5: float
+    image_recall_at_10: float
+    skipped_rows: int
+    skipped_reasons: dict[str, int]  # reason -> number of CSV rows
+    skipped_examples: list[str]  # the first few, as "row N: reason"
+    seconds: float
+    images_dir: str = ""
+    captions_csv: str = ""
+
+    def describe(self) -> str:
+        lines = [
+            f"model {self.model_id}: {self.photos} photos, {self.captions} captions ({self.seconds:.1f} s)",
+            f"text -> image  Recall@1 {self.recall_at_1:.2%}  @5 {self.recall_at_5:.2%}  @10 {self.recall_at_10:.2%}",
+            f"image -> text  Recall@1 {self.image_recall_at_1:.2%}  @5 {self.image_recall_at_5:.2%}  "
+            f"@10 {self.image_recall_at_10:.2%}",
+        ]
+        if self.skipped_rows:
+            reasons = ", ".join(f"{n} {reason}" for reason, n in sorted(self.skipped_reasons.items()))
+            lines.append(f"skipped {self.skipped_rows} rows: {reasons}")
+            lines += [f"  {example}" for example in self.skipped_examples]
+        return "\n".join(lines)
+
+
+def recall_at_k(
+    text_vectors: npt.NDArray[np.float32],
+    image_vectors: npt.NDArray[np.float32],
+    caption_to_image: npt.NDArray[np.int64],
+    ks: tuple[int, ...] = (1, 5, 10),
+) -> dict[int, float]:
+    """Text -> image Recall@K: the fraction of captions whose own image is among the K most similar.
+
+    Args:
+        text_vectors: (C, D) caption embeddings; image_vectors: (I, D) gallery embeddings (both normalised,
+            or the ranking is by dot product).
+        caption_to_image: (C,) index of each caption's image in image_vectors.
+    Returns:
+        {K: recall in 0..1}. Ties count in the caption's favour (rank = number of strictly better images).
+    """
+    caption_to_image = np.asarray(caption_to_image, dtype=np.int64)
+    if len(text_vectors) == 0:
+        return {k: 0.0 for k in ks}
+    ranks = _ranks(np.asarray(text_vectors, np.float32) @ np.asarray(image_vectors, np.float32).T, caption_to_image)
+    return {k: float((ranks < k).mean()) for k in ks}
+
+
+def _ranks(similarity: npt.NDArray[np.float32], target: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
+    """Rank of each row's target column (0 = best), in row chunks to bound memory."""
+    ranks = np.empty(len(similarity), dtype=np.int64)
+    for start in range(0, len(similarity), 4096):
+        rows = similarity[start:start + 4096]
+        own = rows[np.arange(len(rows)), target[start:start + 4096]][:, None]
+        ranks[start:start + 4096] = (rows > own).sum(axis=1)
+    return ranks
+
+
+def image_recall_at_k(
+    text_vectors: npt.NDArray[np.float32],
+    image_vectors: npt.NDArray[np.float32],
+    caption_to_image: npt.NDArray[np.int64],
+    ks: tuple[int, ...] = (1, 5, 10),
+) -> dict[int, float]:
+    """Image -> text Recall@K: the fraction of images with at least one of their captions in the top K."""
+    caption_to_image = np.asarray(caption_to_image, dtype=np.int64)
+    if len(image_vectors) == 0 or len(text_vectors) == 0:
+        return {k: 0.0 for k in ks}
+    similarity = np.asarray(image_vectors, np.float32) @ np.asarray(text_vectors, np.float32).T  # (I, C)
+    best_rank = np.full(len(image_vectors), np.iinfo(np.int64).max)
+    for caption, image in enumerate(caption_to_image):
+        rank = (similarity[image] > similarity[image, caption]).sum()
+        best_rank[image] = min(best_rank[image], rank)
+    return {k: float((best_rank < k).mean()) for k in ks}
+
+
+def read_captions(captions_csv: Path) -> list[tuple[int, str, str]]:
+    """Rows of an `image,caption` CSV as (row number, image name, caption); raises on a missing header."""
+    try:
+        with Path(captions_csv).open(newline="", encoding="utf-8-sig") as f:
+            reader = csv.DictReader(f)
+            if not reader.fieldnames or not {"image", "caption"} <= set(reader.fieldnames):
+                raise ClipalbumError(f"{captions_csv}: expected a CSV with the columns image,caption, "
+                                     f"found {reader.fieldnames}")
+            return [(reader.line_num, (row["image"] or "").strip(), (row["caption"] or "").strip())
+                    for row in reader]
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise ClipalbumError(f"cannot read captions {captions_csv}: {exc}") from exc
+
+
+def evaluate_bundle(bundle_dir: Path, images_dir: Path, captions_csv: Path, progress: bool = True,
+                    limit: int | None = None) -> EvalReport:
+    """Every caption a query over the gallery of the CSV's photos; bad rows are counted, never fatal.
+
+    Args:
+        limit: keep only the first N photos by file name (and their captions).
+    """
+    started = time.perf_counter()
+    images_dir = Path(images_dir)
+    encoders = load_encoders(Path(bundle_dir))
+    rows = read_captions(Path(captions_csv))
+    skipped: list[tuple[int, str]] = []
+
+    captions_by_photo: dict[str, list[str]] = {}
+    row_lines: dict[str, list[int]] = {}  # the valid rows of each photo, to report if the photo fails
+    for line, name, caption in rows:
+        if not name:
+            skipped.append((line, "no image name"))
+        elif not caption:
+            skipped.append((line, "empty caption"))
+        elif Path(name).is_absolute() or ".." in Path(name).parts:
+            skipped.append((line, "image path outside the images folder"))
+        else:
+            captions_by_photo.setdefault(name, []).append(caption)
+            row_lines.setdefault(name, []).append(line)
+    names = sorted(captions_by_photo)[:limit] if limit is not None else sorted(captions_by_photo)
+
+    # Decode in a small pool (PIL releases the GIL) while the encoder runs on the previous batch.
+    spec = encoders.manifest.image
+    gallery: list[str] = []
+    image_vectors: list[npt.NDArray[np.float32]] = []
+
+    def load(name: str) -> npt.NDArray[np.float32] | str:
+        path = images_dir / name
+        if not path.is_file():
+            return "photo not found"
+        try:
+            return load_model_input(path, spec)
+        except ImageDecodeError as exc:
+            log.warning("skipping %s: %s", path, exc)
+            return "unreadable photo"
+
+    bar = tqdm(total=len(names), desc="photos", unit="photo", disable=not progress)
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        batch_names: list[str] = []
+        batch_pixels: list[npt.NDArray[np.float32]] = []
+        for name, result in zip(names, pool.map(load, names)):
+            bar.update()
+            if isinstance(result, str):
+                skipped += [(line, result) for line in row_lines[name]]
+                continue
+            batch_names.append(name)
+            batch_pixels.append(result)
+            if len(batch_pixels) == IMAGE_BATCH:
+                image_vectors.append(encoders.image.encode(np.stack(batch_pixels)))
+                gallery += batch_names
+                batch_names, batch_pixels = [], []
+        if batch_pixels:
+            image_vectors.append(encoders.image.encode(np.stack(batch_pixels)))
+            gallery += batch_names
+    bar.close()
+
+    texts = [caption for name in gallery for caption in captions_by_photo[name]]
+    caption_to_image = np.array([i for i, name in enumerate(gallery) for _ in captions_by_photo[name]], np.int64)
+    text_vectors = [encoders.text.encode(texts[i:i + TEXT_BATCH])
+                    for i in tqdm(range(0, len(texts), TEXT_BATCH), desc="captions", unit="batch",
+                                  disable=not progress)]
+    dim = encoders.manifest.embed_dim
+    images = np.concatenate(image_vectors) if image_vectors else np.zeros((0, dim), np.float32)
+    captions = np.concatenate(text_vectors) if text_vectors else np.zeros((0, dim), np.float32)
+    t2i = recall_at_k(captions, images, caption_to_image)
+    i2t = image_recall_at_k(captions, images, caption_to_image)
+
+    skipped.sort()
+    report = EvalReport(
+        model_id=encoders.manifest.model_id,
+        photos=len(gallery),
+        captions=len(texts),
+        recall_at_1=t2i[1], recall_at_5=t2i[5], recall_at_10=t2i[10],
+        image_recall_at_1=i2t[1], image_recall_at_5=i2t[5], image_recall_at_10=i2t[10],
+        skipped_rows=len(skipped),
+        skipped_reasons=dict(Counter(reason for _, reason in skipped)),
+        skipped_examples=[f"row {line}: {reason}" for line, reason in skipped[:MAX_EXAMPLES]],
+        seconds=round(time.perf_counter() - started, 2),
+        images_dir=str(images_dir),
+        captions_csv=str(captions_csv),
+    )
+    log.info("eval %s: R@1 %.4f R@5 %.4f R@10 %.4f over %d photos", report.model_id, report.recall_at_1,
+             report.recall_at_5, report.recall_at_10, report.photos)
+    return report
