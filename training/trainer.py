@@ -298,7 +298,10 @@ class Trainer:
             batches = [chunk for chunk in order.split(batch) if len(chunk) >= 2]
             loader = torch.utils.data.DataLoader(
                 dataset, batch_sampler=[c.tolist() for c in batches[next_batch:]], collate_fn=collate,
-                num_workers=cfg.data.workers, persistent_workers=False)
+                num_workers=cfg.data.workers, persistent_workers=False,
+                # Its own generator: the loader's worker seed must not draw on the global RNG, or a resumed
+                # run would see different dropout masks than an uninterrupted one.
+                generator=torch.Generator().manual_seed(cfg.train.seed * 10007 + epoch))
             bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.train.epochs}", unit="batch",
                        initial=next_batch, total=len(batches), disable=not self.progress, dynamic_ncols=True)
             optimizer.zero_grad(set_to_none=True)
