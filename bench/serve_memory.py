@@ -76,8 +76,8 @@ def main() -> None:
     from server.bundle import read_manifest
 
     manifest = read_manifest(bundle)
-    empty = synthetic_index(Path(args.workdir) / "photos-0", bundle, 0)
-    full = synthetic_index(Path(args.workdir) / f"photos-{args.photos}", bundle, args.photos)
+    empty = synthetic_index(Path(args.workdir) / "clustered-0", bundle, 0)
+    full = synthetic_index(Path(args.workdir) / f"clustered-{args.photos}", bundle, args.photos)
     report = {
         "bench": "serve_memory", "machine": f"{platform.machine()}, {__import__('os').cpu_count()} cores",
         "model": manifest.model_id, "embed_dim": manifest.embed_dim, "queries_from": source,

@@ -60,9 +60,23 @@ def resolve_model(model: str | None) -> Path:
     return resolve_bundle(data_paths(None), None, build_if_missing=True)
 
 
-def synthetic_index(root: Path, bundle: Path, photos: int, seed: int = 0) -> DataPaths:
-    """A data directory whose index holds `photos` photos with random unit vectors (of the bundle's dim and
-    model id), written through the Store like a scan would, plus the ANN index built and saved."""
+def synthetic_vectors(rng: np.random.Generator, count: int, dim: int, centres: np.ndarray | None) -> np.ndarray:
+    """Unit vectors: uniform on the sphere, or (with centres) clustered like an album's events and bursts."""
+    if centres is None:
+        vectors = rng.standard_normal((count, dim)).astype(np.float32)
+    else:
+        picks = centres[rng.integers(0, len(centres), count)]
+        # noise of norm ~0.8 around a unit centre: cos(photo, centre) ~0.78, between two photos of it ~0.6
+        vectors = picks + 0.8 * rng.standard_normal((count, dim)).astype(np.float32) / np.sqrt(dim)
+    return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+
+
+def synthetic_index(root: Path, bundle: Path, photos: int, seed: int = 0, clustered: bool = True) -> DataPaths:
+    """A data directory whose index holds `photos` photos with synthetic unit vectors (of the bundle's dim and
+    model id), written through the Store like a scan would, plus the ANN index built and saved.
+
+    clustered: one centre per ~25 photos (real albums are bursts of similar shots; uniform random vectors
+    in 256-d are a worst case no photo collection looks like); False: uniform on the sphere."""
     from server.bundle import read_manifest
     from server.library import Library
     from server.store import Changes, PhotoFields, Store
@@ -79,11 +93,11 @@ def synthetic_index(root: Path, bundle: Path, photos: int, seed: int = 0) -> Dat
             album.mkdir(exist_ok=True)
             root_id = store.add_root(album)
             rng = np.random.default_rng(seed)
+            centres = synthetic_vectors(rng, max(1, photos // 25), manifest.embed_dim, None) if clustered else None
             for start in range(0, photos, 5000):
                 changes = Changes()
                 count = min(5000, photos - start)
-                vectors = rng.standard_normal((count, manifest.embed_dim)).astype(np.float32)
-                vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+                vectors = synthetic_vectors(rng, count, manifest.embed_dim, centres)
                 for i in range(count):
                     n = start + i
                     day = f"20{10 + n % 15:02d}-{1 + n % 12:02d}-{1 + n % 28:02d}T12:00:00"
@@ -143,6 +157,17 @@ def proc_memory_mb(pid: int) -> dict[str, float]:
         if key in ("VmRSS", "VmHWM"):
             values[key] = round(int(rest.split()[0]) * 1024 / 1e6, 1)
     return values
+
+
+def proc_cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process has used so far (from /proc/PID/stat)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def load_average() -> list[float]:
+    """The machine's 1/5/15-minute load: these benchmarks share the CPU with whatever else runs."""
+    return [round(x, 2) for x in os.getloadavg()]
 
 
 def percentile(samples: list[float], q: float) -> float:

@@ -28,6 +28,9 @@ def make_session(path: Path, threads: int | None = None) -> ort.InferenceSession
     options.intra_op_num_threads = threads or default_threads()
     options.inter_op_num_threads = 1
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    # Idle worker threads sleep instead of spinning: spinning doubled the server's CPU per text query
+    # (~10 ms vs ~5 ms) and its HTTP p99 on 2 busy cores, and gained no image-encoder throughput.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     try:
         return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
     except Exception as exc:  # ORT raises its own exception types for bad graphs
