@@ -298,7 +298,8 @@ class TestIndexStatus:
             assert page.locator("#rescan").is_enabled()
             # The scan finished while the page showed "empty": it searches again by itself.
             page.locator("#grid li").first.wait_for()
-            assert "chelsea.jpg" in result_names(page)[:3]
+            top = result_names(page)[:5]
+            assert all(name.startswith("chelsea") for name in top), top  # the cat and its variants
         finally:
             server.stop()
 
