@@ -5,6 +5,7 @@ from __future__ import annotations
 import mimetypes
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import msgspec
@@ -14,6 +15,7 @@ from litestar.params import MultipartBody, PathParameter, QueryParameter
 from litestar.response import File
 from litestar.status_codes import HTTP_202_ACCEPTED, HTTP_304_NOT_MODIFIED
 
+from server.errors import NotFoundError
 from server.library import MAX_K, MAX_QUERY_CHARS, MAX_UPLOAD_BYTES
 from server.schemas import SearchResponse, StatusResponse
 from server.store import PhotoRecord
@@ -51,6 +53,8 @@ class PhotoInfo(msgspec.Struct):
     height: int | None
     taken_at: str | None
     content_type: str
+    status: str  # indexed, pending (waiting to be embedded by the current model) or failed
+    error: str | None  # why a failed file could not be read
     thumbnail_url: str
     file_url: str
 
@@ -81,6 +85,14 @@ def content_type_for(name: str) -> str:
 def _version_key(photo: PhotoRecord) -> str:
     """What identifies the bytes of a photo's original: its content hash (or size and mtime before hashing)."""
     return photo.content_hash or f"{photo.size:x}{photo.mtime_ns:x}"
+
+
+def _existing_original(library: "Library", photo_id: int) -> Path:
+    path = library.original_path(photo_id)
+    if not path.is_file():
+        raise NotFoundError(f"photo {photo_id}'s file {path} is gone (moved or deleted); "
+                            "the next scan updates the index")
+    return path
 
 
 def _matches(request: Request, etag: str) -> bool:
@@ -128,7 +140,8 @@ class ImagesController(Controller):
         return PhotoInfo(
             id=photo.id, path=photo.rel_path, root=str(photo.root), name=photo.rel_path.rsplit("/", 1)[-1],
             size=photo.size, modified=modified, width=photo.width, height=photo.height, taken_at=photo.taken_at,
-            content_type=content_type_for(photo.rel_path), thumbnail_url=f"/api/images/{photo.id}/thumbnail",
+            content_type=content_type_for(photo.rel_path), status=photo.status, error=photo.error,
+            thumbnail_url=f"/api/images/{photo.id}/thumbnail",
             file_url=f"/api/images/{photo.id}/file")
 
     @get("/similar", sync_to_thread=True, summary="More like this indexed photo (its stored vector)")
@@ -149,7 +162,7 @@ class ImagesController(Controller):
         if _matches(request, etag):
             return _not_modified(etag, THUMBNAIL_CACHE_CONTROL)
         cache: ThumbnailCache = state.thumbnails
-        path = cache.get(library.original_path(photo_id), _version_key(photo), snapped)
+        path = cache.get(_existing_original(library, photo_id), _version_key(photo), snapped)
         return File(path=path, media_type="image/jpeg", content_disposition_type="inline",
                     filename=f"{photo_id}-{snapped}.jpg", etag=ETag(value=etag.strip('"')),
                     headers={"Cache-Control": THUMBNAIL_CACHE_CONTROL})
@@ -161,7 +174,7 @@ class ImagesController(Controller):
         etag = f'"{_version_key(photo)[:32]}"'
         if _matches(request, etag):
             return _not_modified(etag, ORIGINAL_CACHE_CONTROL)
-        path = library.original_path(photo_id)
+        path = _existing_original(library, photo_id)
         name = photo.rel_path.rsplit("/", 1)[-1]
         return File(path=path, media_type=content_type_for(name), content_disposition_type="inline", filename=name,
                     etag=ETag(value=etag.strip('"')), headers={"Cache-Control": ORIGINAL_CACHE_CONTROL})

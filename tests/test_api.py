@@ -214,6 +214,7 @@ class TestPhotoEndpoints:
         assert (info["width"], info["height"]) == (600, 400)
         assert info["taken_at"].startswith("2022-01-15T08:30")
         assert info["content_type"] == "image/jpeg"
+        assert info["status"] == "indexed" and info["error"] is None
         assert info["thumbnail_url"] == f"/api/images/{coffee}/thumbnail"
 
     def test_unknown_photo_is_404(self, client: TestClient) -> None:
@@ -230,6 +231,14 @@ class TestPhotoEndpoints:
         assert response.content == original.read_bytes()
         again = client.get(f"/api/images/{cat}/file", headers={"If-None-Match": response.headers["etag"]})
         assert again.status_code == 304 and again.content == b""
+
+    def test_a_photo_deleted_since_the_scan_is_404_not_500(self, client: TestClient, album: Path) -> None:
+        rocket = _id_of(client, "rocket.jpg")
+        next(album.rglob("rocket.jpg")).unlink()
+        for url in (f"/api/images/{rocket}/file", f"/api/images/{rocket}/thumbnail"):
+            response = client.get(url)
+            assert response.status_code == 404
+            assert "gone" in _detail(response)
 
     def test_no_client_path_reaches_the_disk(self, client: TestClient) -> None:
         for url in ("/api/images/../../etc/passwd", "/api/images/%2e%2e%2fetc%2fpasswd/file",
