@@ -8,6 +8,7 @@ import time
 from typing import TYPE_CHECKING, Literal
 
 from server.errors import ClipalbumError
+from server.library import IndexBusyError
 
 if TYPE_CHECKING:
     from server.library import Library
@@ -94,6 +95,9 @@ class BackgroundIndexer:
                 summary = self.library.index(progress=False)
                 self.last_error = None
                 log.info("scan finished: %s", summary)
+            except IndexBusyError as exc:  # `clipalbum index` runs on the same data directory: not an error
+                self.last_error = str(exc)
+                log.warning("scan skipped: %s", exc)
             except ClipalbumError as exc:
                 self.last_error = str(exc)
                 log.error("scan failed: %s", exc)
