@@ -332,6 +332,29 @@ class TestStatusAndRefresh:
         assert len(scans) == 2  # the running scan plus one follow-up for the three requests
 
 
+    def test_a_failing_scan_keeps_the_server_and_the_indexer_alive(self, library: Library, web_dir: Path) -> None:
+        app = create_app(library, web_dir=web_dir, background_index=False)
+        indexer = app.state.indexer
+        original_index = library.index
+        calls = []
+
+        def failing_once(**kwargs):
+            calls.append(1)
+            if len(calls) == 1:
+                raise OSError("disk went away")
+            return original_index(**kwargs)
+
+        library.index = failing_once  # type: ignore[method-assign]
+        with TestClient(app) as client:
+            client.post("/api/index/refresh")
+            assert indexer.wait_idle(30)
+            assert "disk went away" in (indexer.last_error or "")
+            assert client.get("/api/search", params={"q": "a cat"}).status_code == 200
+            client.post("/api/index/refresh")
+            assert indexer.wait_idle(30)
+        assert len(calls) == 2 and indexer.last_error is None
+
+
 class TestBackgroundIndexing:
     def test_answers_while_the_first_scan_runs_then_finds_everything(self, tmp_path: Path, tiny_bundle: Path,
                                                                     album: Path, web_dir: Path) -> None:
