@@ -87,10 +87,10 @@ def flickr_album(folder: Path, count: int) -> list[Path]:
 
 
 def clipalbum_rate(album: Path, bundle: Path, work: Path, decode_threads: int | None,
-                   batch_size: int | None) -> dict:
+                   infer_batch: int | None) -> dict:
     data = work / f"data-{album.name}"
     library = Library.open(data_paths(data), model=bundle, roots=[str(album)])
-    library.decode_threads, library.batch_size = decode_threads, batch_size
+    library.decode_threads, library.infer_batch = decode_threads, infer_batch
     cpu = _cpu_seconds()
     try:
         summary = library.index()
@@ -104,18 +104,27 @@ def clipalbum_rate(album: Path, bundle: Path, work: Path, decode_threads: int | 
             "cpu_ms_per_photo": round(cpu / summary.embedded * 1000, 1)}
 
 
-def naive_model():
-    """The torch fp32 image model: the bootstrap recipe's when it is there, else the same backbone."""
+def naive_model(kind: str):
+    """The torch fp32 image model: the bootstrap recipe's dual encoder (what the default bundle exports),
+    or, with --naive-model backbone, just its EfficientNet-Lite0 (same cost, no minute-long build)."""
     import torch
+    from torch import nn
 
-    try:
-        from training.bootstrap import load_bootstrap_image_model  # helper A's recipe, if it offers this
-
-        return load_bootstrap_image_model().eval(), "training.bootstrap image model"
-    except ImportError:
+    if kind == "backbone":
         from training.pretrained import load_efficientnet_lite0
 
-        return load_efficientnet_lite0().eval(), "timm tf_efficientnet_lite0 (fp32, torch)"
+        return load_efficientnet_lite0().eval(), "training.pretrained.load_efficientnet_lite0 (torch fp32)"
+    from training.bootstrap import build_bootstrap_model
+
+    class ImageTower(nn.Module):
+        def __init__(self, model: nn.Module) -> None:
+            super().__init__()
+            self.model = model
+
+        def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+            return self.model.encode_image(pixels)
+
+    return ImageTower(build_bootstrap_model()).eval(), "training.bootstrap.build_bootstrap_model().encode_image (torch fp32)"
 
 
 def naive_rate(files: list[Path], spec: ImageSpec, model) -> dict:
@@ -149,8 +158,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", help="bundle directory (default: the data directory's default bundle)")
     parser.add_argument("--data-dir", help="where the default bundle lives (default: as the CLI)")
     parser.add_argument("--decode-threads", type=int, default=None)
-    parser.add_argument("--batch-size", type=int, default=None)
+    parser.add_argument("--infer-batch", type=int, default=None, help="photos per ONNX Runtime call")
     parser.add_argument("--skip-naive", action="store_true")
+    parser.add_argument("--naive-model", choices=["bootstrap", "backbone"], default="bootstrap")
     args = parser.parse_args(argv)
 
     bundle = resolve_bundle(data_paths(args.data_dir), args.model)
@@ -160,11 +170,11 @@ def main(argv: list[str] | None = None) -> int:
                     "onnxruntime": ort.__version__, "loadavg_at_start": [round(x, 2) for x in os.getloadavg()]},
         "bundle": {"path": str(bundle), "model_id": manifest.model_id,
                    "image_quantization": manifest.image.quantization, "input": manifest.image.size},
-        "settings": {"decode_threads": args.decode_threads or "default", "batch_size": args.batch_size or "default",
+        "settings": {"decode_threads": args.decode_threads or "default", "infer_batch": args.infer_batch or "default",
                      "ort_threads": os.environ.get("CLIPALBUM_THREADS", "all cores")},
         "sets": {},
     }
-    model, model_name = (None, None) if args.skip_naive else naive_model()
+    model, model_name = (None, None) if args.skip_naive else naive_model(args.naive_model)
     result["naive_model"] = model_name
     with tempfile.TemporaryDirectory(prefix="clipalbum-bench-") as tmp:
         work = Path(tmp)
@@ -178,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
             sets["flickr8k_dev"] = flickr_album(work / "flickr", args.flickr)
         for name, files in sets.items():
             entry = {"clipalbum": clipalbum_rate(files[0].parent, bundle, work, args.decode_threads,
-                                                 args.batch_size)}
+                                                 args.infer_batch)}
             if model is not None:
                 entry["naive"] = naive_rate(files[: args.naive], manifest.image, model)
                 entry["speedup"] = round(entry["clipalbum"]["photos_per_s"] / entry["naive"]["photos_per_s"], 2)

@@ -23,7 +23,7 @@ from server.encoders import Encoders, load_encoders
 from server.errors import ClipalbumError, InvalidQueryError, NotFoundError
 from server.model_resolver import resolve_bundle
 from server.preprocess import decode_photo, to_model_input
-from server.scanner import IndexSummary, Scan
+from server.scanner import BATCH_SIZE, INFER_BATCH, IndexSummary, Scan
 from server.schemas import FailedFile, Hit, ScanProgress, SearchResponse, StatusResponse
 from server.settings import DataPaths
 from server.store import PhotoRecord, Store, VectorRow
@@ -59,6 +59,7 @@ class Library:
         self.embed_dim = encoders.manifest.embed_dim
         self.progress = ScanProgress()  # replaced (never mutated) while a scan runs: safe to read anywhere
         self.batch_size: int | None = None  # scan tuning; None: the scanner's defaults
+        self.infer_batch: int | None = None
         self.decode_threads: int | None = None
         self._scan_lock = threading.Lock()
         self.ann = AnnIndex(self.embed_dim)
@@ -166,8 +167,8 @@ class Library:
             raise IndexBusyError("an index scan is already running; its progress is in the status")
         try:
             with self._writer():
-                scan = Scan(self.store, self.ann, self.encoders, batch_size=self.batch_size or 32,
-                            decode_threads=self.decode_threads, on_progress=self._set_progress,
+                scan = Scan(self.store, self.ann, self.encoders, batch_size=self.batch_size or BATCH_SIZE,
+                            infer_batch=self.infer_batch or INFER_BATCH, decode_threads=self.decode_threads, on_progress=self._set_progress,
                             checkpoint=self._save_ann)
                 try:
                     summary = scan.run(self.store.roots(), reembed=reembed,
