@@ -45,9 +45,10 @@ class EvalReport(msgspec.Struct):
     def describe(self) -> str:
         lines = [
             f"model {self.model_id}: {self.photos} photos, {self.captions} captions ({self.seconds:.1f} s)",
-            f"text -> image  Recall@1 {self.recall_at_1:.2%}  @5 {self.recall_at_5:.2%}  @10 {self.recall_at_10:.2%}",
-            f"image -> text  Recall@1 {self.image_recall_at_1:.2%}  @5 {self.image_recall_at_5:.2%}  "
-            f"@10 {self.image_recall_at_10:.2%}",
+            f"text -> image  Recall@1 {self.recall_at_1:.2%}  Recall@5 {self.recall_at_5:.2%}  "
+            f"Recall@10 {self.recall_at_10:.2%}",
+            f"image -> text  Recall@1 {self.image_recall_at_1:.2%}  Recall@5 {self.image_recall_at_5:.2%}  "
+            f"Recall@10 {self.image_recall_at_10:.2%}",
         ]
         if self.skipped_rows:
             reasons = ", ".join(f"{n} {reason}" for reason, n in sorted(self.skipped_reasons.items()))
@@ -159,7 +160,7 @@ def evaluate_bundle(bundle_dir: Path, images_dir: Path, captions_csv: Path, prog
         try:
             return load_model_input(path, spec)
         except ImageDecodeError as exc:
-            log.warning("skipping %s: %s", path, exc)
+            log.warning("skipping: %s", exc)  # the message names the file
             return "unreadable photo"
 
     bar = tqdm(total=len(names), desc="photos", unit="photo", disable=not progress)

@@ -107,12 +107,14 @@ def text_spec(config: BootstrapConfig) -> TextSpec:
 def embed_texts(text_net: MeanPooledText, tokenize: TextTokenizer, texts: list[str], batch: int = 128,
                 progress: bool = False, desc: str = "texts") -> npt.NDArray[np.float32]:
     """Sentence embeddings (N, 384), tokenised through the same TextTokenizer the server uses."""
-    out = []
+    order = sorted(range(len(texts)), key=lambda i: (len(texts[i]), i))  # similar lengths batch with less padding
+    out = np.empty((len(texts), text_net.bert.config.hidden_size), dtype=np.float32)
     with torch.inference_mode():
         for start in tqdm(range(0, len(texts), batch), desc=desc, unit="batch", disable=not progress):
-            tokens = tokenize(texts[start:start + batch])
-            out.append(text_net(torch.from_numpy(tokens["input_ids"]), torch.from_numpy(tokens["attention_mask"])).numpy())
-    return np.concatenate(out)
+            rows = order[start:start + batch]
+            tokens = tokenize([texts[i] for i in rows])
+            out[rows] = text_net(torch.from_numpy(tokens["input_ids"]), torch.from_numpy(tokens["attention_mask"])).numpy()
+    return out
 
 
 def fit_projection(class_embeddings: npt.NDArray[np.float32], dim: int) -> tuple[np.ndarray, np.ndarray]:

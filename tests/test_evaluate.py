@@ -1,0 +1,132 @@
+"""Recall@K and `clipalbum eval`: exact metrics on hand-made vectors, bad rows counted, not fatal."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from server.cli import main as cli_main
+from server.errors import ClipalbumError
+from server.evaluate import EvalReport, evaluate_bundle, image_recall_at_k, recall_at_k
+from tests.conftest import SAMPLE_PHOTOS, skimage_data_dir
+
+
+def _unit(rows: list[list[float]]) -> np.ndarray:
+    x = np.asarray(rows, dtype=np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def test_recall_at_k_counts_the_rank_of_each_captions_own_image() -> None:
+    images = _unit([[1, 0, 0], [0, 1, 0], [0, 0, 1]])
+    texts = _unit([
+        [1, 0.1, 0],  # image 0 first -> rank 0
+        [1, 0.5, 0],  # its image 1 is second -> rank 1
+        [1, 0.5, 0.2],  # its image 2 is third -> rank 2
+        [0, 0, 1],  # image 2 first -> rank 0
+    ])
+    owner = np.array([0, 1, 2, 2])
+
+    recall = recall_at_k(texts, images, owner, ks=(1, 2, 3))
+
+    assert recall == {1: 0.5, 2: 0.75, 3: 1.0}
+
+
+def test_recall_at_k_of_an_empty_query_set_is_zero() -> None:
+    assert recall_at_k(np.zeros((0, 3), np.float32), _unit([[1, 0, 0]]), np.zeros(0, np.int64)) == {1: 0.0, 5: 0.0, 10: 0.0}
+
+
+def test_image_recall_needs_any_one_of_the_images_captions() -> None:
+    images = _unit([[1, 0], [0, 1]])
+    texts = _unit([[0.2, 1], [1, 0.1], [0.9, 1]])  # image 0 owns captions 0 and 1, image 1 owns caption 2
+    owner = np.array([0, 0, 1])
+
+    # image 0: caption 1 is its best match (rank 0); image 1: caption 0 beats its own caption 2 (rank 1).
+    assert image_recall_at_k(texts, images, owner, ks=(1, 2)) == {1: 0.5, 2: 1.0}
+
+
+def _write_csv(path: Path, rows: list[tuple[str, str]]) -> Path:
+    import csv
+
+    with path.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["image", "caption"])
+        writer.writerows(rows)
+    return path
+
+
+@pytest.fixture()
+def photo_folder(tmp_path: Path) -> Path:
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for name in SAMPLE_PHOTOS:
+        shutil.copy2(skimage_data_dir() / name, folder / name)
+    (folder / "empty.jpg").write_bytes(b"")
+    (folder / "notes.png").write_text("not an image")
+    return folder
+
+
+def test_evaluate_counts_bad_rows_and_scores_the_rest(tiny_bundle: Path, photo_folder: Path, tmp_path: Path) -> None:
+    rows = [(name, caption) for name, caption in SAMPLE_PHOTOS.items()]
+    rows += [
+        ("chelsea.png", "a tabby cat"),  # a second caption for one photo
+        ("missing.jpg", "a photo that is not there"),
+        ("empty.jpg", "a zero-byte file"),
+        ("notes.png", "a text file named like a photo"),
+        ("coffee.png", "   "),
+        ("", "no image named"),
+        ("../photos/coffee.png", "a path that leaves the folder"),
+    ]
+    csv_path = _write_csv(tmp_path / "captions.csv", rows)
+
+    report = evaluate_bundle(tiny_bundle, photo_folder, csv_path, progress=False)
+
+    assert isinstance(report, EvalReport)
+    assert report.model_id == "tiny-test"
+    assert report.photos == len(SAMPLE_PHOTOS)
+    assert report.captions == len(SAMPLE_PHOTOS) + 1
+    assert report.skipped_rows == 6
+    assert report.skipped_reasons == {
+        "photo not found": 1,
+        "unreadable photo": 2,
+        "empty caption": 1,
+        "no image name": 1,
+        "image path outside the images folder": 1,
+    }
+    assert report.skipped_examples[0].startswith("row ")
+    for value in (report.recall_at_1, report.recall_at_5, report.recall_at_10, report.image_recall_at_10):
+        assert 0.0 <= value <= 1.0
+    assert report.recall_at_1 <= report.recall_at_5 <= report.recall_at_10
+    assert report.recall_at_10 == 1.0, "with 8 photos every caption's photo is in the top 10"
+    text = report.describe()
+    assert "Recall@10" in text and "skipped 6 rows" in text and "unreadable photo" in text
+
+
+def test_evaluate_limit_keeps_the_first_photos_by_name(tiny_bundle: Path, photo_folder: Path, tmp_path: Path) -> None:
+    csv_path = _write_csv(tmp_path / "captions.csv", list(SAMPLE_PHOTOS.items()))
+
+    report = evaluate_bundle(tiny_bundle, photo_folder, csv_path, progress=False, limit=3)
+
+    assert report.photos == 3 and report.captions == 3 and report.skipped_rows == 0
+
+
+def test_a_csv_without_the_columns_is_refused(tiny_bundle: Path, photo_folder: Path, tmp_path: Path) -> None:
+    bad = tmp_path / "bad.csv"
+    bad.write_text("file,text\nchelsea.png,a cat\n")
+    with pytest.raises(ClipalbumError, match="image,caption"):
+        evaluate_bundle(tiny_bundle, photo_folder, bad, progress=False)
+
+
+def test_cli_eval_prints_json(tiny_bundle: Path, photo_folder: Path, tmp_path: Path,
+                              capsys: pytest.CaptureFixture[str]) -> None:
+    csv_path = _write_csv(tmp_path / "captions.csv", list(SAMPLE_PHOTOS.items()))
+
+    code = cli_main(["eval", "--model", str(tiny_bundle), "--images", str(photo_folder), "--captions", str(csv_path),
+                     "--json", "-q"])
+
+    assert code == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["photos"] == len(SAMPLE_PHOTOS) and set(printed) >= {"recall_at_1", "recall_at_5", "recall_at_10"}
