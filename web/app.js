@@ -31,6 +31,7 @@ let controller = null;
 let loading = false;
 let exhausted = true;
 let lastTypingPush = 0;
+let lastTookMs = 0; // the server's time for the latest page, for the summary line
 let albumStatus = null;
 let statusReady = null; // resolves after the first status poll
 let syncingHistory = false; // true while the viewer follows a URL change, so it doesn't write the URL back
@@ -150,7 +151,7 @@ async function fetchPage(mine, offset) {
     // A short page means the end; the server's echo of k counts, since it may cap what was asked.
     exhausted = answer.results.length < (answer.k > 0 ? Math.min(answer.k, PAGE) : PAGE);
     moreButton.hidden = exhausted;
-    await showSummary(answer);
+    await showSummary(answer.took_ms);
     if (viewer.isOpen) viewer.updateNav();
     requestAnimationFrame(fillScreen);
     return answer.results.length > 0;
@@ -168,14 +169,15 @@ async function fetchPage(mine, offset) {
   }
 }
 
-async function showSummary(answer) {
+async function showSummary(tookMs) {
+  lastTookMs = tookMs;
   const count = grid.hits.length;
   const what = upload ? `Photos like ${fileName(upload.file.name || "your photo")}`
     : state.similar != null ? `Photos like ${similarSource ? fileName(similarSource.path) : `photo ${state.similar}`}`
     : null;
   const order = state.sort === "date" ? ", by capture date" : "";
   const found = `${plural(count, "photo")}${exhausted ? "" : " so far"}${order}`;
-  summary.textContent = `${what ? `${what}: ` : ""}${found} in ${Math.round(answer.took_ms)} ms`;
+  summary.textContent = `${what ? `${what}: ` : ""}${found} in ${Math.round(tookMs)} ms`;
   if (count > 0) return;
   await statusReady;
   const status = albumStatus;
@@ -198,15 +200,10 @@ async function describeSimilar(mine) {
     const info = await api.photoInfo(state.similar);
     if (mine !== generation) return;
     similarSource = info;
-    if (grid.hits.length || exhausted) await showSummary({ took_ms: lastTook() });
+    if (!loading) await showSummary(lastTookMs);
   } catch {
     // the summary keeps saying "photo ID"; the results themselves are what matters
   }
-}
-
-function lastTook() {
-  const match = /in (\d+) ms$/.exec(summary.textContent);
-  return match ? Number(match[1]) : 0;
 }
 
 // ---- messages ----
@@ -430,4 +427,5 @@ state = stateFromUrl(location.search);
 history.replaceState({ upload: null, viewer: false }, "", location.href);
 syncControls();
 runSearch();
-if (!state.q && state.similar == null) input.focus();
+// Ready to type on a computer; on a phone, popping up the keyboard unasked would hide the page.
+if (!state.q && state.similar == null && matchMedia("(pointer: fine)").matches) input.focus();

@@ -145,6 +145,11 @@ class TestViewer:
         assert "chelsea.jpg" not in similar  # the photo itself is left out
         assert "chelsea.jpg" in page.locator("#summary").inner_text()
         assert page.locator("#q").input_value() == ""
+        # The URL alone brings it back (the page asks the server which photo the id is).
+        page.reload()
+        page.wait_for_function("() => document.getElementById('summary').textContent.startsWith("
+                               "'Photos like chelsea.jpg')")
+        assert result_names(page) == similar
         # Back returns to the text search, with the viewer open on the photo it came from.
         page.go_back()
         page.wait_for_function("() => new URL(location).searchParams.get('q') === 'a cat'")
