@@ -67,6 +67,11 @@ class TestSearchAsYouType:
         page.get_by_role("button", name="Try again").click()
         page.locator("#grid li").first.wait_for()
         assert message.is_hidden()
+        # The server gone: the page says it cannot reach it.
+        page.route("**/api/search?*", lambda route: route.abort("connectionrefused"))
+        page.locator("#q").fill("a dog")
+        page.wait_for_function("() => document.getElementById('message').textContent.includes('Cannot reach')")
+        page.unroute("**/api/search?*")
         # An unknown photo id is a 404 from the real server, shown as such.
         page.goto(album_server.url + "/?similar=987654")
         page.locator("#message.error").wait_for()
