@@ -3,7 +3,10 @@
 import { thumbnailUrl } from "./api.js";
 import { altText, fileName } from "./format.js";
 
-const THUMB_SIZE = 256; // px on the long side; cells are at most ~200 CSS px, so this stays sharp on 1.5x screens
+// Thumbnail widths the browser picks from: 256 px suits a ~170 CSS px cell on an ordinary screen, 384 px a
+// phone's ~125 CSS px cell at 3x. Both are sizes the server caches.
+const THUMB_SIZES = [256, 384];
+const CELL_SIZES = "(max-width: 640px) 34vw, 200px";
 
 export class Grid {
   /**
@@ -40,14 +43,12 @@ export class Grid {
       link.dataset.id = String(hit.id);
       link.title = hit.path;
       const img = document.createElement("img");
-      img.src = thumbnailUrl(hit.id, THUMB_SIZE);
-      img.alt = altText(hit);
-      img.loading = "lazy";
+      img.loading = "lazy"; // before src, or the browser starts every download at once
       img.decoding = "async";
-      if (hit.width && hit.height) { // reserve the photo's shape so the grid doesn't jump while loading
-        img.width = hit.width;
-        img.height = hit.height;
-      }
+      img.sizes = CELL_SIZES;
+      img.srcset = THUMB_SIZES.map((size) => `${thumbnailUrl(hit.id, size)} ${size}w`).join(", ");
+      img.src = thumbnailUrl(hit.id, THUMB_SIZES[0]);
+      img.alt = altText(hit);
       img.addEventListener("error", () => item.classList.add("broken"), { once: true });
       const caption = document.createElement("span");
       caption.className = "cell-name";
