@@ -18,11 +18,16 @@ class ImageTowerCfg:
     name: str = "resnet50"  # timm model name, for kind = "timm"
     pretrained: str = "none"  # "none" (random) | "hub" (timm download) | path to a local weights file
     size: int = 256  # square input side in pixels
+    resize: str = "shortest_crop"  # "shortest_crop" (short side to size, centre crop) | "squash" (whole photo)
     mean: tuple[float, float, float] = IMAGENET_MEAN  # per channel, on 0..1 pixels
     std: tuple[float, float, float] = IMAGENET_STD
     freeze: bool = False  # keep the tower's weights fixed
     trainable: list[str] = field(default_factory=list)  # parameter-name prefixes left trainable when frozen
     options: dict[str, Any] = field(default_factory=dict)  # extra timm.create_model kwargs (e.g. depth for ViTs)
+    # efficientnet_lite0 only: "pooled" (1280-d) or "pooled+classes" (1280-d + the 1000 ImageNet class
+    # probabilities at class_temperature), which lets the head start from the offline bootstrap's alignment.
+    features: str = "pooled"
+    class_temperature: float = 2.0
 
 
 @dataclass
@@ -31,7 +36,7 @@ class TextTowerCfg:
     pretrained: str = "none"  # "none" (random, from a config) | "hub" | path to a local transformers checkpoint
     hub_name: str = "distilbert-base-uncased"  # used only when pretrained = "hub"
     max_length: int = 200  # tokens, including [CLS] and [SEP]
-    pooling: str = "cls"  # "cls" (first token) | "mean" (attention-masked mean)
+    pooling: str = "cls"  # "cls" (first token) | "mean" (attention-masked mean) | "mean_l2" (mean, normalised)
     tokenizer: str = ""  # tokenizer.json; empty: the packaged BERT uncased one (DistilBERT's and MiniLM's)
     freeze: bool = False
     trainable: list[str] = field(default_factory=list)  # parameter-name prefixes left trainable when frozen
@@ -44,6 +49,9 @@ class HeadCfg:
     dim: int = 256  # the shared embedding space
     dropout: float = 0.1
     blocks: int = 1  # residual blocks, for kind = "rms"
+    # "random" | "bootstrap": mlp heads start as the offline bootstrap's alignment (needs image.features =
+    # "pooled+classes" and text.pooling = "mean_l2" on the packaged towers), so fine-tuning starts from it.
+    init: str = "random"
 
 
 @dataclass

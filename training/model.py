@@ -80,6 +80,10 @@ def build_model(cfg: Config, text_hf_config: dict[str, Any] | None = None) -> Du
         build_head(cfg.head, image_tower.out_dim), build_head(cfg.head, text_tower.out_dim),
         ContrastiveLoss(cfg.loss), cfg.head.dim,
     )
+    if cfg.head.init == "bootstrap" and text_hf_config is None:
+        start_from_bootstrap(model, cfg)
+    elif cfg.head.init not in ("random", "bootstrap"):
+        raise ValueError(f"unknown head.init {cfg.head.init!r}; use 'random' or 'bootstrap'")
     image_trainable = set_trainable(image_tower.backbone, cfg.image.freeze, cfg.image.trainable)
     text_trainable = set_trainable(text_tower.encoder, cfg.text.freeze, cfg.text.trainable)
     log.info("model: image %s (%d-d, %d trainable), text %s (%d-d, %d trainable), %s heads -> %d-d",
@@ -105,7 +109,7 @@ def param_groups(model: DualEncoder, cfg: Config) -> list[dict[str, Any]]:
 
 def image_spec(cfg: Config) -> ImageSpec:
     """What the server must do to a photo for this model (the same preprocessing validation uses)."""
-    return ImageSpec(size=cfg.image.size, resize="shortest_crop", mean=tuple(cfg.image.mean),
+    return ImageSpec(size=cfg.image.size, resize=cfg.image.resize, mean=tuple(cfg.image.mean),  # type: ignore[arg-type]
                      std=tuple(cfg.image.std))
 
 
@@ -117,3 +121,34 @@ def tokenizer_path(cfg: Config) -> Path:
     from training.towers import tokenizer_file
 
     return tokenizer_file(cfg.text)
+
+
+@torch.no_grad()
+def start_from_bootstrap(model: DualEncoder, cfg: Config) -> None:
+    """Initialises both mlp heads so that the untrained model embeds as the offline bootstrap does.
+
+    The bootstrap (training/bootstrap.py) maps a photo to the mixture of its ImageNet classes' text
+    embeddings, softmax(logits / T) @ class_vectors, and a caption to (sentence - centre) @ projection.
+    Both are linear in what the towers output here (class probabilities; the normalised sentence), so the
+    heads' first Linear takes those maps, the pooled-feature columns and the second Linear start at zero,
+    and fine-tuning starts from the bootstrap's alignment instead of from random projections.
+    """
+    from training.bootstrap import BootstrapConfig, build_bootstrap_model
+
+    needs = (cfg.head.kind == "mlp" and cfg.image.kind == "efficientnet_lite0" and cfg.image.features == "pooled+classes"
+             and cfg.text.kind == "minilm" and cfg.text.pooling == "mean_l2")
+    if not needs:
+        raise ValueError("head.init = 'bootstrap' needs head.kind 'mlp', image.kind 'efficientnet_lite0' with "
+                         "image.features 'pooled+classes', and text.kind 'minilm' with text.pooling 'mean_l2'")
+    boot = build_bootstrap_model(BootstrapConfig(embed_dim=cfg.head.dim, temperature=cfg.image.class_temperature))
+    pooled = model.image_tower.out_dim - boot.class_vectors.shape[0]
+    image_head, text_head = model.image_head, model.text_head
+    image_head.projection.weight.zero_()
+    image_head.projection.weight[:, pooled:] = boot.class_vectors.T  # (D, classes)
+    image_head.projection.bias.zero_()
+    text_head.projection.weight.copy_(boot.projection.T)  # (D, 384)
+    text_head.projection.bias.copy_(-(boot.text_center @ boot.projection))
+    for head in (image_head, text_head):
+        head.fc.weight.zero_()
+        head.fc.bias.zero_()
+    log.info("heads start from the offline bootstrap's alignment (T=%.2f)", cfg.image.class_temperature)

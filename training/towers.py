@@ -19,15 +19,24 @@ BERT_UNCASED_VOCAB = 30522  # DistilBERT's and MiniLM's vocabulary (the packaged
 
 
 class ImageTower(nn.Module):
-    """A backbone that maps (N, 3, S, S) pixels to globally pooled (N, out_dim) features."""
+    """A backbone that maps (N, 3, S, S) pixels to globally pooled (N, out_dim) features.
 
-    def __init__(self, backbone: nn.Module, out_dim: int) -> None:
+    With `class_temperature` the backbone keeps its ImageNet classifier and the features are the pooled
+    ones followed by the class probabilities softmax(logits / T): (N, num_features + num_classes).
+    """
+
+    def __init__(self, backbone: nn.Module, out_dim: int, class_temperature: float | None = None) -> None:
         super().__init__()
         self.backbone = backbone
         self.out_dim = out_dim
+        self.class_temperature = class_temperature
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        return self.backbone(pixels)  # (N, out_dim): timm models with num_classes=0 pool and stop there
+        if self.class_temperature is None:
+            return self.backbone(pixels)  # (N, out_dim): timm models with num_classes=0 pool and stop there
+        pooled = self.backbone.forward_head(self.backbone.forward_features(pixels), pre_logits=True)  # (N, F)
+        probs = torch.softmax(self.backbone.classifier(pooled) / self.class_temperature, dim=-1)  # (N, classes)
+        return torch.cat([pooled, probs], dim=-1)
 
 
 class TextTower(nn.Module):
@@ -35,8 +44,8 @@ class TextTower(nn.Module):
 
     def __init__(self, encoder: nn.Module, out_dim: int, pooling: str) -> None:
         super().__init__()
-        if pooling not in ("cls", "mean"):
-            raise ValueError(f"unknown text pooling {pooling!r}; use 'cls' or 'mean'")
+        if pooling not in ("cls", "mean", "mean_l2"):
+            raise ValueError(f"unknown text pooling {pooling!r}; use 'cls', 'mean' or 'mean_l2'")
         self.encoder = encoder
         self.out_dim = out_dim
         self.pooling = pooling
@@ -46,7 +55,9 @@ class TextTower(nn.Module):
         if self.pooling == "cls":
             return hidden[:, 0]
         mask = attention_mask.unsqueeze(-1).to(hidden.dtype)  # (N, T, 1)
-        return (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)
+        mean = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)
+        # mean_l2 is how sentence-transformers runs MiniLM (and how the bootstrap embeds captions).
+        return nn.functional.normalize(mean, dim=-1) if self.pooling == "mean_l2" else mean
 
 
 def _timm_backbone(cfg: ImageTowerCfg) -> nn.Module:
@@ -71,6 +82,10 @@ def build_image_tower(cfg: ImageTowerCfg) -> ImageTower:
         backbone = _timm_backbone(cfg)
     elif cfg.kind == "efficientnet_lite0":
         backbone = pretrained.load_efficientnet_lite0()
+        if cfg.features == "pooled+classes":
+            return ImageTower(backbone, int(backbone.num_features + backbone.num_classes), cfg.class_temperature)
+        if cfg.features != "pooled":
+            raise ValueError(f"unknown image.features {cfg.features!r}; use 'pooled' or 'pooled+classes'")
         backbone.reset_classifier(0)  # keep the 1280-d pooled features
     else:
         raise ValueError(f"unknown image tower kind {cfg.kind!r}; use 'timm' or 'efficientnet_lite0'")

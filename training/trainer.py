@@ -282,6 +282,10 @@ class Trainer:
         else:
             self.log_event("start", config=config_to_dict(cfg), device=str(self.device), total_steps=total_steps,
                            train_photos=len(train), val_photos=len(val))
+            start_metrics = self.validate(model, val, collate)  # where training starts from, for comparison
+            if start_metrics:
+                self.log_event("baseline", val=start_metrics)
+                log.info("before training: %s", " ".join(f"{k}={v:.1f}" for k, v in start_metrics.items()))
 
         def trainer_state() -> dict[str, Any]:
             return {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
