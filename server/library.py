@@ -37,7 +37,7 @@ MAX_K = 200
 MAX_OFFSET = 10_000
 MAX_UPLOAD_BYTES = 25 * 1024 * 1024
 DATE_SORT_POOL = 500  # sort="date" orders the this many most relevant hits by capture time
-EXACT_FILTER_MAX = 5_000  # a date filter matching fewer photos than this is ranked exactly, without the ANN
+EXACT_FILTER_MAX = 2_000  # a date window holding fewer photos than this is ranked exactly, without the ANN
 COMPACT_MIN_REMOVED = 1000  # rebuild the ANN index once this many (and a fifth of it) were removed
 _ISO_DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
 
@@ -235,45 +235,59 @@ class Library:
 
     def _respond(self, vector: npt.NDArray[np.float32], k: int, offset: int, window: tuple[str | None, str | None],
                  sort: SortOrder, started: float, query: str, exclude: int | None = None) -> SearchResponse:
-        need = DATE_SORT_POOL if sort == "date" else offset + k
-        rows, scores = self._rank(vector, need, window, exclude)
-        order = list(range(len(rows)))
-        if sort == "date":  # newest first, undated last; ties by score
-            order.sort(key=lambda i: (rows[i].taken_at is not None, rows[i].taken_at or "", scores[i]),
-                       reverse=True)
-        hits = [Hit(id=rows[i].id, path=rows[i].rel_path, root=rows[i].root, score=round(float(scores[i]), 6),
-                    width=rows[i].width, height=rows[i].height, taken_at=rows[i].taken_at)
-                for i in order[offset:offset + k]]
+        if sort == "date":
+            rows, scores = self._newest_relevant(vector, k, offset, window, exclude)
+        else:
+            rows, scores = self._most_relevant(vector, offset + k, window, exclude)
+            rows, scores = rows[offset:offset + k], scores[offset:offset + k]
+        hits = [Hit(id=row.id, path=row.rel_path, root=row.root, score=round(float(score), 6), width=row.width,
+                    height=row.height, taken_at=row.taken_at) for row, score in zip(rows, scores)]
         return SearchResponse(results=hits, took_ms=round((time.perf_counter() - started) * 1000, 3),
                               query=query, offset=offset, k=k)
 
-    def _rank(self, vector: npt.NDArray[np.float32], need: int, window: tuple[str | None, str | None],
-              exclude: int | None) -> tuple[list[VectorRow], npt.NDArray[np.float32]]:
-        """The `need` best photos (within the date window), scored exactly with SQLite's float32 vectors."""
-        if window != (None, None):
-            allowed = set(self.store.ids_taken_between(self.model_id, *window))
-            allowed.discard(exclude)  # type: ignore[arg-type]
-            if len(allowed) <= EXACT_FILTER_MAX:
-                rows = self.store.vector_rows(allowed, self.model_id)
-                return _top(rows, vector, need)
-            ids = self._ann_candidates(vector, need, allowed)
-        else:
-            ids = self._ann_candidates(vector, need + (exclude is not None), None)
-            if exclude is not None:
-                ids = [i for i in ids if i != exclude]
+    def _most_relevant(self, vector: npt.NDArray[np.float32], need: int, window: tuple[str | None, str | None],
+                       exclude: int | None) -> tuple[list[VectorRow], npt.NDArray[np.float32]]:
+        """The `need` best photos, best first, scored exactly with SQLite's float32 vectors."""
+        wanted = need + max(10, need // 4)  # a few more candidates than needed: the exact re-rank orders them
+        ids, _ = self._candidates(vector, wanted, window, exclude)
         return _top(self.store.vector_rows(ids, self.model_id), vector, need)
 
-    def _ann_candidates(self, vector: npt.NDArray[np.float32], need: int, allowed: set[int] | None) -> list[int]:
-        """ANN candidates, a little more than needed (the exact re-rank then orders them)."""
-        total = len(self.ann)
-        share = 1.0 if allowed is None else max(len(allowed), 1) / max(total, 1)
-        count = math.ceil((need + max(10, need // 4)) / share)
+    def _newest_relevant(self, vector: npt.NDArray[np.float32], k: int, offset: int,
+                         window: tuple[str | None, str | None], exclude: int | None
+                         ) -> tuple[list[VectorRow], list[float]]:
+        """A page of the DATE_SORT_POOL most relevant photos, newest first (undated last, ties by score)."""
+        ids, approx = self._candidates(vector, DATE_SORT_POOL, window, exclude)
+        taken = self.store.taken_at(ids)
+        order = sorted(range(len(ids)), key=lambda i: (taken.get(ids[i]) is not None, taken.get(ids[i]) or "",
+                                                       approx[i]), reverse=True)
+        page = [ids[i] for i in order[offset:offset + k]]
+        by_id = {row.id: row for row in self.store.vector_rows(page, self.model_id)}
+        rows = [by_id[i] for i in page if i in by_id]
+        return rows, [float(row.vector @ vector) for row in rows]
+
+    def _candidates(self, vector: npt.NDArray[np.float32], wanted: int, window: tuple[str | None, str | None],
+                    exclude: int | None) -> tuple[list[int], list[float]]:
+        """Up to `wanted` photo ids in the date window, best first, with (approximate) scores."""
+        if window == (None, None):
+            ids, scores = self.ann.search(vector, wanted + 1)
+            keep = [j for j, i in enumerate(ids) if i != exclude][:wanted]
+            return [ids[j] for j in keep], [scores[j] for j in keep]
+        start, end = window
+        in_window = self.store.count_taken_between(self.model_id, start, end)
+        if in_window <= EXACT_FILTER_MAX:  # few photos in the window: score them all, exactly
+            ids, vectors = self.store.vectors_taken_between(self.model_id, start, end)
+            scores = vectors @ vector if len(ids) else np.zeros(0, dtype=np.float32)
+            best = [j for j in np.argsort(-scores, kind="stable") if ids[j] != exclude][:wanted]
+            return [int(ids[j]) for j in best], [float(scores[j]) for j in best]
+        # Many: ask the ANN index for enough candidates that `wanted` of them fall in the window.
+        count = math.ceil(wanted / (in_window / max(len(self.ann), 1)) * 1.5)
         while True:
-            ids, _ = self.ann.search(vector, count)
-            if allowed is not None:
-                ids = [i for i in ids if i in allowed]
-            if len(ids) >= need or count >= total:
-                return ids
+            ids, scores = self.ann.search(vector, count)
+            taken = self.store.taken_at(ids)
+            keep = [j for j, i in enumerate(ids) if i != exclude and (t := taken.get(i))
+                    and (not start or t >= start) and (not end or t < end)][:wanted]
+            if len(keep) >= wanted or count >= len(self.ann):
+                return [ids[j] for j in keep], [scores[j] for j in keep]
             count *= 2
 
     # -- records and status --------------------------------------------------------------------------------

@@ -256,8 +256,9 @@ class Store:
     def _write_photo(con: sqlite3.Connection, photo_id: int | None, f: PhotoFields) -> int:
         status = "failed" if f.vector is None else "indexed"
         blob = None if f.vector is None else vector_blob(f.vector)
+        model_id = None if f.vector is None else f.model_id  # a model_id always means a vector
         values = (f.root_id, f.rel_path, f.size, f.mtime_ns, f.content_hash, f.width, f.height, f.taken_at,
-                  status, f.error, f.model_id, blob)
+                  status, f.error, model_id, blob)
         if photo_id is None:
             cur = con.execute(
                 "INSERT INTO photos (root_id, rel_path, size, mtime_ns, content_hash, width, height, taken_at, "
@@ -328,17 +329,50 @@ class Store:
             out.extend(VectorRow(i, root, rel, w, h, t, blob_vector(v)) for i, root, rel, w, h, t, v in rows)
         return out
 
-    def ids_taken_between(self, model_id: str, start: str | None, end: str | None) -> list[int]:
-        """Embedded photos whose EXIF capture time is in [start, end) (ISO strings compare in time order)."""
-        sql = "SELECT id FROM photos WHERE status = 'indexed' AND model_id = ? AND taken_at IS NOT NULL"
-        params: list[object] = [model_id]
+    @staticmethod
+    def _window_sql(start: str | None, end: str | None) -> tuple[str, list[object]]:
+        # Failed photos have no model_id, so "model_id = ?" alone means "embedded by this model" and the
+        # (model_id, taken_at) index answers the whole condition.
+        sql, params = " AND taken_at IS NOT NULL", []
         if start:
             sql += " AND taken_at >= ?"
             params.append(start)
         if end:
             sql += " AND taken_at < ?"
             params.append(end)
-        return [int(i) for (i,) in self._reader.execute(sql, params)]
+        return sql, params
+
+    def count_taken_between(self, model_id: str, start: str | None, end: str | None) -> int:
+        """How many embedded photos have an EXIF capture time in [start, end) (ISO strings sort as times)."""
+        sql, params = self._window_sql(start, end)
+        return int(self._reader.execute(f"SELECT COUNT(*) FROM photos WHERE model_id = ?{sql}",
+                                        (model_id, *params)).fetchone()[0])
+
+    def ids_taken_between(self, model_id: str, start: str | None, end: str | None) -> list[int]:
+        """Embedded photos whose EXIF capture time is in [start, end); undated photos never match."""
+        sql, params = self._window_sql(start, end)
+        return [int(i) for (i,) in self._reader.execute(f"SELECT id FROM photos WHERE model_id = ?{sql}",
+                                                        (model_id, *params))]
+
+    def vectors_taken_between(self, model_id: str, start: str | None, end: str | None
+                              ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]:
+        """(ids, vectors) of the embedded photos taken in [start, end), for ranking a small window exactly."""
+        sql, params = self._window_sql(start, end)
+        rows = self._reader.execute(f"SELECT id, vector FROM photos WHERE model_id = ?{sql}",
+                                    (model_id, *params)).fetchall()
+        if not rows:
+            return np.zeros(0, dtype=np.int64), np.zeros((0, 0), dtype=np.float32)
+        ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+        return ids, np.frombuffer(b"".join(r[1] for r in rows), dtype=np.float32).reshape(len(rows), -1)
+
+    def taken_at(self, ids: list[int]) -> dict[int, str | None]:
+        """Capture times of the given photos (a light lookup to filter ANN candidates by date)."""
+        out: dict[int, str | None] = {}
+        for start in range(0, len(ids), 500):
+            part = ids[start:start + 500]
+            marks = ",".join("?" * len(part))
+            out.update(self._reader.execute(f"SELECT id, taken_at FROM photos WHERE id IN ({marks})", part))
+        return out
 
     # -- records and status --------------------------------------------------------------------------------
 
