@@ -118,7 +118,7 @@ def main() -> None:
     }
     for size in (int(s) for s in args.sizes.split(",")):
         started = time.perf_counter()
-        paths = synthetic_index(Path(args.workdir) / f"{args.vectors}-{size}", bundle, size,
+        paths = synthetic_index(Path(args.workdir) / manifest.model_id / f"{args.vectors}-{size}", bundle, size,
                                 clustered=args.vectors == "clustered")
         built_s = time.perf_counter() - started
         port = free_port()

@@ -1,8 +1,9 @@
 """Resident memory of a serving process with 100k photos indexed, after queries; prints JSON.
 
 Side by side in the same run: the same server over an empty index (what the model, Python and Litestar
-cost on their own), then over the synthetic 100k index. Each is measured at start, and after text
-queries, "more like this" queries and search-by-photo uploads (which load the image encoder's buffers).
+cost on their own), then over the synthetic 100k index, then the same after the server process has
+indexed a real album in batches (what a background scan leaves behind). Each is measured at start, and
+after text queries, "more like this" queries and search-by-photo uploads.
 RSS and its peak come from /proc/PID/status (VmRSS, VmHWM).
 
     .venv/bin/python bench/serve_memory.py [--photos 100000] [--queries 200] [--model BUNDLE]
@@ -18,8 +19,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from serving import (REPO, free_port, proc_memory_mb, queries, resolve_model, start_server,  # noqa: E402
-                     stop_server, synthetic_index)
+from serving import (REPO, free_port, load_average, proc_memory_mb, queries, resolve_model,  # noqa: E402
+                     scan_album, start_server, stop_server, synthetic_index)
 
 UPLOAD_PHOTOS = ("chelsea.png", "rocket.jpg", "coffee.png", "astronaut.png")
 
@@ -34,11 +35,12 @@ def sample_uploads() -> list[tuple[str, bytes]]:
     return [(name, (folder / name).read_bytes()) for name in UPLOAD_PHOTOS if (folder / name).is_file()]
 
 
-def measure(paths, bundle: Path, texts: list[str], uploads: list[tuple[str, bytes]]) -> dict[str, object]:
+def measure(paths, bundle: Path, texts: list[str], uploads: list[tuple[str, bytes]],
+            scan: Path | None = None) -> dict[str, object]:
     import httpx
 
     port = free_port()
-    proc = start_server(paths, bundle, port)
+    proc = start_server(paths, bundle, port, scan=scan)
     try:
         at_start = proc_memory_mb(proc.pid)
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60) as client:
@@ -66,6 +68,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--photos", type=int, default=100_000)
     parser.add_argument("--queries", type=int, default=200, help="text queries before measuring")
+    parser.add_argument("--scan-photos", type=int, default=96,
+                        help="photos the server indexes (batches of 32) before the third measurement")
     parser.add_argument("--model", help="bundle directory (default: the cached default bundle)")
     parser.add_argument("--workdir", default=str(REPO / ".cache" / "bench-serving"))
     args = parser.parse_args()
@@ -76,15 +80,18 @@ def main() -> None:
     from server.bundle import read_manifest
 
     manifest = read_manifest(bundle)
-    empty = synthetic_index(Path(args.workdir) / "clustered-0", bundle, 0)
-    full = synthetic_index(Path(args.workdir) / f"clustered-{args.photos}", bundle, args.photos)
+    workdir = Path(args.workdir) / manifest.model_id  # the synthetic rows carry the model id
+    empty = synthetic_index(workdir / "clustered-0", bundle, 0)
+    full = synthetic_index(workdir / f"clustered-{args.photos}", bundle, args.photos)
+    album = scan_album(Path(args.workdir) / "scan-album", photos=args.scan_photos)
     report = {
         "bench": "serve_memory", "machine": f"{platform.machine()}, {__import__('os').cpu_count()} cores",
         "model": manifest.model_id, "embed_dim": manifest.embed_dim, "queries_from": source,
         "uploads": len(uploads) * 3, "bar": {"rss_mb": 300, "at_photos": 100_000},
         "baseline_empty_index": measure(empty, bundle, texts, uploads),
         "indexed": measure(full, bundle, texts, uploads),
-        "database_mb": round(full.database.stat().st_size / 1e6, 1),
+        f"indexed_after_scanning_{args.scan_photos}_photos": measure(full, bundle, texts, uploads, scan=album),
+        "database_mb": round(full.database.stat().st_size / 1e6, 1), "load_average_at_end": load_average(),
         "ann_file_mb": round(full.ann_index.stat().st_size / 1e6, 1),
     }
     print(json.dumps(report, indent=2))

@@ -112,21 +112,47 @@ def synthetic_index(root: Path, bundle: Path, photos: int, seed: int = 0, cluste
     return paths
 
 
+def scan_album(folder: Path, photos: int = 96, side: int = 800) -> Path:
+    """A folder of `photos` distinct JPEGs (crops of scikit-image's real photos), for a scan in the server."""
+    import importlib.util
+
+    from PIL import Image
+
+    if folder.is_dir() and len(list(folder.glob("*.jpg"))) == photos:
+        return folder
+    spec = importlib.util.find_spec("skimage")
+    if spec is None or not spec.origin:
+        raise SystemExit("the scan phase needs scikit-image's sample photos: pip install 'clipalbum[sample]'")
+    source = Path(spec.origin).parent / "data"
+    names = ["astronaut.png", "chelsea.png", "coffee.png", "rocket.jpg", "motorcycle_left.png", "retina.jpg"]
+    images = [Image.open(source / n).convert("RGB").resize((side, side * 3 // 4)) for n in names]
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(photos):
+        img = images[i % len(images)].rotate(i * 7 % 360)
+        img.save(folder / f"scan_{i:03d}.jpg", quality=90)
+    return folder
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
 
 
-def start_server(paths: DataPaths, bundle: Path, port: int, threads: int | None = None) -> subprocess.Popen:
-    """Starts this file as the server under test and waits until /health answers."""
+def start_server(paths: DataPaths, bundle: Path, port: int, threads: int | None = None,
+                 scan: Path | None = None) -> subprocess.Popen:
+    """Starts this file as the server under test and waits until /health answers.
+
+    scan: an album the server process indexes (into a side index, same encoders) before serving, so
+    what a background scan leaves in memory is measured too."""
     import httpx
 
     env = dict(os.environ)
     if threads:
         env["CLIPALBUM_THREADS"] = str(threads)
+    extra = ["--scan-album", str(scan)] if scan else []
     proc = subprocess.Popen([sys.executable, __file__, "serve", "--data-dir", str(paths.root), "--model",
-                             str(bundle), "--port", str(port)], cwd=REPO, env=env, stdout=sys.stderr)
+                             str(bundle), "--port", str(port), *extra], cwd=REPO, env=env, stdout=sys.stderr)
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -180,11 +206,27 @@ def _serve_main(argv: list[str]) -> None:
     parser.add_argument("--data-dir", required=True)
     parser.add_argument("--model", required=True)
     parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--scan-album", help="index this album (into a temporary side index) before serving")
     args = parser.parse_args(argv)
     from server.app import serve_library
+    from server.background import limit_malloc_arenas, return_free_memory
     from server.library import Library
 
+    limit_malloc_arenas()  # as `clipalbum serve` does
     library = Library.open(data_paths(args.data_dir), model=args.model)
+    if args.scan_album:
+        import tempfile
+
+        from server.store import Store
+
+        with tempfile.TemporaryDirectory() as side_dir:
+            side_paths = data_paths(side_dir).ensure()
+            side = Library(side_paths, library.encoders, Store(side_paths.database))  # same ORT sessions
+            side.add_root(args.scan_album)
+            summary = side.index()
+            side.close()
+            return_free_memory()  # as the server's background indexer does after each scan
+        print(f"side scan: {summary.describe()}", file=sys.stderr, flush=True)
     try:
         serve_library(library, host="127.0.0.1", port=args.port, background_index=False)
     finally:

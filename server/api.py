@@ -15,6 +15,7 @@ from litestar.params import MultipartBody, PathParameter, QueryParameter
 from litestar.response import File
 from litestar.status_codes import HTTP_202_ACCEPTED, HTTP_304_NOT_MODIFIED
 
+from server.background import return_free_memory
 from server.errors import NotFoundError
 from server.library import MAX_K, MAX_QUERY_CHARS, MAX_UPLOAD_BYTES
 from server.schemas import SearchResponse, StatusResponse
@@ -126,7 +127,12 @@ class SearchController(Controller):
                  date_from: FromParam = None, date_to: ToParam = None) -> SearchResponse:
         library: Library = state.library
         payload = data.file.file.read()
-        return library.search_image(payload, k=k, offset=offset, date_from=date_from, date_to=date_to, sort=sort)
+        try:
+            return library.search_image(payload, k=k, offset=offset, date_from=date_from, date_to=date_to,
+                                        sort=sort)
+        finally:
+            del payload
+            return_free_memory()  # a decoded camera photo is tens of MB; don't keep it for the next one
 
 
 class ImagesController(Controller):

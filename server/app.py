@@ -19,7 +19,7 @@ from litestar.static_files import create_static_files_router
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 from server.api import ImagesController, IndexController, SearchController, health
-from server.background import BackgroundIndexer
+from server.background import BackgroundIndexer, limit_malloc_arenas
 from server.errors import BundleError, ClipalbumError, ImageDecodeError, InvalidQueryError, NotFoundError
 from server.library import IndexBusyError
 from server.settings import DataPaths
@@ -184,6 +184,7 @@ def serve(paths: DataPaths, model: str | Path | None, albums: list[str] | None, 
     """`clipalbum serve`: opens the index (building the default model if missing) and serves it."""
     from server.library import Library
 
+    limit_malloc_arenas()  # before the ORT, decode and API threads exist
     library = Library.open(paths, model=model, roots=albums or None, build_if_missing=True)
     try:
         serve_library(library, host=host, port=port, rescan_minutes=rescan_minutes)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import threading
 import time
@@ -14,6 +15,31 @@ if TYPE_CHECKING:
     from server.library import Library
 
 log = logging.getLogger(__name__)
+
+M_ARENA_MAX = -8  # glibc mallopt parameter
+
+
+def _libc() -> ctypes.CDLL | None:
+    try:
+        return ctypes.CDLL("libc.so.6")
+    except OSError:  # not glibc (macOS, musl): these are only optimisations
+        return None
+
+
+def limit_malloc_arenas(arenas: int = 2) -> None:
+    """Caps glibc's per-thread heaps; call before threads start. Each worker thread otherwise gets a heap
+    that keeps what it freed (decode threads, API threads), which grew the server by tens of MB."""
+    libc = _libc()
+    if libc is not None and hasattr(libc, "mallopt"):
+        libc.mallopt(M_ARENA_MAX, arenas)
+
+
+def return_free_memory() -> None:
+    """Gives memory freed after a scan or a photo upload back to the system (glibc's malloc_trim)."""
+    libc = _libc()
+    if libc is not None and hasattr(libc, "malloc_trim"):
+        libc.malloc_trim(0)
+
 
 
 class BackgroundIndexer:
@@ -105,6 +131,7 @@ class BackgroundIndexer:
                 self.last_error = f"{exc.__class__.__name__}: {exc}"
                 log.exception("scan failed unexpectedly")
             finally:
+                return_free_memory()  # decoded photos and batches: ~50 MB a long-running server need not keep
                 with self._lock:
                     self._scanning = False
                     self.scans_finished += 1

@@ -72,8 +72,10 @@ def assemble_sample_album(target: Path) -> Path:
 def run_demo(paths: DataPaths, host: str = "127.0.0.1", port: int = 8000, no_serve: bool = False) -> None:
     """Builds the default model if missing, indexes the sample album with a progress bar, then serves it."""
     from server.app import serve_library
+    from server.background import limit_malloc_arenas
     from server.library import Library
 
+    limit_malloc_arenas()
     paths.ensure()
     album = assemble_sample_album(paths.root / SAMPLE_ALBUM_DIR)
     count = sum(1 for p in album.rglob("*") if p.is_file())
