@@ -53,7 +53,7 @@ def http_latency(pid: int, port: int, texts: list[str], warmup: int, k: int) -> 
 
 def breakdown(paths, bundle: Path, texts: list[str], k: int) -> dict[str, object]:
     """Where one query's time goes, measured in-process on the same index, and the exact-scan baseline."""
-    from server.library import Library, _top
+    from server.library import Library
 
     library = Library.open(paths, model=bundle)
     try:
@@ -68,9 +68,13 @@ def breakdown(paths, bundle: Path, texts: list[str], k: int) -> dict[str, object
             t0 = time.perf_counter()
             vector = library.encoders.text.encode([text])[0]
             t1 = time.perf_counter()
-            candidates = library._ann_candidates(vector, k, None)
+            # The relevance path as the Library runs it: a few more ANN candidates than asked for, then an
+            # exact re-rank with SQLite's float32 vectors.
+            candidates, _ = library.ann.search(vector, k + max(10, k // 4))
             t2 = time.perf_counter()
-            ranked, _ = _top(library.store.vector_rows(candidates, library.model_id), vector, k)
+            rows = library.store.vector_rows(candidates, library.model_id)
+            exact_scores = np.stack([r.vector for r in rows]) @ vector
+            ranked = [rows[i] for i in np.argsort(-exact_scores)[:k]]
             t3 = time.perf_counter()
             scores = matrix @ vector
             best = np.argpartition(-scores, k)[:k]

@@ -40,7 +40,7 @@ def _package_version() -> str:
 
 DEFAULT_WEB_DIR = Path(__file__).resolve().parent.parent / "web"
 OPENAPI_PATH = "/schema"  # JSON at /schema/openapi.json
-STOP_TIMEOUT_S = 10.0  # how long shutdown waits for a running scan before leaving it to the next start
+STOP_TIMEOUT_S = 5.0  # how long shutdown waits for a running scan before leaving it to the next start
 
 # Our exceptions -> HTTP status. Litestar picks the most specific class, so ClipalbumError is the fallback.
 ERROR_STATUS: dict[type[ClipalbumError], int] = {
@@ -117,6 +117,8 @@ def create_app(library: "Library", web_dir: Path | None = None, background_index
         try:
             yield
         finally:
+            if indexer.scanning:
+                print(f"clipalbum: waiting up to {STOP_TIMEOUT_S:.0f} s for the running scan", flush=True)
             indexer.stop(STOP_TIMEOUT_S)
 
     handlers: list[Any] = [SearchController, ImagesController, IndexController, health]
@@ -150,8 +152,11 @@ def _check_port_free(host: str, port: int) -> None:
 
 
 def serve_library(library: "Library", host: str = "127.0.0.1", port: int = 8000, rescan_minutes: float = 30,
-                  background_index: bool = True) -> None:
-    """Runs the app with uvicorn until interrupted (Ctrl-C or SIGTERM)."""
+                  background_index: bool = True) -> bool:
+    """Runs the app with uvicorn until interrupted (Ctrl-C or SIGTERM).
+
+    Returns False when a scan was still running at the end: the caller must then leave the Library open
+    (the process exits; the crash-safe index resumes at the next start)."""
     import uvicorn
 
     _check_port_free(host, port)  # before the app starts scanning: a taken port should fail fast and clearly
@@ -177,6 +182,7 @@ def serve_library(library: "Library", host: str = "127.0.0.1", port: int = 8000,
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     print("clipalbum: stopped" + (f" ({signal.Signals(received[0]).name})" if received else ""), flush=True)
+    return not app.state.indexer.scanning
 
 
 def serve(paths: DataPaths, model: str | Path | None, albums: list[str] | None, host: str = "127.0.0.1",
@@ -186,7 +192,9 @@ def serve(paths: DataPaths, model: str | Path | None, albums: list[str] | None, 
 
     limit_malloc_arenas()  # before the ORT, decode and API threads exist
     library = Library.open(paths, model=model, roots=albums or None, build_if_missing=True)
+    stopped_cleanly = False
     try:
-        serve_library(library, host=host, port=port, rescan_minutes=rescan_minutes)
+        stopped_cleanly = serve_library(library, host=host, port=port, rescan_minutes=rescan_minutes)
     finally:
-        library.close()
+        if stopped_cleanly:
+            library.close()

@@ -81,6 +81,7 @@ def run_demo(paths: DataPaths, host: str = "127.0.0.1", port: int = 8000, no_ser
     count = sum(1 for p in album.rglob("*") if p.is_file())
     print(f"clipalbum demo: {count} sample photos in {album}", flush=True)
     library = Library.open(paths, model=None, roots=[str(album)], build_if_missing=True)
+    close = True
     try:
         summary = library.index(progress=True)
         print(f"clipalbum demo: {summary.describe()}", flush=True)
@@ -89,6 +90,7 @@ def run_demo(paths: DataPaths, host: str = "127.0.0.1", port: int = 8000, no_ser
             print(f"clipalbum demo: indexed; search with  clipalbum search --data-dir {paths.root} \"a cat\"",
                   flush=True)
             return
-        serve_library(library, host=host, port=port)
+        close = serve_library(library, host=host, port=port)
     finally:
-        library.close()
+        if close:  # else a scan still runs; the process exits and the index resumes at the next start
+            library.close()
