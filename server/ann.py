@@ -64,10 +64,13 @@ class AnnIndex:
         with self._lock:
             return len(self._index)
 
+    def keys(self) -> npt.NDArray[np.uint64]:
+        with self._lock:
+            return np.asarray(self._index.keys[:], dtype=np.uint64)  # a slice is a fast ndarray copy
+
     def checksum(self) -> tuple[int, int]:
         """(count, sum of keys), compared with Store.vector_checksum at start-up."""
-        with self._lock:
-            keys = np.asarray(self._index.keys, dtype=np.uint64)
+        keys = self.keys()
         return int(keys.size), int(keys.sum(dtype=np.uint64)) if keys.size else 0
 
     def add(self, ids: npt.ArrayLike, vectors: npt.NDArray[np.float32]) -> None:

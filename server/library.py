@@ -110,22 +110,31 @@ class Library:
         return [path for _, path in self.store.roots()]
 
     def _load_ann(self) -> None:
-        """Loads the saved ANN index if it matches SQLite (generation, model, count, ids); else rebuilds it."""
+        """Loads the saved ANN index and brings it up to date with SQLite (the photos written since it was
+        saved); rebuilds it from SQLite when it is missing, unreadable, of another model, or doesn't add up."""
+        generation = self.store.generation()
+        saved = self.store.get_meta("ann_generation")
+        ann = None
+        if self.store.get_meta("ann_model_id") == self.model_id and saved is not None and int(saved) <= generation:
+            ann = AnnIndex.load(self.paths.ann_index, self.embed_dim)
+        if ann is not None and int(saved) < generation:  # e.g. a scan was killed after its last checkpoint
+            log.info("bringing the vector index up to date (generation %s -> %d)", saved, generation)
+            for ids, vectors in self.store.iter_vectors(self.model_id, since=int(saved)):
+                ann.add(ids, vectors)
+            present = self.store.embedded_ids(self.model_id)
+            ann.remove(np.setdiff1d(ann.keys(), present, assume_unique=True).tolist())
         expected = self.store.vector_checksum(self.model_id)
-        up_to_date = (self.store.get_meta("ann_generation") == str(self.store.generation())
-                      and self.store.get_meta("ann_model_id") == self.model_id)
-        ann = AnnIndex.load(self.paths.ann_index, self.embed_dim) if up_to_date else None
         if ann is not None and ann.checksum() == expected:
             self.ann = ann
             log.info("vector index loaded: %d photos", len(ann))
-            return
-        log.info("rebuilding the vector index from the database (%d photos)", expected[0])
-        self.ann = AnnIndex.build(self.embed_dim, self.store.iter_vectors(self.model_id))
+        else:
+            log.info("rebuilding the vector index from the database (%d photos)", expected[0])
+            self.ann = AnnIndex.build(self.embed_dim, self.store.iter_vectors(self.model_id))
         try:
             with self._writer():
                 self._save_ann()
         except IndexBusyError:
-            log.info("another process is indexing this data directory; not saving the rebuilt vector index")
+            log.info("another process is indexing this data directory; not saving the vector index")
 
     def _compact_ann(self) -> None:
         """Rebuilds the ANN index from SQLite when removed photos (usearch only marks them) pile up."""

@@ -18,7 +18,7 @@ from server.errors import ClipalbumError
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -36,12 +36,16 @@ CREATE TABLE IF NOT EXISTS photos (
     taken_at TEXT,
     status TEXT NOT NULL CHECK (status IN ('indexed', 'failed')),
     error TEXT,
-    model_id TEXT,
-    vector BLOB,
+    model_id TEXT,  -- set exactly when there is a vector
+    vector BLOB,  -- float32, the model's embed_dim
+    vector_gen INTEGER NOT NULL DEFAULT 0,  -- the generation that wrote the vector (ANN catch-up)
     UNIQUE (root_id, rel_path)
 );
+"""
+_INDEXES = """
 CREATE INDEX IF NOT EXISTS photos_by_hash ON photos (content_hash);
 CREATE INDEX IF NOT EXISTS photos_by_model_taken ON photos (model_id, taken_at);
+CREATE INDEX IF NOT EXISTS photos_by_model_gen ON photos (model_id, vector_gen);
 """
 
 PhotoStatus = Literal["indexed", "pending", "failed"]
@@ -172,8 +176,13 @@ class Store:
                     f"the index at {self.path} was written by a newer clipalbum (schema {have} > {SCHEMA_VERSION}); "
                     "upgrade clipalbum or use another --data-dir"
                 )
+            if 0 < have < 2:
+                # vector_gen lets start-up bring a saved ANN index up to date instead of rebuilding it.
+                con.execute("ALTER TABLE photos ADD COLUMN vector_gen INTEGER NOT NULL DEFAULT 0")
             if have < SCHEMA_VERSION:
                 con.execute("INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+        with self._write_lock:
+            self._writer.executescript(_INDEXES)
 
     # -- meta ----------------------------------------------------------------------------------------------
 
@@ -234,6 +243,8 @@ class Store:
         added: list[tuple[int, npt.NDArray[np.float32]]] = []
         removed: list[int] = []
         with self._transaction() as con:
+            row = con.execute("SELECT value FROM meta WHERE key = 'generation'").fetchone()
+            generation = int(row[0]) + 1 if row else 1
             for photo_id in changes.deletes:
                 con.execute("DELETE FROM photos WHERE id = ?", (photo_id,))
                 removed.append(photo_id)
@@ -241,45 +252,44 @@ class Store:
                 con.execute("UPDATE photos SET root_id = ?, rel_path = ?, size = ?, mtime_ns = ? WHERE id = ?",
                             (root_id, rel_path, size, mtime_ns, photo_id))
             for photo_id, fields in changes.writes:
-                new_id = self._write_photo(con, photo_id, fields)
+                new_id = self._write_photo(con, photo_id, fields, generation)
                 if fields.vector is None:
                     removed.append(new_id)
                 else:
                     added.append((new_id, np.asarray(fields.vector, dtype=np.float32)))
             for photo_id, source_id, fields in changes.copies:
-                added.append(self._copy_photo(con, photo_id, source_id, fields))
-            con.execute("INSERT INTO meta VALUES ('generation', '1') ON CONFLICT (key) "
-                        "DO UPDATE SET value = CAST(value AS INTEGER) + 1")
+                added.append(self._copy_photo(con, photo_id, source_id, fields, generation))
+            con.execute("INSERT OR REPLACE INTO meta VALUES ('generation', ?)", (str(generation),))
         return added, removed
 
     @staticmethod
-    def _write_photo(con: sqlite3.Connection, photo_id: int | None, f: PhotoFields) -> int:
+    def _write_photo(con: sqlite3.Connection, photo_id: int | None, f: PhotoFields, generation: int) -> int:
         status = "failed" if f.vector is None else "indexed"
         blob = None if f.vector is None else vector_blob(f.vector)
         model_id = None if f.vector is None else f.model_id  # a model_id always means a vector
         values = (f.root_id, f.rel_path, f.size, f.mtime_ns, f.content_hash, f.width, f.height, f.taken_at,
-                  status, f.error, model_id, blob)
+                  status, f.error, model_id, blob, generation)
         if photo_id is None:
             cur = con.execute(
                 "INSERT INTO photos (root_id, rel_path, size, mtime_ns, content_hash, width, height, taken_at, "
-                "status, error, model_id, vector) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", values)
+                "status, error, model_id, vector, vector_gen) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", values)
             return int(cur.lastrowid)
         con.execute(
             "UPDATE photos SET root_id = ?, rel_path = ?, size = ?, mtime_ns = ?, content_hash = ?, width = ?, "
-            "height = ?, taken_at = ?, status = ?, error = ?, model_id = ?, vector = ? WHERE id = ?",
+            "height = ?, taken_at = ?, status = ?, error = ?, model_id = ?, vector = ?, vector_gen = ? WHERE id = ?",
             (*values, photo_id))
         return photo_id
 
     @staticmethod
-    def _copy_photo(con: sqlite3.Connection, photo_id: int | None, source_id: int,
-                    f: PhotoFields) -> tuple[int, npt.NDArray[np.float32]]:
+    def _copy_photo(con: sqlite3.Connection, photo_id: int | None, source_id: int, f: PhotoFields,
+                    generation: int) -> tuple[int, npt.NDArray[np.float32]]:
         # A second copy of an embedded photo: same pixels, so same vector, size and capture time.
         row = con.execute("SELECT width, height, taken_at, model_id, vector FROM photos WHERE id = ?",
                           (source_id,)).fetchone()
         width, height, taken_at, model_id, blob = row
         fields = PhotoFields(f.root_id, f.rel_path, f.size, f.mtime_ns, f.content_hash, width, height, taken_at,
                              None, model_id, blob_vector(blob))
-        return Store._write_photo(con, photo_id, fields), fields.vector
+        return Store._write_photo(con, photo_id, fields, generation), fields.vector
 
     def delete(self, ids: Iterable[int]) -> None:
         changes = Changes()
@@ -299,19 +309,25 @@ class Store:
             (model_id,)).fetchone()
         return int(count), int(total)
 
-    def iter_vectors(self, model_id: str, chunk: int = 4096) -> Iterator[tuple[npt.NDArray[np.uint64],
-                                                                            npt.NDArray[np.float32]]]:
-        """All (ids, vectors) of one model, in chunks, for rebuilding the ANN index."""
+    def iter_vectors(self, model_id: str, chunk: int = 4096, since: int = -1
+                     ) -> Iterator[tuple[npt.NDArray[np.uint64], npt.NDArray[np.float32]]]:
+        """(ids, vectors) of one model in chunks: all of them (to rebuild the ANN index), or those written
+        after generation `since` (to bring a saved one up to date)."""
         last = 0
         while True:
             rows = self._reader.execute(
-                "SELECT id, vector FROM photos WHERE status = 'indexed' AND model_id = ? AND id > ? "
-                "ORDER BY id LIMIT ?", (model_id, last, chunk)).fetchall()
+                "SELECT id, vector FROM photos WHERE model_id = ? AND vector_gen > ? AND id > ? "
+                "ORDER BY id LIMIT ?", (model_id, since, last, chunk)).fetchall()
             if not rows:
                 return
             ids = np.fromiter((r[0] for r in rows), dtype=np.uint64, count=len(rows))
             yield ids, np.stack([blob_vector(r[1]) for r in rows])
             last = int(rows[-1][0])
+
+    def embedded_ids(self, model_id: str) -> npt.NDArray[np.uint64]:
+        """Ids of every photo embedded by `model_id` (what the ANN index must hold)."""
+        rows = self._reader.execute("SELECT id FROM photos WHERE model_id = ?", (model_id,)).fetchall()
+        return np.fromiter((r[0] for r in rows), dtype=np.uint64, count=len(rows))
 
     def vector_rows(self, ids: Iterable[int], model_id: str) -> list[VectorRow]:
         """Rows with their vectors for the given ids (those embedded by `model_id`; others are left out)."""

@@ -227,7 +227,38 @@ class TestStatusAndConcurrency:
         finally:
             again.close()
 
-    def test_a_missing_or_stale_vector_index_is_rebuilt(self, library: Library, tiny_bundle: Path) -> None:
+    def test_a_vector_index_saved_before_the_last_changes_is_brought_up_to_date(
+            self, library: Library, sample_album: Path, tiny_bundle: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        # As if a scan was killed after its last checkpoint: the saved index is some generations behind.
+        old_file = library.paths.ann_index.read_bytes()
+        old_generation = library.store.get_meta("ann_generation")
+        (sample_album / "2023" / "coffee.png").unlink()
+        changed = sample_album / "2024" / "summer" / "chelsea.png"
+        Image.open(changed).rotate(90, expand=True).save(changed)
+        Image.open(changed).transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(sample_album / "new.png")
+        library.index()
+        library.close()
+        library.paths.ann_index.write_bytes(old_file)
+        library.store = type(library.store)(library.paths.database)
+        library.store.set_meta({"ann_generation": old_generation})
+        library.store.close()
+
+        def no_rebuild(*args, **kwargs):
+            raise AssertionError("rebuilt instead of catching up")
+
+        monkeypatch.setattr("server.library.AnnIndex.build", no_rebuild)
+        again = Library.open(library.paths, model=tiny_bundle)
+        try:
+            assert again.ann.checksum() == again.store.vector_checksum(again.model_id)
+            assert again.store.get_meta("ann_generation") == str(again.store.generation())  # and saved
+            for rel in ("2024/summer/chelsea.png", "new.png"):
+                photo_id = next(h.id for h in again.search_text("a cat", k=20).results if h.path == rel)
+                ids, scores = again.ann.search(again.store.vector(photo_id)[1], 1)
+                assert ids == [photo_id] and scores[0] == pytest.approx(1.0, abs=1e-2)
+        finally:
+            again.close()
+
+    def test_a_missing_vector_index_is_rebuilt_and_a_stale_one_caught_up(self, library: Library, tiny_bundle: Path) -> None:
         library.close()
         library.paths.ann_index.unlink()
         again = Library.open(library.paths, model=tiny_bundle)

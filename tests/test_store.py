@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
 
 import numpy as np
@@ -104,6 +105,43 @@ class TestStore:
             store.apply(bad)
         assert store.file_states(root) == {}
         assert store.generation() == 0
+
+
+    def test_a_version_1_database_is_migrated_in_place(self, tmp_path: Path) -> None:
+        path = tmp_path / "old.sqlite3"
+        con = sqlite3.connect(path)
+        con.executescript("""
+            CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+            INSERT INTO meta VALUES ('schema_version', '1'), ('generation', '7');
+            CREATE TABLE roots (id INTEGER PRIMARY KEY, path TEXT NOT NULL UNIQUE);
+            INSERT INTO roots VALUES (1, '/album');
+            CREATE TABLE photos (id INTEGER PRIMARY KEY AUTOINCREMENT, root_id INTEGER NOT NULL REFERENCES roots(id),
+                rel_path TEXT NOT NULL, size INTEGER NOT NULL, mtime_ns INTEGER NOT NULL, content_hash TEXT,
+                width INTEGER, height INTEGER, taken_at TEXT, status TEXT NOT NULL, error TEXT, model_id TEXT,
+                vector BLOB, UNIQUE (root_id, rel_path));
+            INSERT INTO photos (root_id, rel_path, size, mtime_ns, status, model_id, vector)
+                VALUES (1, 'a.jpg', 1, 1, 'indexed', 'm1', zeroblob(64));
+        """)
+        con.close()
+        store = Store(path)
+        try:
+            assert store.get_meta("schema_version") == "2" and store.generation() == 7
+            assert [len(ids) for ids, _ in store.iter_vectors("m1")] == [1]  # the old row, vector_gen 0
+            assert [len(ids) for ids, _ in store.iter_vectors("m1", since=0)] == []
+        finally:
+            store.close()
+
+    def test_vectors_written_after_a_generation_can_be_listed(self, store: Store) -> None:
+        root = store.add_root(Path("/album"))
+        vecs = unit(np.random.default_rng(9), 3)
+        store.apply(Changes(writes=[(None, fields(root, "a.jpg", vecs[0]))]))
+        since = store.generation()
+        store.apply(Changes(writes=[(None, fields(root, "b.jpg", vecs[1])), (1, fields(root, "a.jpg", vecs[2]))]))
+        store.apply(Changes(moves=[(2, root, "moved.jpg", 10, 5)]))  # a move keeps the vector: not listed again
+        (ids, vectors), = store.iter_vectors("m1", since=since)
+        assert ids.tolist() == [1, 2]
+        np.testing.assert_array_equal(vectors, vecs[[2, 1]])
+        assert store.embedded_ids("m1").tolist() == [1, 2]
 
 
 class TestAnnIndex:
