@@ -133,8 +133,11 @@ def export_dual_encoder(
     """Writes a complete, checksummed model bundle for `model` to `out_dir` and returns its manifest.
 
     Args:
-        model: an nn.Module with encode_image(pixels) and encode_text(input_ids=..., attention_mask=...)
-            returning (N, D) embeddings; put in eval mode here.
+        model: an nn.Module with encode_image(pixels) and encode_text(**tokens) returning (N, D) embeddings;
+            encode_text is called with keyword arguments named by text_spec.input_names (by default
+            input_ids and attention_mask, int64 (N, T)). Put in eval mode here; outputs are L2-normalised
+            in the graph whether or not the model already does it. embed_dim is read from model.embed_dim
+            when present, else from the output.
         out_dir: the bundle directory; replaced atomically (built beside it, renamed at the end).
         quantize: "int8" quantizes both towers dynamically (see export_towers for one tower only).
         parity_images / parity_texts: real inputs on which torch and ONNX Runtime outputs are compared;
