@@ -36,7 +36,7 @@ MAX_QUERY_CHARS = 500
 MAX_K = 200
 MAX_OFFSET = 10_000
 MAX_UPLOAD_BYTES = 25 * 1024 * 1024
-DATE_SORT_POOL = 500  # sort="date" orders the this many most relevant hits by capture time
+DATE_SORT_POOL = 500  # sort="date" orders this many most relevant hits by capture time
 EXACT_FILTER_MAX = 2_000  # a date window holding fewer photos than this is ranked exactly, without the ANN
 COMPACT_MIN_REMOVED = 1000  # rebuild the ANN index once this many (and a fifth of it) were removed
 _ISO_DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
@@ -110,8 +110,19 @@ class Library:
         return [path for _, path in self.store.roots()]
 
     def _load_ann(self) -> None:
-        """Loads the saved ANN index and brings it up to date with SQLite (the photos written since it was
-        saved); rebuilds it from SQLite when it is missing, unreadable, of another model, or doesn't add up."""
+        """Sets up the ANN index at start-up, and saves it when it changed and no other process is indexing
+        (the lock keeps SQLite still between reading it and recording the generation the file matches)."""
+        try:
+            with self._writer():
+                self.ann = self._current_ann()
+                self._save_ann()
+        except IndexBusyError:
+            log.info("another process is indexing this data directory; using the vector index in memory only")
+            self.ann = self._current_ann()
+
+    def _current_ann(self) -> AnnIndex:
+        """The saved ANN index brought up to date with SQLite (the photos written since it was saved), or
+        one rebuilt from SQLite when the file is missing, unreadable, of another model, or doesn't add up."""
         generation = self.store.generation()
         saved = self.store.get_meta("ann_generation")
         ann = None
@@ -125,16 +136,10 @@ class Library:
             ann.remove(np.setdiff1d(ann.keys(), present, assume_unique=True).tolist())
         expected = self.store.vector_checksum(self.model_id)
         if ann is not None and ann.checksum() == expected:
-            self.ann = ann
             log.info("vector index loaded: %d photos", len(ann))
-        else:
-            log.info("rebuilding the vector index from the database (%d photos)", expected[0])
-            self.ann = AnnIndex.build(self.embed_dim, self.store.iter_vectors(self.model_id))
-        try:
-            with self._writer():
-                self._save_ann()
-        except IndexBusyError:
-            log.info("another process is indexing this data directory; not saving the vector index")
+            return ann
+        log.info("rebuilding the vector index from the database (%d photos)", expected[0])
+        return AnnIndex.build(self.embed_dim, self.store.iter_vectors(self.model_id))
 
     def _compact_ann(self) -> None:
         """Rebuilds the ANN index from SQLite when removed photos (usearch only marks them) pile up."""
