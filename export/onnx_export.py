@@ -189,7 +189,8 @@ def export_towers(
         steps.set_postfix_str("image.onnx")
         image_fp32 = work / "image.fp32.onnx"
         _export_graph(image_tower, (torch.from_numpy(pixels[:2]),), image_fp32, [image_spec.input_name],
-                      image_spec.output_name, {image_spec.input_name: {0: "batch"}, image_spec.output_name: {0: "batch"}})
+                      image_spec.output_name,
+                      {image_spec.input_name: {0: "batch"}, image_spec.output_name: {0: "batch"}})
         steps.update()
 
         # 2) text tower: dynamic batch and token axes (the dummy batch has padding so masks stay symbolic).
@@ -225,7 +226,8 @@ def export_towers(
         )
         log.info("parity (min cosine torch vs ONNX): image %.5f (%s), text %.5f (%s)", image_cos,
                  image_spec.quantization, text_cos, text_spec.quantization)
-        for tower, cos, quant in (("image", image_cos, image_spec.quantization), ("text", text_cos, text_spec.quantization)):
+        for tower, cos, quant in (("image", image_cos, image_spec.quantization),
+                                  ("text", text_cos, text_spec.quantization)):
             if not cos >= MIN_PARITY_COSINE[quant]:
                 raise ParityError(f"{tower} tower: ONNX ({quant}) output differs from torch (min cosine {cos:.4f} < "
                                   f"{MIN_PARITY_COSINE[quant]}); the bundle was not written")

@@ -96,7 +96,8 @@ class BootstrapDualEncoder(nn.Module):
 
 
 def image_spec(config: BootstrapConfig) -> ImageSpec:
-    return ImageSpec(size=config.image_size, resize=config.resize, mean=EFFICIENTNET_LITE0_MEAN,  # type: ignore[arg-type]
+    return ImageSpec(size=config.image_size, resize=config.resize,  # type: ignore[arg-type]
+                     mean=EFFICIENTNET_LITE0_MEAN,
                      std=EFFICIENTNET_LITE0_STD)
 
 
@@ -113,7 +114,8 @@ def embed_texts(text_net: MeanPooledText, tokenize: TextTokenizer, texts: list[s
         for start in tqdm(range(0, len(texts), batch), desc=desc, unit="batch", disable=not progress):
             rows = order[start:start + batch]
             tokens = tokenize([texts[i] for i in rows])
-            out[rows] = text_net(torch.from_numpy(tokens["input_ids"]), torch.from_numpy(tokens["attention_mask"])).numpy()
+            ids, mask = torch.from_numpy(tokens["input_ids"]), torch.from_numpy(tokens["attention_mask"])
+            out[rows] = text_net(ids, mask).numpy()
     return out
 
 
