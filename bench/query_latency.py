@@ -72,9 +72,9 @@ def breakdown(paths, bundle: Path, texts: list[str], k: int) -> dict[str, object
             # exact re-rank with SQLite's float32 vectors.
             candidates, _ = library.ann.search(vector, k + max(10, k // 4))
             t2 = time.perf_counter()
-            rows = library.store.vector_rows(candidates, library.model_id)
-            exact_scores = np.stack([r.vector for r in rows]) @ vector
-            ranked = [rows[i] for i in np.argsort(-exact_scores)[:k]]
+            found = library.store.vector_rows(candidates, library.model_id)
+            exact_scores = np.stack([r.vector for r in found]) @ vector
+            ranked = [found[i] for i in np.argsort(-exact_scores)[:k]]
             t3 = time.perf_counter()
             scores = matrix @ vector
             best = np.argpartition(-scores, k)[:k]
