@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import re
+import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,45 +23,86 @@ from tests.conftest import SAMPLE_PHOTOS, skimage_data_dir
 WEB_INDEX = "<!doctype html><title>clipalbum test page</title>"
 
 
-@pytest.fixture()
-def album(sample_album: Path) -> Path:
-    """The sample album plus two dated JPEGs and one broken file."""
+def make_album(folder: Path) -> Path:
+    """The sample photos in nested folders, plus two dated JPEGs and one broken file."""
     source = skimage_data_dir()
-    dated = sample_album / "dated"
+    for i, name in enumerate(SAMPLE_PHOTOS):
+        target = folder / ("2023" if i % 2 else "2024/summer")
+        target.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(source / name, target / name)
+    dated = folder / "dated"
     dated.mkdir()
     cat = Image.open(source / "chelsea.png").convert("RGB")
     (dated / "cat-2019.jpg").write_bytes(jpeg_bytes(cat.crop((0, 0, 300, 300)), taken_at="2019:07:01 12:00:00"))
     coffee = Image.open(source / "coffee.png").convert("RGB")
     (dated / "coffee-2022.jpg").write_bytes(jpeg_bytes(coffee, taken_at="2022:01:15 08:30:00"))
-    (sample_album / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
-    return sample_album
+    (folder / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    return folder
 
 
-@pytest.fixture()
-def library(tmp_path: Path, tiny_bundle: Path, album: Path) -> Iterator[Library]:
-    lib = Library.open(data_paths(tmp_path / "data"), model=tiny_bundle, roots=[str(album)])
-    lib.index()
-    yield lib
-    lib.close()
+def open_indexed(data_dir: Path, bundle: Path, album: Path) -> Library:
+    library = Library.open(data_paths(data_dir), model=bundle, roots=[str(album)])
+    library.index()
+    return library
 
 
-@pytest.fixture()
-def web_dir(tmp_path: Path) -> Path:
-    folder = tmp_path / "web"
+def make_web_dir(folder: Path) -> Path:
     folder.mkdir()
     (folder / "index.html").write_text(WEB_INDEX)
     (folder / "app.js").write_text("export const answer = 42;\n")
     return folder
 
 
-@pytest.fixture()
+# Read-only tests share one indexed album per module (indexing it per test would cost ~0.5 s each);
+# tests that change the album or the index get their own (the own_* fixtures).
+@pytest.fixture(scope="module")
+def album(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_album(tmp_path_factory.mktemp("shared") / "album")
+
+
+@pytest.fixture(scope="module")
+def library(tmp_path_factory: pytest.TempPathFactory, tiny_bundle: Path, album: Path) -> Iterator[Library]:
+    lib = open_indexed(tmp_path_factory.mktemp("shared-data"), tiny_bundle, album)
+    yield lib
+    lib.close()
+
+
+@pytest.fixture(scope="module")
+def web_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_web_dir(tmp_path_factory.mktemp("shared-web") / "web")
+
+
+@pytest.fixture(scope="module")
 def app(library: Library, web_dir: Path) -> Litestar:
     return create_app(library, web_dir=web_dir, background_index=False)
 
 
-@pytest.fixture()
+@pytest.fixture(scope="module")
 def client(app: Litestar) -> Iterator[TestClient]:
     with TestClient(app) as test_client:
+        yield test_client
+
+
+@pytest.fixture()
+def own_album(tmp_path: Path) -> Path:
+    return make_album(tmp_path / "album")
+
+
+@pytest.fixture()
+def own_library(tmp_path: Path, tiny_bundle: Path, own_album: Path) -> Iterator[Library]:
+    lib = open_indexed(tmp_path / "data", tiny_bundle, own_album)
+    yield lib
+    lib.close()
+
+
+@pytest.fixture()
+def own_app(own_library: Library, web_dir: Path) -> Litestar:
+    return create_app(own_library, web_dir=web_dir, background_index=False)
+
+
+@pytest.fixture()
+def own_client(own_app: Litestar) -> Iterator[TestClient]:
+    with TestClient(own_app) as test_client:
         yield test_client
 
 
@@ -232,11 +274,11 @@ class TestPhotoEndpoints:
         again = client.get(f"/api/images/{cat}/file", headers={"If-None-Match": response.headers["etag"]})
         assert again.status_code == 304 and again.content == b""
 
-    def test_a_photo_deleted_since_the_scan_is_404_not_500(self, client: TestClient, album: Path) -> None:
-        rocket = _id_of(client, "rocket.jpg")
-        next(album.rglob("rocket.jpg")).unlink()
+    def test_a_photo_deleted_since_the_scan_is_404_not_500(self, own_client: TestClient, own_album: Path) -> None:
+        rocket = _id_of(own_client, "rocket.jpg")
+        next(own_album.rglob("rocket.jpg")).unlink()
         for url in (f"/api/images/{rocket}/file", f"/api/images/{rocket}/thumbnail"):
-            response = client.get(url)
+            response = own_client.get(url)
             assert response.status_code == 404
             assert "gone" in _detail(response)
 
@@ -263,13 +305,13 @@ class TestPhotoEndpoints:
                                 headers={"If-None-Match": etag})
         assert other_size.status_code == 200 and other_size.headers["etag"] != etag
 
-    def test_thumbnails_are_cached_on_disk(self, client: TestClient, library: Library) -> None:
-        coffee = _id_of(client, "coffee.png")
-        assert client.get(f"/api/images/{coffee}/thumbnail").status_code == 200
-        files = list(library.paths.thumbnails.rglob("*.jpg"))
+    def test_thumbnails_are_cached_on_disk(self, own_client: TestClient, own_library: Library) -> None:
+        coffee = _id_of(own_client, "coffee.png")
+        assert own_client.get(f"/api/images/{coffee}/thumbnail").status_code == 200
+        files = list(own_library.paths.thumbnails.rglob("*.jpg"))
         assert len(files) == 1
         stamp = files[0].stat().st_mtime_ns
-        assert client.get(f"/api/images/{coffee}/thumbnail").status_code == 200
+        assert own_client.get(f"/api/images/{coffee}/thumbnail").status_code == 200
         assert files[0].stat().st_mtime_ns == stamp
 
     @pytest.mark.parametrize("size", [0, -3, 5000, "big"])
@@ -297,19 +339,20 @@ class TestStatusAndRefresh:
         assert status["errors"][0]["path"].endswith("broken.jpg") and status["errors"][0]["error"]
         assert status["progress"]["running"] is False
 
-    def test_refresh_picks_up_a_new_photo(self, client: TestClient, app: Litestar, album: Path) -> None:
-        new = album / "new" / "horse.png"
+    def test_refresh_picks_up_a_new_photo(self, own_client: TestClient, own_app: Litestar, own_album: Path) -> None:
+        new = own_album / "new" / "horse.png"
         new.parent.mkdir()
         new.write_bytes((skimage_data_dir() / "horse.png").read_bytes())
-        response = client.post("/api/index/refresh")
+        response = own_client.post("/api/index/refresh")
         assert response.status_code == 202
         assert response.json()["state"] in ("started", "queued")
-        assert app.state.indexer.wait_idle(60)
-        assert client.get("/api/status").json()["indexed"] == len(SAMPLE_PHOTOS) + 3
-        hits = client.get("/api/search", params={"q": "a horse", "k": MAX_K}).json()["results"]
+        assert own_app.state.indexer.wait_idle(60)
+        assert own_client.get("/api/status").json()["indexed"] == len(SAMPLE_PHOTOS) + 3
+        hits = own_client.get("/api/search", params={"q": "a horse", "k": MAX_K}).json()["results"]
         assert "new/horse.png" in [h["path"] for h in hits]
 
-    def test_refreshes_during_a_scan_are_coalesced(self, library: Library, web_dir: Path) -> None:
+    def test_refreshes_during_a_scan_are_coalesced(self, own_library: Library, web_dir: Path) -> None:
+        library = own_library
         app = create_app(library, web_dir=web_dir, background_index=False)
         indexer = app.state.indexer
         scans = []
@@ -332,7 +375,9 @@ class TestStatusAndRefresh:
         assert len(scans) == 2  # the running scan plus one follow-up for the three requests
 
 
-    def test_a_failing_scan_keeps_the_server_and_the_indexer_alive(self, library: Library, web_dir: Path) -> None:
+    def test_a_failing_scan_keeps_the_server_and_the_indexer_alive(self, own_library: Library,
+                                                                   web_dir: Path) -> None:
+        library = own_library
         app = create_app(library, web_dir=web_dir, background_index=False)
         indexer = app.state.indexer
         original_index = library.index
