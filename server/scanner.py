@@ -29,7 +29,7 @@ from server.store import Changes, FileState, PhotoFields, Store
 
 log = logging.getLogger(__name__)
 
-BATCH_SIZE = 32  # photos per transaction (and per ANN update)
+BATCH_SIZE = 32  # photos per transaction (and per ANN update), at most
 # Photos per ONNX Runtime call. Measured with EfficientNet-Lite0 on 2 cores: CPU per photo grows with the
 # batch (12.4 ms at 1, 13.4 at 4, 17.2 at 32: bigger activations fall out of cache), so keep it small.
 INFER_BATCH = 4
@@ -258,7 +258,7 @@ class Scan:
                     self._take(prepared, spec)
                     pbar.update(1)
                     self._report(done=self.progress.done + 1, failed=self.summary.failed)
-                self._embed_batch()
+                self._embed_batch()  # the last, partial batch
                 self._flush()
             finally:
                 pool.shutdown(wait=True, cancel_futures=True)
@@ -287,7 +287,7 @@ class Scan:
                 return
         else:
             self._batch.append(p)
-            if len(self._batch) >= self.batch_size:
+            if len(self._batch) >= self.infer_batch:  # embed right away: the decode threads keep going
                 self._embed_batch()
         if len(self._changes.writes) + len(self._changes.copies) + len(self._changes.moves) >= self.batch_size:
             self._flush()
@@ -329,9 +329,7 @@ class Scan:
     def _embed_batch(self) -> None:
         if not self._batch:
             return
-        pixels = np.stack([p.pixels for p in self._batch])  # (B, 3, S, S)
-        vectors = np.concatenate([self.encoders.image.encode(pixels[i:i + self.infer_batch])
-                                  for i in range(0, len(pixels), self.infer_batch)])  # (B, D)
+        vectors = self.encoders.image.encode(np.stack([p.pixels for p in self._batch]))  # (B, 3, S, S) -> (B, D)
         if vectors.shape[1] != self.embed_dim:
             raise BundleError(f"the image encoder returns {vectors.shape[1]}-d vectors but the manifest says "
                               f"{self.embed_dim}; re-export the bundle")
@@ -343,7 +341,6 @@ class Scan:
             self._count_write(existing)
         self.summary.embedded += len(self._batch)
         self._batch = []
-        self._flush()
 
     def _flush(self) -> None:
         """Commits the pending changes in one transaction, then makes the ANN index follow."""
