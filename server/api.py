@@ -115,8 +115,8 @@ class SearchController(Controller):
     tags = ["search"]
 
     @get(sync_to_thread=True, summary="Photos that match a text description")
-    def by_text(self, state: State, q: QueryText, k: KParam = 20, offset: OffsetParam = 0, sort: SortParam = "relevance",
-                date_from: FromParam = None, date_to: ToParam = None) -> SearchResponse:
+    def by_text(self, state: State, q: QueryText, k: KParam = 20, offset: OffsetParam = 0,
+                sort: SortParam = "relevance", date_from: FromParam = None, date_to: ToParam = None) -> SearchResponse:
         library: Library = state.library
         return library.search_text(q, k=k, offset=offset, date_from=date_from, date_to=date_to, sort=sort)
 
@@ -156,7 +156,8 @@ class ImagesController(Controller):
         library: Library = state.library
         return library.similar(photo_id, k=k, offset=offset, date_from=date_from, date_to=date_to, sort=sort)
 
-    @get("/thumbnail", sync_to_thread=True, summary="A JPEG thumbnail (long side `size` px, snapped up to a cached size)",
+    @get("/thumbnail", sync_to_thread=True,
+         summary="A JPEG thumbnail (long side `size` px, snapped up to a cached size)",
          response_description="image/jpeg; 304 when If-None-Match holds the ETag")
     def thumbnail(self, state: State, request: Request, photo_id: PhotoId,
                   size: Annotated[int | None, QueryParameter(description="long side in pixels (default 384)")] = None,

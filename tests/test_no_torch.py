@@ -29,7 +29,8 @@ def test_server_modules_import_without_torch() -> None:
 
 def test_the_probe_would_notice_torch() -> None:
     """The same check run after importing torch reports it, so the test above can fail."""
-    probe = f"import json, sys, torch\nprint(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in {FORBIDDEN!r})))"
+    probe = ("import json, sys, torch\n"
+             f"print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in {FORBIDDEN!r})))")
     done = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, timeout=120)
     if done.returncode != 0:
         import pytest
