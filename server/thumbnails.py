@@ -21,6 +21,8 @@ log = logging.getLogger(__name__)
 THUMBNAIL_SIZES = (128, 256, 384, 512, 768, 1024)
 DEFAULT_SIZE = 384  # a grid cell on a high-density phone screen
 JPEG_QUALITY = 82
+# Bump when the way thumbnails are made changes: new file names and ETags, so no client or disk keeps old ones.
+THUMBNAIL_VERSION = 1
 
 
 def snap_size(requested: int | None) -> int:
@@ -34,7 +36,7 @@ def snap_size(requested: int | None) -> int:
 
 def thumbnail_etag(content_hash: str, size: int) -> str:
     """A strong ETag: the thumbnail depends only on the original's bytes and the size."""
-    return f'"{content_hash[:32]}-{size}"'
+    return f'"t{THUMBNAIL_VERSION}-{content_hash[:32]}-{size}"'
 
 
 class ThumbnailCache:
@@ -50,7 +52,7 @@ class ThumbnailCache:
         key = content_hash.lower()
         if not key or not all(c in "0123456789abcdef" for c in key):
             key = hashlib.sha256(content_hash.encode()).hexdigest()  # keep file names safe whatever the hash is
-        return self.directory / key[:2] / f"{key}-{size}.jpg"
+        return self.directory / key[:2] / f"{key}-{size}-t{THUMBNAIL_VERSION}.jpg"
 
     def get(self, original: Path, content_hash: str, size: int) -> Path:
         """Returns the cached thumbnail, making it first if needed; raises ImageDecodeError for a bad original."""
