@@ -165,7 +165,8 @@ def read_source(source: SourceCfg) -> Rows:
                      "flickr8k_token or sidecar")
 
 
-def _images_dir(source: SourceCfg) -> Path:
+def images_dir(source: SourceCfg) -> Path:
+    """The folder a source's image names are relative to: `images`, else beside the captions file."""
     if source.images:
         return Path(source.images)
     path = Path(source.path)
@@ -193,7 +194,7 @@ def load_photos(sources: list[SourceCfg], verify_images: bool = True) -> tuple[l
     captions: dict[Path, list[str]] = {}
     for source in sources:
         label = f"{source.format}:{Path(source.path).name}"
-        images = _images_dir(source)
+        images = images_dir(source)
         checked: dict[Path, str | None] = {}
         for name, caption, where in read_source(source):
             if not name:

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from training.config import SourceCfg
-from training.data import DataReport, load_photos, split_by_photo, write_caption_csv
+from training.data import DataReport, images_dir, load_photos, split_by_photo, write_caption_csv
 
 
 @dataclass
@@ -27,13 +27,7 @@ def split_captions(captions: Path, out_dir: Path, heldout: float = 0.2, seed: in
     source = SourceCfg(format=fmt, path=str(Path(captions).resolve()),
                        images=str(Path(images).resolve()) if images else "")
     photos, report = load_photos([source], verify_images=True)
-    base = Path(photos[0].path).parent if photos else Path(".")
-    if images:
-        base = Path(images).resolve()
-    elif fmt == "csv":
-        from training.data import _images_dir
-
-        base = _images_dir(source).resolve()
+    base = images_dir(source).resolve()  # the CSVs name photos relative to it, as `clipalbum eval --images` reads
     train, held = split_by_photo(photos, heldout, seed)
     out_dir = Path(out_dir)
     train_csv, heldout_csv = out_dir / "train.csv", out_dir / "heldout.csv"
