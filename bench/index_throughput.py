@@ -5,7 +5,7 @@ thread pool, batched ONNX Runtime calls). Naive, in the same run on the same fil
 draft), the same resize/normalise, the torch fp32 image model, one photo at a time. Prints JSON.
 
     python bench/index_throughput.py                      # ~1-2 minutes on 2 cores
-    python bench/index_throughput.py --camera 64 --flickr 796 --naive 24 --model DIR
+    python bench/index_throughput.py --camera 200 --flickr 796 --naive 48 --model DIR --infer-batch 1
 """
 
 from __future__ import annotations
@@ -152,9 +152,9 @@ def _cpu_seconds() -> float:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--camera", type=int, default=48, help="camera-size (12 MP) JPEGs to index")
+    parser.add_argument("--camera", type=int, default=96, help="camera-size (12 MP) JPEGs to index")
     parser.add_argument("--flickr", type=int, default=300, help="flickr8k-dev photos to index (0: skip)")
-    parser.add_argument("--naive", type=int, default=16, help="photos per set for the (slow) naive pipeline")
+    parser.add_argument("--naive", type=int, default=24, help="photos per set for the (slow) naive pipeline")
     parser.add_argument("--model", help="bundle directory (default: the data directory's default bundle)")
     parser.add_argument("--data-dir", help="where the default bundle lives (default: as the CLI)")
     parser.add_argument("--decode-threads", type=int, default=None)
