@@ -20,14 +20,21 @@ def checkpoint_model_id(name: str, weights: Path, quantize: str) -> str:
     with weights.open("rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             digest.update(chunk)
-    return f"{name}-{digest.hexdigest()[:12]}" + ("-int8" if quantize == "int8" else "")
+    return f"{name}-{digest.hexdigest()[:12]}" + ("" if quantize == "none" else f"-{quantize}")
 
 
-def export_checkpoint(checkpoint: Path, bundle_dir: Path, quantize: Literal["none", "int8"] = "none",
+Quantize = Literal["none", "int8", "text-int8"]
+
+
+def export_checkpoint(checkpoint: Path, bundle_dir: Path, quantize: Quantize = "none",
                       parity_images: list[Path] | None = None, progress: bool = False) -> Manifest:
     """Rebuilds the trained model offline from `checkpoint` (a run directory, or its best/ or last/) and
-    exports it with export.onnx_export; the validation recalls it reached go into the manifest's metrics."""
-    from export.onnx_export import export_dual_encoder
+    exports it with export.onnx_export; the validation recalls it reached go into the manifest's metrics.
+
+    quantize: "int8" both towers, "text-int8" the text tower only (depthwise-convolution image towers such
+    as EfficientNet-Lite0 can lose too much to dynamic int8; the exporter's parity check refuses those).
+    """
+    from export.onnx_export import export_towers
 
     model, cfg, meta = load_checkpoint(Path(checkpoint))
     folder = Path(checkpoint)
@@ -42,8 +49,11 @@ def export_checkpoint(checkpoint: Path, bundle_dir: Path, quantize: Literal["non
                    f"{cfg.text.kind}, {cfg.head.kind} heads, trained {meta.get('step', 0)} steps "
                    f"({meta.get('epoch', 0)} epochs) by clipalbum train")
     log.info("exporting %s (%s) to %s", folder, model_id, bundle_dir)
-    return export_dual_encoder(
+    if quantize not in ("none", "int8", "text-int8"):
+        raise ValueError(f"unknown quantization {quantize!r}; use none, int8 or text-int8")
+    return export_towers(
         model, Path(bundle_dir), model_id=model_id, image_spec=image_spec(cfg), text_spec=text_spec(cfg),
-        tokenizer_file=tokenizer, quantize=quantize, parity_images=parity_images, description=description,
-        metrics=metrics, progress=progress,
+        tokenizer_file=tokenizer, image_quantize="int8" if quantize == "int8" else "none",
+        text_quantize="none" if quantize == "none" else "int8", parity_images=parity_images,
+        description=description, metrics=metrics, progress=progress,
     )

@@ -14,8 +14,9 @@ def main(argv: list[str]) -> int:
         "Export a training checkpoint (a run directory, or its best/ or last/ folder) to a model bundle."))
     parser.add_argument("checkpoint", help="run directory or checkpoint folder written by 'clipalbum train'")
     parser.add_argument("bundle", help="bundle directory to write (replaced atomically)")
-    parser.add_argument("--quantize", choices=["none", "int8"], default="none",
-                        help="int8: dynamic quantization, smaller and faster on a Pi-class CPU")
+    parser.add_argument("--quantize", choices=["none", "int8", "text-int8"], default="none",
+                        help="int8: both towers dynamically quantized (smaller, faster on a Pi-class CPU); "
+                             "text-int8: the text tower only, for image towers that lose too much")
     parser.add_argument("--parity-images", nargs="*", default=None, metavar="PHOTO",
                         help="real photos on which torch and ONNX Runtime outputs must agree")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
@@ -30,6 +31,9 @@ def main(argv: list[str]) -> int:
     except FileNotFoundError as exc:
         print(f"clipalbum export: {exc}", file=sys.stderr)
         return 2
+    except RuntimeError as exc:  # ParityError: the ONNX graph does not reproduce the model closely enough
+        print(f"clipalbum export: {exc}", file=sys.stderr)
+        return 3
     print(f"model bundle {manifest.model_id} ({manifest.embed_dim}-d) written to {args.bundle}")
     print(f"try it: clipalbum eval --model {args.bundle} --images DIR --captions CSV")
     return 0

@@ -16,7 +16,6 @@ from server.cli import main as clipalbum
 from server.encoders import load_encoders
 from tests.training.conftest import TINY, tiny_config
 from training import trainer as trainer_module
-from training.cli import main as train_main
 from training.trainer import Trainer, lr_multiplier, pick_device
 
 
@@ -45,8 +44,9 @@ class TestTraining:
                                                     capsys: pytest.CaptureFixture[str]) -> None:
         run = tmp_path / "run"
         source = json.dumps(str(captioned_album / "captions.csv"))
-        code = train_main([str(TINY), "--out", str(run), "-q",
-                           "--set", f"data.sources=[{{format=\"csv\", path={source}, images=\"{captioned_album}\"}}]"])
+        # Through the `clipalbum` command, which hands `train ...` to training.cli.
+        code = clipalbum(["train", str(TINY), "--out", str(run), "-q",
+                          "--set", f"data.sources=[{{format=\"csv\", path={source}, images=\"{captioned_album}\"}}]"])
         assert code == 0
         assert "best checkpoint" in capsys.readouterr().out
         events = _events(run)
@@ -144,6 +144,14 @@ class TestExport:
                           "--captions", str(captioned_album / "captions.csv"), "--json", "-q"]) == 0
         report = json.loads(capsys.readouterr().out)
         assert report["photos"] == 8 and report["captions"] == 24 and 0 <= report["recall_at_10"] <= 1
+
+    def test_text_only_int8_quantizes_the_text_tower_alone(self, captioned_album: Path, tmp_path: Path) -> None:
+        result = Trainer(tiny_config(tmp_path / "run", captioned_album, "train.max_steps=1"), progress=False).fit()
+        bundle = tmp_path / "bundle"
+        assert export_main([str(result.run_dir / "last"), str(bundle), "-q", "--quantize", "text-int8"]) == 0
+        manifest = load_encoders(bundle).manifest
+        assert (manifest.image.quantization, manifest.text.quantization) == ("fp32", "int8")
+        assert manifest.model_id.endswith("-text-int8")
 
     def test_export_refuses_a_folder_that_is_not_a_checkpoint(self, tmp_path: Path,
                                                               capsys: pytest.CaptureFixture[str]) -> None:
