@@ -10,6 +10,8 @@ import pytest
 
 from export.cli import main as export_main
 from server.encoders import load_encoders
+from server.library import Library
+from server.settings import data_paths
 from server.preprocess import load_model_input
 from training.cli import CONFIGS
 from training.cli import main as train_main
@@ -42,3 +44,12 @@ def test_resnet50_distilbert_trains_a_few_steps_on_cpu_exports_and_serves(captio
     text = encoders.text.encode(["a cat", "a rocket on a launch pad"])
     assert image.shape == (1, 256) and text.shape == (2, 256)
     assert np.allclose(np.linalg.norm(text, axis=1), 1.0, atol=1e-5)
+
+    # Served: the library indexes the album with this bundle and answers a text search from it.
+    library = Library.open(data_paths(tmp_path / "data"), model=bundle, roots=[str(captioned_album)])
+    try:
+        library.index()
+        response = library.search_text("a cat", k=3)
+    finally:
+        library.close()
+    assert len(response.results) == 3
