@@ -6,6 +6,7 @@ import logging
 import os
 import signal
 import socket
+import sys
 from importlib import metadata
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -38,7 +39,14 @@ def _package_version() -> str:
         return "0+unknown"
 
 
-DEFAULT_WEB_DIR = Path(__file__).resolve().parent.parent / "web"
+def _default_web_dir() -> Path:
+    """The checkout's web/ folder (source or editable install), else the copy a wheel installs under share/."""
+    checkout = Path(__file__).resolve().parent.parent / "web"
+    installed = Path(sys.prefix) / "share" / "clipalbum" / "web"
+    return checkout if (checkout / "index.html").is_file() or not installed.is_dir() else installed
+
+
+DEFAULT_WEB_DIR = _default_web_dir()
 OPENAPI_PATH = "/schema"  # JSON at /schema/openapi.json
 STOP_TIMEOUT_S = 5.0  # how long shutdown waits for a running scan before leaving it to the next start
 
