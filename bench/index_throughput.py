@@ -11,7 +11,6 @@ draft), the same resize/normalise, the torch fp32 image model, one photo at a ti
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
 import platform
@@ -124,7 +123,8 @@ def naive_model(kind: str):
         def forward(self, pixels: torch.Tensor) -> torch.Tensor:
             return self.model.encode_image(pixels)
 
-    return ImageTower(build_bootstrap_model()).eval(), "training.bootstrap.build_bootstrap_model().encode_image (torch fp32)"
+    name = "training.bootstrap.build_bootstrap_model().encode_image (torch fp32)"
+    return ImageTower(build_bootstrap_model()).eval(), name
 
 
 def naive_rate(files: list[Path], spec: ImageSpec, model) -> dict:

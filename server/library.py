@@ -182,8 +182,8 @@ class Library:
         try:
             with self._writer():
                 scan = Scan(self.store, self.ann, self.encoders, batch_size=self.batch_size or BATCH_SIZE,
-                            infer_batch=self.infer_batch or INFER_BATCH, decode_threads=self.decode_threads, on_progress=self._set_progress,
-                            checkpoint=self._save_ann)
+                            infer_batch=self.infer_batch or INFER_BATCH, decode_threads=self.decode_threads,
+                            on_progress=self._set_progress, checkpoint=self._save_ann)
                 try:
                     summary = scan.run(self.store.roots(), reembed=reembed,
                                        skip=frozenset({os.path.realpath(self.paths.root)}), bar=progress)

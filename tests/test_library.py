@@ -258,7 +258,8 @@ class TestStatusAndConcurrency:
         finally:
             again.close()
 
-    def test_a_missing_vector_index_is_rebuilt_and_a_stale_one_caught_up(self, library: Library, tiny_bundle: Path) -> None:
+    def test_a_missing_vector_index_is_rebuilt_and_a_stale_one_caught_up(self, library: Library,
+                                                                         tiny_bundle: Path) -> None:
         library.close()
         library.paths.ann_index.unlink()
         again = Library.open(library.paths, model=tiny_bundle)
