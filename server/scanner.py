@@ -250,7 +250,7 @@ class Scan:
         self._report(phase="embedding", total=len(plan.work), message=f"{len(plan.work)} photos to read")
 
         spec = self.encoders.manifest.image
-        with tqdm(total=len(plan.work), unit="photo", desc="indexing", disable=not bar) as pbar, \
+        with tqdm(total=len(plan.work), unit="photo", desc="indexing", disable=not (bar and plan.work)) as pbar, \
                 ThreadPoolExecutor(self.decode_threads, thread_name_prefix="decode") as pool:
             try:
                 for prepared in _prefetch(pool, lambda item: prepare(item, spec, known), plan.work,
