@@ -118,18 +118,20 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def _delegate(module: str, extra: str):
-    """Runs a subcommand that lives outside server/ (torch), with a clear message when it isn't installed."""
+# Subcommands that live outside server/ (torch): their modules parse their own arguments.
+DELEGATED = {
+    "train": ("training.cli", "train", "train a dual encoder from a TOML config"),
+    "export": ("export.cli", "export", "turn a training checkpoint into a model bundle"),
+}
 
-    def run(args: argparse.Namespace) -> int:
-        try:
-            target = importlib.import_module(module)
-        except ImportError as exc:
-            raise ClipalbumError(f"'{args.command}' needs the {extra} extras ({exc}); "
-                                 f"pip install 'clipalbum[{extra}]'") from exc
-        return int(target.main(args.rest) or 0)
 
-    return run
+def run_delegated(command: str, rest: list[str]) -> int:
+    module, extra, _ = DELEGATED[command]
+    try:
+        target = importlib.import_module(module)
+    except ImportError as exc:
+        raise ClipalbumError(f"'{command}' needs the {extra} extras ({exc}); pip install 'clipalbum[{extra}]'") from exc
+    return int(target.main(rest) or 0)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -194,22 +196,19 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--no-serve", action="store_true", help="stop after indexing")
     demo.set_defaults(func=cmd_demo)
 
-    for name, module, extra, text in (
-        ("train", "training.cli", "train", "train a dual encoder from a TOML config"),
-        ("export", "export.cli", "export", "turn a training checkpoint into a model bundle"),
-    ):
-        p = sub.add_parser(name, help=text, add_help=False)
-        p.add_argument("rest", nargs=argparse.REMAINDER)
-        p.set_defaults(func=_delegate(module, extra))
+    for name, (_, _, text) in DELEGATED.items():  # listed for --help; main() hands them their arguments
+        sub.add_parser(name, help=text, add_help=False)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    delegated = bool(argv) and argv[0] in DELEGATED
+    args = build_parser().parse_args(argv[:1] if delegated else argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     try:
-        return args.func(args)
+        return run_delegated(argv[0], argv[1:]) if delegated else args.func(args)
     except ClipalbumError as exc:
         print(f"clipalbum: {exc}", file=sys.stderr)
         return 2
