@@ -46,6 +46,7 @@ def resolve_bundle(paths: DataPaths, model: str | Path | None = None, build_if_m
     if not (bundle / MANIFEST_NAME).is_file():
         if not build_if_missing:
             raise BundleError(f"no model bundle at {bundle}; run 'clipalbum model build'")
-        log.warning("no model bundle at %s: building the default one (a few minutes, once)", bundle)
-        build_default_bundle(bundle)
+        if build_extras_installed():
+            log.warning("no model bundle at %s: building the default one (a few minutes, once)", bundle)
+        build_default_bundle(bundle)  # without the build extras: a BundleError that says what to do
     return bundle
