@@ -63,6 +63,7 @@ class Library:
         self.decode_threads: int | None = None
         self._scan_lock = threading.Lock()
         self.ann = AnnIndex(self.embed_dim)
+        self._ann_generation = 0  # the SQLite generation the in-memory ANN index reflects
 
     # -- opening -------------------------------------------------------------------------------------------
 
@@ -114,10 +115,12 @@ class Library:
         (the lock keeps SQLite still between reading it and recording the generation the file matches)."""
         try:
             with self._writer():
+                self._ann_generation = self.store.generation()
                 self.ann = self._current_ann()
                 self._save_ann()
         except IndexBusyError:
             log.info("another process is indexing this data directory; using the vector index in memory only")
+            self._ann_generation = self.store.generation()  # rows written meanwhile are added at the next scan
             self.ann = self._current_ann()
 
     def _current_ann(self) -> AnnIndex:
@@ -130,16 +133,20 @@ class Library:
             ann = AnnIndex.load(self.paths.ann_index, self.embed_dim)
         if ann is not None and int(saved) < generation:  # e.g. a scan was killed after its last checkpoint
             log.info("bringing the vector index up to date (generation %s -> %d)", saved, generation)
-            for ids, vectors in self.store.iter_vectors(self.model_id, since=int(saved)):
-                ann.add(ids, vectors)
-            present = self.store.embedded_ids(self.model_id)
-            ann.remove(np.setdiff1d(ann.keys(), present, assume_unique=True).tolist())
+            self._catch_up(ann, since=int(saved))
         expected = self.store.vector_checksum(self.model_id)
         if ann is not None and ann.checksum() == expected:
             log.info("vector index loaded: %d photos", len(ann))
             return ann
         log.info("rebuilding the vector index from the database (%d photos)", expected[0])
         return AnnIndex.build(self.embed_dim, self.store.iter_vectors(self.model_id))
+
+    def _catch_up(self, ann: AnnIndex, since: int) -> None:
+        """Adds the vectors written after generation `since` and drops the photos no longer embedded."""
+        for ids, vectors in self.store.iter_vectors(self.model_id, since=since):
+            ann.add(ids, vectors)
+        present = self.store.embedded_ids(self.model_id)
+        ann.remove(np.setdiff1d(ann.keys(), present, assume_unique=True).tolist())
 
     def _compact_ann(self) -> None:
         """Rebuilds the ANN index from SQLite when removed photos (usearch only marks them) pile up."""
@@ -181,6 +188,9 @@ class Library:
             raise IndexBusyError("an index scan is already running; its progress is in the status")
         try:
             with self._writer():
+                if self.store.generation() != self._ann_generation:  # another process indexed meanwhile
+                    log.info("taking in the photos another process indexed")
+                    self._catch_up(self.ann, since=self._ann_generation)
                 scan = Scan(self.store, self.ann, self.encoders, batch_size=self.batch_size or BATCH_SIZE,
                             infer_batch=self.infer_batch or INFER_BATCH, decode_threads=self.decode_threads,
                             on_progress=self._set_progress, checkpoint=self._save_ann)
@@ -197,6 +207,7 @@ class Library:
                     if scan.ann_in_sync:  # else the next start rebuilds it from SQLite
                         self._compact_ann()
                         self._save_ann()
+                        self._ann_generation = self.store.generation()
             log.info("%s", summary.describe())
             return summary
         finally:

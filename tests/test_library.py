@@ -165,6 +165,23 @@ class TestDates:
 
 
 class TestStatusAndConcurrency:
+
+    def test_photos_another_process_indexed_are_searchable_after_the_next_scan(
+            self, library: Library, tiny_bundle: Path, sample_album: Path, tmp_path: Path) -> None:
+        # `library` is the server's; `other` stands for a `clipalbum index` run beside it.
+        (sample_album / "new").mkdir()
+        Image.open(skimage_data_dir() / "coffee.png").rotate(90).save(sample_album / "new" / "cup.png")
+        other = Library.open(library.paths, model=tiny_bundle)
+        try:
+            assert other.index().added == 1
+            new_id = other.search_text("a cup", k=200).results
+            new_id = next(h.id for h in new_id if h.path == "new/cup.png")
+        finally:
+            other.close()
+        assert new_id not in {h.id for h in library.search_text("a cup", k=200).results}
+        assert library.index().added == 0  # nothing left to embed: the other process did it
+        assert new_id in {h.id for h in library.search_text("a cup", k=200).results}
+        assert len(library.ann) == library.status().indexed
     def test_status_counts_and_records(self, library: Library, sample_album: Path) -> None:
         status = library.status()
         assert (status.indexed, status.pending, status.failed) == (len(SAMPLE_PHOTOS), 0, 0)
