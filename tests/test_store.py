@@ -179,3 +179,24 @@ class TestAnnIndex:
 
     def test_empty_index_searches_to_nothing(self) -> None:
         assert AnnIndex(16).search(np.ones(16, dtype=np.float32), 10) == ([], [])
+
+    def test_albums_up_to_the_exact_limit_get_every_true_neighbour(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        import server.ann
+
+        rng = np.random.default_rng(3)
+        vectors = rng.standard_normal((6000, 256)).astype(np.float32)
+        vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+        queries = rng.standard_normal((20, 256)).astype(np.float32)  # far from the photos, like text queries
+        queries /= np.linalg.norm(queries, axis=1, keepdims=True)
+        ann = AnnIndex.build(256, [(np.arange(1, 6001, dtype=np.uint64), vectors)])
+
+        def recall(limit: int) -> float:
+            monkeypatch.setattr(server.ann, "EXACT_SEARCH_MAX", limit)
+            found = 0
+            for q in queries:
+                truth = set((np.argsort(-(vectors @ q))[:20] + 1).tolist())
+                found += len(truth & set(ann.search(q, 20)[0]))
+            return found / (20 * len(queries))
+
+        assert recall(limit=0) < 0.95  # the graph misses some for queries unlike the photos...
+        assert recall(limit=6000) >= 0.99  # ...the exact scan doesn't (f16 storage may swap near ties)
