@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from server import demo
+from server.errors import ClipalbumError
 from tests.tinybundle import make_tiny_bundle
 
 REPO = Path(__file__).resolve().parents[1]
@@ -42,8 +44,11 @@ def default_bundle() -> Path:
 
 
 def skimage_data_dir() -> Path:
-    skimage = pytest.importorskip("skimage", reason="sample photos come from scikit-image")
-    return Path(skimage.__file__).parent / "data"
+    """scikit-image's data folder (located as `clipalbum demo` does, without importing it), or skip."""
+    try:
+        return demo.skimage_data_dir()
+    except ClipalbumError:
+        pytest.skip("sample photos come from scikit-image")
 
 
 @pytest.fixture()
