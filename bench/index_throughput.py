@@ -30,6 +30,7 @@ import onnxruntime as ort  # noqa: E402  # before usearch (see server/ann.py)
 from PIL import Image, ImageOps  # noqa: E402
 
 from server.bundle import ImageSpec, read_manifest  # noqa: E402
+from server.demo import skimage_data_dir  # noqa: E402
 from server.library import Library  # noqa: E402
 from server.model_resolver import resolve_bundle  # noqa: E402
 from server.preprocess import to_model_input  # noqa: E402
@@ -40,9 +41,7 @@ CAMERA_SIZE = (4000, 3000)  # 12 MP, a common phone/camera sensor
 
 
 def skimage_photos() -> list[Path]:
-    import skimage
-
-    data = Path(skimage.__file__).parent / "data"
+    data = skimage_data_dir()
     names = ["astronaut.png", "chelsea.png", "coffee.png", "rocket.jpg", "motorcycle_left.png",
              "hubble_deep_field.jpg", "retina.jpg", "page.png"]
     return [data / n for n in names if (data / n).is_file()]

@@ -26,12 +26,13 @@ UPLOAD_PHOTOS = ("chelsea.png", "rocket.jpg", "coffee.png", "astronaut.png")
 
 
 def sample_uploads() -> list[tuple[str, bytes]]:
-    import importlib.util
+    from server.demo import skimage_data_dir
+    from server.errors import ClipalbumError
 
-    spec = importlib.util.find_spec("skimage")
-    if spec is None or not spec.origin:
+    try:
+        folder = skimage_data_dir()
+    except ClipalbumError:  # no scikit-image: no uploads to measure
         return []
-    folder = Path(spec.origin).parent / "data"
     return [(name, (folder / name).read_bytes()) for name in UPLOAD_PHOTOS if (folder / name).is_file()]
 
 

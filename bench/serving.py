@@ -114,16 +114,17 @@ def synthetic_index(root: Path, bundle: Path, photos: int, seed: int = 0, cluste
 
 def scan_album(folder: Path, photos: int = 96, side: int = 800) -> Path:
     """A folder of `photos` distinct JPEGs (crops of scikit-image's real photos), for a scan in the server."""
-    import importlib.util
-
     from PIL import Image
+
+    from server.demo import skimage_data_dir
+    from server.errors import ClipalbumError
 
     if folder.is_dir() and len(list(folder.glob("*.jpg"))) == photos:
         return folder
-    spec = importlib.util.find_spec("skimage")
-    if spec is None or not spec.origin:
+    try:
+        source = skimage_data_dir()
+    except ClipalbumError:
         raise SystemExit("the scan phase needs scikit-image's sample photos: pip install 'clipalbum[sample]'")
-    source = Path(spec.origin).parent / "data"
     names = ["astronaut.png", "chelsea.png", "coffee.png", "rocket.jpg", "motorcycle_left.png", "retina.jpg"]
     images = [Image.open(source / n).convert("RGB").resize((side, side * 3 // 4)) for n in names]
     folder.mkdir(parents=True, exist_ok=True)
