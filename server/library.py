@@ -22,7 +22,7 @@ from server.ann import AnnIndex
 from server.encoders import Encoders, load_encoders
 from server.errors import ClipalbumError, InvalidQueryError, NotFoundError
 from server.model_resolver import resolve_bundle
-from server.preprocess import decode_photo, to_model_input
+from server.preprocess import load_model_input
 from server.scanner import BATCH_SIZE, INFER_BATCH, IndexSummary, Scan
 from server.schemas import FailedFile, Hit, ScanProgress, SearchResponse, StatusResponse
 from server.settings import DataPaths
@@ -253,8 +253,7 @@ class Library:
         if len(data) > MAX_UPLOAD_BYTES:
             raise InvalidQueryError(f"the uploaded file is {len(data) / 1e6:.1f} MB; the limit is "
                                     f"{MAX_UPLOAD_BYTES / 1e6:.0f} MB")
-        spec = self.encoders.manifest.image
-        pixels = to_model_input(decode_photo(data, min_side=spec.size).image, spec)
+        pixels = load_model_input(data, self.encoders.manifest.image)
         vector = self.encoders.image.encode(pixels[None])[0]
         return self._respond(vector, k, offset, window, sort, started, query="image")
 
