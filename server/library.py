@@ -235,9 +235,9 @@ class Library:
         """Photos like an indexed one (its stored vector; the photo itself is left out)."""
         started = time.perf_counter()
         window = _validate(k, offset, date_from, date_to, sort)
-        record = self.photo(photo_id)
         row_model, vector = self.store.vector(photo_id)
         if vector is None or row_model != self.model_id:
+            record = self.photo(photo_id)  # NotFoundError for an unknown id
             why = f"could not be read ({record.error})" if record.status == "failed" else "is not embedded yet"
             raise InvalidQueryError(f"photo {photo_id} {why}; it has no vector to compare with")
         return self._respond(vector, k, offset, window, sort, started, query=f"similar:{photo_id}",
