@@ -88,21 +88,24 @@ def _version_key(photo: PhotoRecord) -> str:
     return photo.content_hash or f"{photo.size:x}{photo.mtime_ns:x}"
 
 
-def _existing_original(library: "Library", photo_id: int) -> Path:
-    path = library.original_path(photo_id)
+def _existing_original(photo: PhotoRecord) -> Path:
+    path = photo.original_path
     if not path.is_file():
-        raise NotFoundError(f"photo {photo_id}'s file {path} is gone (moved or deleted); "
+        raise NotFoundError(f"photo {photo.id}'s file {path} is gone (moved or deleted); "
                             "the next scan updates the index")
     return path
 
 
-def _matches(request: Request, etag: str) -> bool:
-    """If-None-Match holds our ETag (or '*'): the client's copy is current."""
-    header = request.headers.get("if-none-match")
-    if not header:
+def etag_matches(if_none_match: str | None, etag: str) -> bool:
+    """The If-None-Match header holds this ETag (weak or strong) or '*': the client's copy is current."""
+    if not if_none_match:
         return False
-    tags = {t.strip().removeprefix("W/") for t in header.split(",")}
-    return "*" in tags or etag in tags
+    tags = {t.strip().removeprefix("W/") for t in if_none_match.split(",")}
+    return "*" in tags or etag.removeprefix("W/") in tags
+
+
+def _matches(request: Request, etag: str) -> bool:
+    return etag_matches(request.headers.get("if-none-match"), etag)
 
 
 def _not_modified(etag: str, cache_control: str) -> Response[Any]:
@@ -165,11 +168,12 @@ class ImagesController(Controller):
         library: Library = state.library
         snapped = snap_size(size)
         photo = library.photo(photo_id)
-        etag = thumbnail_etag(_version_key(photo), snapped)
+        version = _version_key(photo)
+        etag = thumbnail_etag(version, snapped)
         if _matches(request, etag):
             return _not_modified(etag, THUMBNAIL_CACHE_CONTROL)
         cache: ThumbnailCache = state.thumbnails
-        path = cache.get(_existing_original(library, photo_id), _version_key(photo), snapped)
+        path = cache.get(_existing_original(photo), version, snapped)
         return File(path=path, media_type="image/jpeg", content_disposition_type="inline",
                     filename=f"{photo_id}-{snapped}.jpg", etag=ETag(value=etag.strip('"')),
                     headers={"Cache-Control": THUMBNAIL_CACHE_CONTROL})
@@ -181,7 +185,7 @@ class ImagesController(Controller):
         etag = f'"{_version_key(photo)[:32]}"'
         if _matches(request, etag):
             return _not_modified(etag, ORIGINAL_CACHE_CONTROL)
-        path = _existing_original(library, photo_id)
+        path = _existing_original(photo)
         name = photo.rel_path.rsplit("/", 1)[-1]
         return File(path=path, media_type=content_type_for(name), content_disposition_type="inline", filename=name,
                     etag=ETag(value=etag.strip('"')), headers={"Cache-Control": ORIGINAL_CACHE_CONTROL})

@@ -324,8 +324,7 @@ class Library:
 
     def original_path(self, photo_id: int) -> Path:
         """The original file's absolute path (the id comes from the index, never a path from a client)."""
-        record = self.photo(photo_id)
-        return Path(record.root) / record.rel_path
+        return self.photo(photo_id).original_path
 
     def status(self, max_errors: int = 100) -> StatusResponse:
         counts = self.store.counts(self.model_id)

@@ -67,6 +67,11 @@ class PhotoRecord(msgspec.Struct):
     error: str | None
     model_id: str | None
 
+    @property
+    def original_path(self) -> Path:
+        """The original file's absolute path."""
+        return Path(self.root) / self.rel_path
+
 
 @dataclass(frozen=True)
 class FileState:
