@@ -19,7 +19,7 @@ from litestar.openapi import OpenAPIConfig
 from litestar.static_files import create_static_files_router
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
-from server.api import ImagesController, IndexController, SearchController, health
+from server.api import ImagesController, IndexController, SearchController, etag_matches, health
 from server.background import BackgroundIndexer, limit_malloc_arenas
 from server.errors import BundleError, ClipalbumError, ImageDecodeError, InvalidQueryError, NotFoundError
 from server.library import IndexBusyError
@@ -79,7 +79,6 @@ def not_modified_middleware(app: ASGIApp) -> ASGIApp:
         if not wanted:
             await app(scope, receive, send)
             return
-        tags = {t.strip().removeprefix("W/") for t in wanted.split(",")}
         swallow = False
 
         async def send_conditionally(message: Message) -> None:
@@ -87,7 +86,7 @@ def not_modified_middleware(app: ASGIApp) -> ASGIApp:
             if message["type"] == "http.response.start" and message["status"] == 200:
                 headers = list(message.get("headers", []))
                 etag = next((v.decode("latin-1") for k, v in headers if k.lower() == b"etag"), None)
-                if etag and ("*" in tags or etag.removeprefix("W/") in tags):
+                if etag and etag_matches(wanted, etag):
                     swallow = True
                     kept = [(k, v) for k, v in headers if k.lower() not in (b"content-length", b"content-type")]
                     await send({"type": "http.response.start", "status": 304, "headers": kept})
