@@ -41,7 +41,6 @@ def return_free_memory() -> None:
         libc.malloc_trim(0)
 
 
-
 class BackgroundIndexer:
     """Runs Library.index() on one thread, so queries keep being answered while photos are embedded.
 
@@ -53,7 +52,6 @@ class BackgroundIndexer:
         self.library = library
         self.rescan_seconds = max(0.0, rescan_minutes) * 60.0  # 0: no periodic rescans
         self.initial_scan = initial_scan
-        self.scans_finished = 0
         self.last_error: str | None = None
         self._wake = threading.Event()
         self._stopping = threading.Event()
@@ -65,10 +63,6 @@ class BackgroundIndexer:
     def scanning(self) -> bool:
         with self._lock:
             return self._scanning
-
-    @property
-    def queued(self) -> bool:
-        return self._wake.is_set()
 
     def start(self) -> None:
         if self._thread is not None:
@@ -134,4 +128,3 @@ class BackgroundIndexer:
                 return_free_memory()  # decoded photos and batches: ~50 MB a long-running server need not keep
                 with self._lock:
                     self._scanning = False
-                    self.scans_finished += 1

@@ -301,10 +301,6 @@ class Store:
         changes.deletes.extend(ids)
         self.apply(changes)
 
-    def id_at(self, root_id: int, rel_path: str) -> int | None:
-        rows = self._writer_read("SELECT id FROM photos WHERE root_id = ? AND rel_path = ?", (root_id, rel_path))
-        return int(rows[0][0]) if rows else None
-
     # -- vectors and search --------------------------------------------------------------------------------
 
     def vector_checksum(self, model_id: str) -> tuple[int, int]:
