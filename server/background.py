@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ctypes
+import functools
 import logging
 import threading
 import time
@@ -19,6 +20,7 @@ log = logging.getLogger(__name__)
 M_ARENA_MAX = -8  # glibc mallopt parameter
 
 
+@functools.cache  # loaded once: return_free_memory runs after every scan and photo upload
 def _libc() -> ctypes.CDLL | None:
     try:
         return ctypes.CDLL("libc.so.6")
