@@ -6,6 +6,7 @@ import argparse
 import importlib
 import logging
 import sys
+from contextlib import closing
 from pathlib import Path
 
 import msgspec
@@ -47,26 +48,20 @@ def cmd_model_info(args: argparse.Namespace) -> int:
 
 
 def cmd_index(args: argparse.Namespace) -> int:
-    library = _open_library(args, roots=args.paths)
-    try:
+    with closing(_open_library(args, roots=args.paths)) as library:
         summary = library.index(progress=not args.quiet, reembed=args.reembed)
-    finally:
-        library.close()
     print(msgspec.json.encode(summary).decode() if args.json else summary.describe())
     return 0
 
 
 def cmd_search(args: argparse.Namespace) -> int:
-    library = _open_library(args)
-    try:
+    with closing(_open_library(args)) as library:
         if args.similar is not None:
             response = library.similar(args.similar, k=args.k)
         elif args.image:
             response = library.search_image(Path(args.image).read_bytes(), k=args.k)
         else:
             response = library.search_text(args.query or "", k=args.k)
-    finally:
-        library.close()
     if args.json:
         print(msgspec.json.encode(response).decode())
         return 0
@@ -77,11 +72,8 @@ def cmd_search(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    library = _open_library(args)
-    try:
+    with closing(_open_library(args)) as library:
         status = library.status()
-    finally:
-        library.close()
     if args.json:
         print(msgspec.json.encode(status).decode())
         return 0
