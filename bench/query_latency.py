@@ -53,7 +53,7 @@ def http_latency(pid: int, port: int, texts: list[str], warmup: int, k: int) -> 
 
 def breakdown(paths, bundle: Path, texts: list[str], k: int) -> dict[str, object]:
     """Where one query's time goes, measured in-process on the same index, and the exact-scan baseline."""
-    from server.library import Library
+    from server.library import Library, rerank, rerank_pool
 
     library = Library.open(paths, model=bundle)
     try:
@@ -70,11 +70,9 @@ def breakdown(paths, bundle: Path, texts: list[str], k: int) -> dict[str, object
             t1 = time.perf_counter()
             # The relevance path as the Library runs it: a few more ANN candidates than asked for, then an
             # exact re-rank with SQLite's float32 vectors.
-            candidates, _ = library.ann.search(vector, k + max(10, k // 4))
+            candidates, _ = library.ann.search(vector, rerank_pool(k))
             t2 = time.perf_counter()
-            found = library.store.vector_rows(candidates, library.model_id)
-            exact_scores = np.stack([r.vector for r in found]) @ vector
-            ranked = [found[i] for i in np.argsort(-exact_scores)[:k]]
+            ranked, _ = rerank(library.store.vector_rows(candidates, library.model_id), vector, k)
             t3 = time.perf_counter()
             scores = matrix @ vector
             best = np.argpartition(-scores, k)[:k]

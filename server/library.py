@@ -272,9 +272,8 @@ class Library:
     def _most_relevant(self, vector: npt.NDArray[np.float32], need: int, window: tuple[str | None, str | None],
                        exclude: int | None) -> tuple[list[VectorRow], npt.NDArray[np.float32]]:
         """The `need` best photos, best first, scored exactly with SQLite's float32 vectors."""
-        wanted = need + max(10, need // 4)  # a few more candidates than needed: the exact re-rank orders them
-        ids, _ = self._candidates(vector, wanted, window, exclude)
-        return _top(self.store.vector_rows(ids, self.model_id), vector, need)
+        ids, _ = self._candidates(vector, rerank_pool(need), window, exclude)
+        return rerank(self.store.vector_rows(ids, self.model_id), vector, need)
 
     def _newest_relevant(self, vector: npt.NDArray[np.float32], k: int, offset: int,
                          window: tuple[str | None, str | None], exclude: int | None
@@ -368,8 +367,13 @@ def _parse_date(name: str, value: str | None) -> date | None:
         raise InvalidQueryError(f"{name} {value!r} is not a valid date ({exc})") from exc
 
 
-def _top(rows: list[VectorRow], vector: npt.NDArray[np.float32], need: int
-         ) -> tuple[list[VectorRow], npt.NDArray[np.float32]]:
+def rerank_pool(need: int) -> int:
+    """How many ANN candidates to fetch for `need` results: a few more, which the exact re-rank orders."""
+    return need + max(10, need // 4)
+
+
+def rerank(rows: list[VectorRow], vector: npt.NDArray[np.float32], need: int
+           ) -> tuple[list[VectorRow], npt.NDArray[np.float32]]:
     """Exact cosine scores (vectors are unit length) and the `need` best rows, best first."""
     if not rows:
         return [], np.zeros(0, dtype=np.float32)
