@@ -146,7 +146,7 @@ def evaluate_bundle(bundle_dir: Path, images_dir: Path, captions_csv: Path, prog
         else:
             captions_by_photo.setdefault(name, []).append(caption)
             row_lines.setdefault(name, []).append(line)
-    names = sorted(captions_by_photo)[:limit] if limit is not None else sorted(captions_by_photo)
+    names = sorted(captions_by_photo)[:limit]  # limit None: all of them
 
     # Decode in a small pool (PIL releases the GIL) while the encoder runs on the previous batch.
     spec = encoders.manifest.image
