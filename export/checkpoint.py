@@ -2,25 +2,20 @@
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from pathlib import Path
 from typing import Literal
 
-from server.bundle import Manifest
+from server.bundle import Manifest, file_sha256
 from training.model import image_spec, text_spec
-from training.trainer import TOKENIZER, WEIGHTS, load_checkpoint
+from training.trainer import TOKENIZER, WEIGHTS, checkpoint_dir, load_checkpoint
 
 log = logging.getLogger(__name__)
 
 
 def checkpoint_model_id(name: str, weights: Path, quantize: str) -> str:
     """Changes whenever the vectors would: the config name, a digest of the weights, the quantization."""
-    digest = hashlib.sha256()
-    with weights.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return f"{name}-{digest.hexdigest()[:12]}" + ("" if quantize == "none" else f"-{quantize}")
+    return f"{name}-{file_sha256(weights)[:12]}" + ("" if quantize == "none" else f"-{quantize}")
 
 
 Quantize = Literal["none", "int8", "text-int8"]
@@ -34,12 +29,12 @@ def export_checkpoint(checkpoint: Path, bundle_dir: Path, quantize: Quantize = "
     quantize: "int8" both towers, "text-int8" the text tower only (depthwise-convolution image towers such
     as EfficientNet-Lite0 can lose too much to dynamic int8; the exporter's parity check refuses those).
     """
-    from export.onnx_export import export_towers
+    from export.onnx_export import export_dual_encoder, with_quantization
 
+    if quantize not in ("none", "int8", "text-int8"):
+        raise ValueError(f"unknown quantization {quantize!r}; use none, int8 or text-int8")
     model, cfg, meta = load_checkpoint(Path(checkpoint))
-    folder = Path(checkpoint)
-    if not (folder / WEIGHTS).is_file():
-        folder = folder / "best"
+    folder = checkpoint_dir(Path(checkpoint))
     tokenizer = folder / TOKENIZER
     if not tokenizer.is_file():
         raise FileNotFoundError(f"{folder} has no {TOKENIZER}; it was not written by clipalbum train")
@@ -49,11 +44,9 @@ def export_checkpoint(checkpoint: Path, bundle_dir: Path, quantize: Quantize = "
                    f"{cfg.text.kind}, {cfg.head.kind} heads, trained {meta.get('step', 0)} steps "
                    f"({meta.get('epoch', 0)} epochs) by clipalbum train")
     log.info("exporting %s (%s) to %s", folder, model_id, bundle_dir)
-    if quantize not in ("none", "int8", "text-int8"):
-        raise ValueError(f"unknown quantization {quantize!r}; use none, int8 or text-int8")
-    return export_towers(
-        model, Path(bundle_dir), model_id=model_id, image_spec=image_spec(cfg), text_spec=text_spec(cfg),
-        tokenizer_file=tokenizer, image_quantize="int8" if quantize == "int8" else "none",
-        text_quantize="none" if quantize == "none" else "int8", parity_images=parity_images,
-        description=description, metrics=metrics, progress=progress,
+    return export_dual_encoder(
+        model, Path(bundle_dir), model_id=model_id, tokenizer_file=tokenizer,
+        image_spec=with_quantization(image_spec(cfg), "int8" if quantize == "int8" else "none"),
+        text_spec=with_quantization(text_spec(cfg), "none" if quantize == "none" else "int8"),
+        parity_images=parity_images, description=description, metrics=metrics, progress=progress,
     )

@@ -9,7 +9,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from export.onnx_export import Quantization, export_towers
+from export.onnx_export import Quantization, export_dual_encoder, with_quantization
 from server.bundle import read_manifest, verify_bundle
 from server.errors import BundleError
 
@@ -91,15 +91,13 @@ def _build(out_dir: Path, progress: bool, image_quantize: Quantization, text_qua
     config = BootstrapConfig()
     model = build_bootstrap_model(config, progress=progress)
     photos = parity_photos()
-    export_towers(
+    export_dual_encoder(
         model,
         out_dir,
         model_id=MODEL_ID,
-        image_spec=image_spec(config),
-        text_spec=text_spec(config),
+        image_spec=with_quantization(image_spec(config), image_quantize),
+        text_spec=with_quantization(text_spec(config), text_quantize),
         tokenizer_file=bert_uncased_tokenizer_file(),
-        image_quantize=image_quantize,
-        text_quantize=text_quantize,
         parity_images=photos or None,
         description=(
             "Offline bootstrap: EfficientNet-Lite0 (ImageNet) and all-MiniLM-L6-v2 aligned without captions "

@@ -8,7 +8,7 @@ import shutil
 import tempfile
 import warnings
 from pathlib import Path
-from typing import Literal
+from typing import Literal, TypeVar
 
 import msgspec
 import numpy as np
@@ -26,6 +26,7 @@ from server.textprep import TextTokenizer
 log = logging.getLogger(__name__)
 
 Quantization = Literal["none", "int8"]
+SpecT = TypeVar("SpecT", ImageSpec, TextSpec)
 
 OPSET = 17
 # Minimum cosine between torch and ONNX Runtime outputs on the parity inputs. fp32 graphs agree to
@@ -40,6 +41,11 @@ DEFAULT_PARITY_TEXTS = [
     "snow on the mountains at sunset",
     "a man riding a bicycle down a city street at night",
 ]
+
+
+def with_quantization(spec: SpecT, quantize: Quantization) -> SpecT:
+    """`spec` marked for export as int8 ("int8") or fp32 ("none")."""
+    return msgspec.structs.replace(spec, quantization="int8" if quantize == "int8" else "fp32")
 
 
 class ParityError(RuntimeError):
@@ -139,42 +145,18 @@ def export_dual_encoder(
             in the graph whether or not the model already does it. embed_dim is read from model.embed_dim
             when present, else from the output.
         out_dir: the bundle directory; replaced atomically (built beside it, renamed at the end).
-        quantize: "int8" quantizes both towers dynamically (see export_towers for one tower only).
+        quantize: "int8" quantizes both towers dynamically; "none" leaves each tower as its spec's
+            `quantization` says (fp32 unless set; with_quantization picks one tower).
         parity_images / parity_texts: real inputs on which torch and ONNX Runtime outputs are compared;
             the minimum cosines go into manifest.metrics and a poor one raises ParityError.
     Returns:
         The manifest written (with sha256 of every file).
     """
-    return export_towers(
-        model, out_dir, model_id=model_id, image_spec=image_spec, text_spec=text_spec,
-        tokenizer_file=tokenizer_file, image_quantize=quantize, text_quantize=quantize,
-        parity_images=parity_images, parity_texts=parity_texts, description=description, metrics=metrics,
-        progress=progress,
-    )
-
-
-def export_towers(
-    model: torch.nn.Module,
-    out_dir: Path,
-    *,
-    model_id: str,
-    image_spec: ImageSpec,
-    text_spec: TextSpec,
-    tokenizer_file: Path,
-    image_quantize: Quantization = "none",
-    text_quantize: Quantization = "none",
-    parity_images: list[Path] | None = None,
-    parity_texts: list[str] | None = None,
-    description: str = "",
-    metrics: dict[str, float] | None = None,
-    progress: bool = False,
-) -> Manifest:
-    """export_dual_encoder with the quantization chosen per tower."""
+    if quantize == "int8":
+        image_spec, text_spec = with_quantization(image_spec, "int8"), with_quantization(text_spec, "int8")
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     model = model.eval()
-    image_spec = msgspec.structs.replace(image_spec, quantization="int8" if image_quantize == "int8" else "fp32")
-    text_spec = msgspec.structs.replace(text_spec, quantization="int8" if text_quantize == "int8" else "fp32")
     image_tower = _ImageTower(model).eval()
     text_tower = _TextTower(model, text_spec.input_names).eval()
     tokenize = TextTokenizer(Path(tokenizer_file), text_spec)
@@ -205,8 +187,8 @@ def export_towers(
 
         # 3) optional int8, per tower.
         steps.set_postfix_str("quantize")
-        for fp32, spec, quant in ((image_fp32, image_spec, image_quantize), (text_fp32, text_spec, text_quantize)):
-            if quant == "int8":
+        for fp32, spec in ((image_fp32, image_spec), (text_fp32, text_spec)):
+            if spec.quantization == "int8":
                 quantize_int8(fp32, work / spec.file)
                 fp32.unlink()
             else:
@@ -216,8 +198,9 @@ def export_towers(
         # 4) parity: torch vs ONNX Runtime on the same real inputs.
         steps.set_postfix_str("parity")
         text_arrays = tuple(text_inputs[n] for n in text_spec.input_names)
+        torch_images = _torch_embeddings(image_tower, (pixels,))
         image_cos = _min_cosine(
-            _torch_embeddings(image_tower, (pixels,)),
+            torch_images,
             _onnx_embeddings(work / image_spec.file, (image_spec.input_name,), (pixels,), image_spec.output_name),
         )
         text_cos = _min_cosine(
@@ -236,7 +219,7 @@ def export_towers(
         # 5) tokenizer, manifest (written last), then the atomic swap into place.
         steps.set_postfix_str("manifest")
         shutil.copyfile(tokenizer_file, work / text_spec.tokenizer)
-        embed_dim = int(getattr(model, "embed_dim", 0)) or int(_torch_embeddings(image_tower, (pixels[:1],)).shape[1])
+        embed_dim = int(getattr(model, "embed_dim", 0)) or int(torch_images.shape[1])
         manifest = Manifest(
             format_version=FORMAT_VERSION,
             model_id=model_id,

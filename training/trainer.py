@@ -68,11 +68,17 @@ class TrainResult:
     seconds: float
 
 
+def checkpoint_dir(path: Path) -> Path:
+    """The checkpoint folder `path` names: itself, or for a run directory its best/."""
+    path = Path(path)
+    if (path / "best" / WEIGHTS).is_file() and not (path / WEIGHTS).is_file():
+        return path / "best"
+    return path
+
+
 def load_checkpoint(checkpoint: Path, device: str | torch.device = "cpu") -> tuple[DualEncoder, Config, dict]:
     """Rebuilds the model from a checkpoint directory (its config and weights), offline; returns model, config, meta."""
-    checkpoint = Path(checkpoint)
-    if (checkpoint / "best" / WEIGHTS).is_file() and not (checkpoint / WEIGHTS).is_file():
-        checkpoint = checkpoint / "best"  # a run directory: use its best checkpoint
+    checkpoint = checkpoint_dir(checkpoint)
     meta_path = checkpoint / CHECKPOINT_META
     if not meta_path.is_file() or not (checkpoint / WEIGHTS).is_file():
         raise FileNotFoundError(f"{checkpoint} is not a checkpoint (needs {WEIGHTS} and {CHECKPOINT_META}); "
