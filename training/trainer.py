@@ -107,6 +107,7 @@ class Trainer:
         if cfg.train.threads:
             torch.set_num_threads(cfg.train.threads)
         self.log_file = self.run_dir / "log.jsonl"
+        self.tokenizer_file = tokenizer_path(cfg)  # copied into every checkpoint
 
     # -- logging and checkpoints -------------------------------------------------------------------
 
@@ -243,7 +244,6 @@ class Trainer:
         seed_everything(cfg.train.seed)
         train, val = self.prepare_data()
         model = build_model(cfg).to(self.device)
-        self.tokenizer_file = tokenizer_path(cfg)
         collate = Collate(self.tokenizer_file, text_spec(cfg))
         self.val_features = None
         if self.caches_image_features():

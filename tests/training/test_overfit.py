@@ -58,7 +58,6 @@ def test_a_tiny_model_overfits_eight_real_photos_until_retrieval_is_perfect(capt
 
     # The same weights, exported to ONNX and run by the server's evaluation, retrieve just as well.
     trainer = Trainer(cfg, progress=False)
-    trainer.tokenizer_file = tokenizer_path(cfg)
     from training.config import config_to_dict
     from training.towers import text_model_config
 
