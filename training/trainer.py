@@ -8,6 +8,7 @@ import math
 import random
 import shutil
 import time
+from collections.abc import Iterator
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -161,6 +162,18 @@ class Trainer:
             raise ValueError(f"only {len(train)} training photos after skipping bad rows; need at least 2")
         return train, val
 
+    def pixel_batches(self, photos: list[Photo], desc: str | None = None) -> Iterator[tuple[list[int], torch.Tensor]]:
+        """(indices, pixels on the device) per eval batch of the photos that decode, as the server preprocesses."""
+        dataset = PhotoCaptionDataset(photos, image_spec(self.cfg))
+        size = self.cfg.data.eval_batch_size
+        for start in tqdm(range(0, len(photos), size), desc=desc, unit="batch",
+                          disable=desc is None or not self.progress):
+            items = [(i, dataset[i]) for i in range(start, min(start + size, len(photos)))]
+            items = [(i, item) for i, item in items if item is not None]
+            if items:
+                pixels = torch.from_numpy(np.stack([item[0] for _, item in items])).to(self.device)
+                yield [i for i, _ in items], pixels
+
     # -- frozen image tower: features computed once -------------------------------------------------------
 
     def caches_image_features(self) -> bool:
@@ -178,19 +191,12 @@ class Trainer:
                 by_path = {p.path: p for p in photos}
                 return [by_path[Path(p)] for p in cached["kept"]], cached["features"]
         tower = model.image_tower.eval()
-        dataset = PhotoCaptionDataset(photos, image_spec(self.cfg))
-        size = self.cfg.data.eval_batch_size
         kept: list[Photo] = []
         rows: list[torch.Tensor] = []
-        for start in tqdm(range(0, len(photos), size), desc=f"{label} image features", unit="batch",
-                          disable=not self.progress):
-            items = [(i, dataset[i]) for i in range(start, min(start + size, len(photos)))]
-            items = [(i, item) for i, item in items if item is not None]
-            if items:
-                pixels = torch.from_numpy(np.stack([item[0] for _, item in items])).to(self.device)
-                with self.autocast():
-                    rows.append(tower(pixels).float().cpu())
-                kept.extend(photos[i] for i, _ in items)
+        for indices, pixels in self.pixel_batches(photos, desc=f"{label} image features"):
+            with self.autocast():
+                rows.append(tower(pixels).float().cpu())
+            kept.extend(photos[i] for i in indices)
         features = torch.cat(rows) if rows else torch.zeros(0, model.image_tower.out_dim)
         torch.save({"key": key, "kept": [str(p.path) for p in kept], "features": features}, path)
         return kept, features
@@ -203,22 +209,17 @@ class Trainer:
         if not val:
             return {}
         model.eval()
-        dataset = PhotoCaptionDataset(val, image_spec(self.cfg))
-        size = self.cfg.data.eval_batch_size
         image_vectors, kept = [], []
         if self.val_features is not None:  # frozen tower: only the head runs (eval mode, as encode_image)
             features = self.val_features.to(self.device)
             image_vectors.append(torch.nn.functional.normalize(model.image_head(features), dim=-1).float().cpu().numpy())
             kept = list(range(len(val)))
-        for start in range(0, len(val) if self.val_features is None else 0, size):
-            items = [(i, dataset[i]) for i in range(start, min(start + size, len(val)))]
-            items = [(i, item) for i, item in items if item is not None]
-            if not items:
-                continue
-            pixels = torch.from_numpy(np.stack([item[0] for _, item in items])).to(self.device)
-            with self.autocast():
-                image_vectors.append(model.encode_image(pixels).float().cpu().numpy())
-            kept.extend(i for i, _ in items)
+        else:
+            for indices, pixels in self.pixel_batches(val):
+                with self.autocast():
+                    image_vectors.append(model.encode_image(pixels).float().cpu().numpy())
+                kept.extend(indices)
+        size = self.cfg.data.eval_batch_size
         captions = [(row, c) for row, i in enumerate(kept) for c in val[i].captions]
         text_vectors = []
         for start in range(0, len(captions), size):
