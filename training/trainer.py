@@ -54,6 +54,10 @@ def lr_multiplier(step: int, total: int, warmup: int, min_ratio: float) -> float
     return min_ratio + 0.5 * (1 + math.cos(math.pi * t)) * (1 - min_ratio)
 
 
+def describe_metrics(metrics: dict[str, float]) -> str:
+    return " ".join(f"{k}={v:.1f}" for k, v in metrics.items())
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
@@ -270,7 +274,8 @@ class Trainer:
         use_scaler = self.device.type == "cuda" and cfg.train.amp and not torch.cuda.is_bf16_supported()
         scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
 
-        meta_base = {"config": config_to_dict(cfg), "text_hf_config": text_model_config(cfg.text)}
+        config = config_to_dict(cfg)
+        meta_base = {"config": config, "text_hf_config": text_model_config(cfg.text)}
         step, epoch, next_batch, best_score, best_metrics = 0, 0, 0, -math.inf, {}
         state_path = self.run_dir / "last" / TRAINER_STATE
         if state_path.is_file():
@@ -287,17 +292,17 @@ class Trainer:
             log.info("resuming %s at epoch %d, batch %d (step %d)", self.run_dir, epoch, next_batch, step)
             self.log_event("resume", epoch=epoch, next_batch=next_batch, step=step)
         else:
-            self.log_event("start", config=config_to_dict(cfg), device=str(self.device), total_steps=total_steps,
+            self.log_event("start", config=config, device=str(self.device), total_steps=total_steps,
                            train_photos=len(train), val_photos=len(val))
             start_metrics = self.validate(model, val, collate)  # where training starts from, for comparison
             if start_metrics:
                 self.log_event("baseline", val=start_metrics)
-                log.info("before training: %s", " ".join(f"{k}={v:.1f}" for k, v in start_metrics.items()))
+                log.info("before training: %s", describe_metrics(start_metrics))
 
         def trainer_state() -> dict[str, Any]:
             return {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                     "scaler": scaler.state_dict(), "step": step, "epoch": epoch, "next_batch": next_batch,
-                    "best_score": best_score, "best_metrics": best_metrics, "config": config_to_dict(cfg),
+                    "best_score": best_score, "best_metrics": best_metrics, "config": config,
                     "torch_rng": torch.get_rng_state(), "python_rng": random.getstate()}
 
         started = time.monotonic()
@@ -365,10 +370,10 @@ class Trainer:
             self.save("last", model, meta, trainer_state())
             self.log_event("epoch", epoch=epoch, step=step, val=metrics, best=improved,
                            elapsed_s=round(time.monotonic() - started, 1))
-            log.info("epoch %d: %s%s", epoch, " ".join(f"{k}={v:.1f}" for k, v in metrics.items()),
+            log.info("epoch %d: %s%s", epoch, describe_metrics(metrics),
                      " (best)" if improved else "")
             if self.progress and metrics:
-                print(f"epoch {epoch}: " + " ".join(f"{k}={v:.1f}" for k, v in metrics.items())
+                print(f"epoch {epoch}: " + describe_metrics(metrics)
                       + (" (best)" if improved else ""), flush=True)
 
         seconds = time.monotonic() - started
