@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from pathlib import Path
 from typing import Any
@@ -14,7 +15,8 @@ from server.bundle import ImageSpec, TextSpec
 from training.config import Config
 from training.heads import build_head
 from training.loss import ContrastiveLoss
-from training.towers import ImageTower, TextTower, build_image_tower, build_text_tower, set_trainable
+from training.towers import (ImageTower, TextTower, build_image_tower, build_text_tower, set_trainable,
+                             tokenizer_file)
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +74,7 @@ def build_model(cfg: Config, text_hf_config: dict[str, Any] | None = None) -> Du
     or read from pretrained weights: the caller loads the checkpoint's weights."""
     image_cfg = cfg.image
     if text_hf_config is not None and image_cfg.kind == "timm":
-        image_cfg = type(image_cfg)(**{**vars(image_cfg), "pretrained": "none"})
+        image_cfg = dataclasses.replace(image_cfg, pretrained="none")
     image_tower = build_image_tower(image_cfg)
     text_tower = build_text_tower(cfg.text, text_hf_config)
     model = DualEncoder(
@@ -118,8 +120,6 @@ def text_spec(cfg: Config) -> TextSpec:
 
 
 def tokenizer_path(cfg: Config) -> Path:
-    from training.towers import tokenizer_file
-
     return tokenizer_file(cfg.text)
 
 
