@@ -178,14 +178,14 @@ def images_dir(source: SourceCfg) -> Path:
     return path.parent
 
 
-def _readable(path: Path) -> str | None:
-    """None if the photo's header opens, else the reason (a cheap check; full decoding happens in training)."""
+def _readable(path: Path) -> bool:
+    """True if the photo's header opens (a cheap check; full decoding happens in training)."""
     try:
         with Image.open(path) as img:
             img.size  # noqa: B018 - the header is parsed on open; touching size keeps linters quiet
-        return None
-    except (UnidentifiedImageError, OSError, ValueError) as exc:
-        return f"{exc.__class__.__name__}"
+        return True
+    except (UnidentifiedImageError, OSError, ValueError):
+        return False
 
 
 def load_photos(sources: list[SourceCfg], verify_images: bool = True) -> tuple[list[Photo], DataReport]:
@@ -204,14 +204,13 @@ def load_photos(sources: list[SourceCfg], verify_images: bool = True) -> tuple[l
                 report.skip(label, "empty caption", where)
                 continue
             path = (images / name).resolve()
-            if path not in checked:
+            if path not in checked:  # each photo is checked once, however many captions it has
                 if not path.is_file():
                     checked[path] = "missing photo"
                 else:
-                    problem = _readable(path) if verify_images else None
-                    checked[path] = f"unreadable photo ({problem})" if problem else None
+                    checked[path] = None if not verify_images or _readable(path) else "unreadable photo"
             if checked[path]:
-                report.skip(label, checked[path].split(" (")[0], f"{where} {name}")
+                report.skip(label, checked[path], f"{where} {name}")
                 continue
             captions.setdefault(path, []).append(" ".join(caption.split()))
             report.rows[label] += 1
