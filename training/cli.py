@@ -13,6 +13,10 @@ from training.config import load_config
 CONFIGS = Path(__file__).parent / "configs"
 
 
+def _shipped_configs() -> str:
+    return ", ".join(sorted(p.stem for p in CONFIGS.glob("*.toml")))
+
+
 def _config_path(name: str) -> Path:
     """A config file path, or the name of a config shipped in training/configs (with or without .toml)."""
     path = Path(name).expanduser()
@@ -21,15 +25,13 @@ def _config_path(name: str) -> Path:
     shipped = CONFIGS / (name if name.endswith(".toml") else f"{name}.toml")
     if shipped.is_file():
         return shipped
-    known = ", ".join(sorted(p.stem for p in CONFIGS.glob("*.toml")))
-    raise FileNotFoundError(f"no config file {name!r} (shipped configs: {known})")
+    raise FileNotFoundError(f"no config file {name!r} (shipped configs: {_shipped_configs()})")
 
 
 def _train(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="clipalbum train", description=(
         "Train a dual encoder. Running the same command again resumes from OUT_DIR/last after a crash."))
-    parser.add_argument("config", help="TOML config file, or a shipped config name: "
-                        + ", ".join(sorted(p.stem for p in CONFIGS.glob("*.toml"))))
+    parser.add_argument("config", help=f"TOML config file, or a shipped config name: {_shipped_configs()}")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config value, e.g. --set train.epochs=3 --set image.freeze=true "
                              "(values are TOML; repeatable)")
