@@ -11,12 +11,11 @@ import pytest
 
 from server.bundle import ImageSpec, TextSpec
 from server.preprocess import load_model_input
-from training.config import DataCfg, SourceCfg
+from training.config import DataCfg, SourceCfg, TextTowerCfg
 from training.data import (Augment, Collate, Photo, PhotoCaptionDataset, load_photos, read_caption_csv,
                            read_flickr30k_csv, split_by_photo)
 from training.split import split_captions
 from training.towers import tokenizer_file
-from training.config import TextTowerCfg
 
 
 def _photos(album: Path) -> list[Path]:
