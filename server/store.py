@@ -332,11 +332,8 @@ class Store:
 
     def vector_rows(self, ids: Iterable[int], model_id: str) -> list[VectorRow]:
         """Rows with their vectors for the given ids (those embedded by `model_id`; others are left out)."""
-        ids = list(ids)
         out: list[VectorRow] = []
-        for start in range(0, len(ids), 500):  # SQLite's bound-parameter limit
-            part = ids[start:start + 500]
-            marks = ",".join("?" * len(part))
+        for part, marks in _id_batches(ids):
             rows = self._reader.execute(
                 "SELECT p.id, r.path, p.rel_path, p.width, p.height, p.taken_at, p.vector FROM photos p "
                 f"JOIN roots r ON r.id = p.root_id WHERE p.id IN ({marks}) AND p.status = 'indexed' "
@@ -385,9 +382,7 @@ class Store:
     def taken_at(self, ids: list[int]) -> dict[int, str | None]:
         """Capture times of the given photos (a light lookup to filter ANN candidates by date)."""
         out: dict[int, str | None] = {}
-        for start in range(0, len(ids), 500):
-            part = ids[start:start + 500]
-            marks = ",".join("?" * len(part))
+        for part, marks in _id_batches(ids):
             out.update(self._reader.execute(f"SELECT id, taken_at FROM photos WHERE id IN ({marks})", part))
         return out
 
@@ -426,6 +421,14 @@ class Store:
             "SELECT r.path, p.rel_path, COALESCE(p.error, '') FROM photos p JOIN roots r ON r.id = p.root_id "
             "WHERE p.status = 'failed' ORDER BY p.mtime_ns DESC, p.id LIMIT ?", (limit,))
         return [(root, rel, err) for root, rel, err in rows]
+
+
+def _id_batches(ids: Iterable[int], size: int = 500) -> Iterator[tuple[list[int], str]]:
+    """`ids` in batches under SQLite's bound-parameter limit, each with its "?,?,..." placeholders."""
+    ids = list(ids)
+    for start in range(0, len(ids), size):
+        part = ids[start:start + size]
+        yield part, ",".join("?" * len(part))
 
 
 @dataclass
