@@ -51,16 +51,20 @@ def skimage_data_dir() -> Path:
         pytest.skip("sample photos come from scikit-image")
 
 
-@pytest.fixture()
-def sample_album(tmp_path: Path) -> Path:
-    """A small album of real photos (scikit-image's), in nested folders as people keep them."""
+def copy_sample_photos(album: Path) -> Path:
+    """Copies SAMPLE_PHOTOS into `album`, in nested folders as people keep them; returns `album`."""
     source = skimage_data_dir()
-    album = tmp_path / "album"
     for i, name in enumerate(SAMPLE_PHOTOS):
         folder = album / ("2023" if i % 2 else "2024/summer")
         folder.mkdir(parents=True, exist_ok=True)
         shutil.copy2(source / name, folder / name)
     return album
+
+
+@pytest.fixture()
+def sample_album(tmp_path: Path) -> Path:
+    """A small album of real photos (scikit-image's), in nested folders as people keep them."""
+    return copy_sample_photos(tmp_path / "album")
 
 
 @pytest.fixture(scope="session")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import re
-import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,7 +17,7 @@ from server.app import create_app
 from server.library import MAX_K, MAX_QUERY_CHARS, MAX_UPLOAD_BYTES, Library
 from server.settings import data_paths
 from tests.albumtools import jpeg_bytes, snapshot
-from tests.conftest import SAMPLE_PHOTOS, skimage_data_dir
+from tests.conftest import SAMPLE_PHOTOS, copy_sample_photos, skimage_data_dir
 
 WEB_INDEX = "<!doctype html><title>clipalbum test page</title>"
 
@@ -26,10 +25,7 @@ WEB_INDEX = "<!doctype html><title>clipalbum test page</title>"
 def make_album(folder: Path) -> Path:
     """The sample photos in nested folders, plus two dated JPEGs and one broken file."""
     source = skimage_data_dir()
-    for i, name in enumerate(SAMPLE_PHOTOS):
-        target = folder / ("2023" if i % 2 else "2024/summer")
-        target.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(source / name, target / name)
+    copy_sample_photos(folder)
     dated = folder / "dated"
     dated.mkdir()
     cat = Image.open(source / "chelsea.png").convert("RGB")
