@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import sys
 import time
@@ -113,7 +114,7 @@ def main() -> None:
 
     manifest = read_manifest(bundle)
     report: dict[str, object] = {
-        "bench": "query_latency", "machine": f"{platform.machine()}, {__import__('os').cpu_count()} cores, "
+        "bench": "query_latency", "machine": f"{platform.machine()}, {os.cpu_count()} cores, "
         f"{platform.python_implementation()} {platform.python_version()}", "model": manifest.model_id,
         "embed_dim": manifest.embed_dim, "queries_from": source, "k": args.k, "vectors": args.vectors,
         "bar": {"p50_ms": 15, "p99_ms": 40, "at_photos": 100_000}, "sizes": {},

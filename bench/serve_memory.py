@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import sys
 from pathlib import Path
@@ -86,7 +87,7 @@ def main() -> None:
     full = synthetic_index(workdir / f"clustered-{args.photos}", bundle, args.photos)
     album = scan_album(Path(args.workdir) / "scan-album", photos=args.scan_photos)
     report = {
-        "bench": "serve_memory", "machine": f"{platform.machine()}, {__import__('os').cpu_count()} cores",
+        "bench": "serve_memory", "machine": f"{platform.machine()}, {os.cpu_count()} cores",
         "model": manifest.model_id, "embed_dim": manifest.embed_dim, "queries_from": source,
         "uploads": len(uploads) * 3, "bar": {"rss_mb": 300, "at_photos": 100_000},
         "baseline_empty_index": measure(empty, bundle, texts, uploads),
