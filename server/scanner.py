@@ -244,7 +244,8 @@ class Scan:
         plan = plan_scan(self.store, roots, self.model_id, reembed, skip)
         self.summary.scanned, self.summary.unchanged = plan.scanned, plan.unchanged
         self._missing = dict(plan.missing)
-        known = set() if reembed else self.store.embedded_hashes(self.model_id)
+        # Hashes already embedded (a moved or copied file needs no decoding); not read when nothing changed.
+        known = set() if reembed or not plan.work else self.store.embedded_hashes(self.model_id)
         log.info("%d photos found, %d unchanged, %d to read, %d gone", plan.scanned, plan.unchanged,
                  len(plan.work), len(plan.missing))
         self._report(phase="embedding", total=len(plan.work), message=f"{len(plan.work)} photos to read")
