@@ -40,9 +40,8 @@ def export_checkpoint(checkpoint: Path, bundle_dir: Path, quantize: Quantize = "
         raise FileNotFoundError(f"{folder} has no {TOKENIZER}; it was not written by clipalbum train")
     model_id = checkpoint_model_id(cfg.name, folder / WEIGHTS, quantize)
     metrics = {f"val_{k}": float(v) for k, v in (meta.get("metrics") or {}).items()}
-    description = (f"{cfg.name}: {cfg.image.name if cfg.image.kind == 'timm' else cfg.image.kind} + "
-                   f"{cfg.text.kind}, {cfg.head.kind} heads, trained {meta.get('step', 0)} steps "
-                   f"({meta.get('epoch', 0)} epochs) by clipalbum train")
+    description = (f"{cfg.name}: {cfg.image.label} + {cfg.text.kind}, {cfg.head.kind} heads, trained "
+                   f"{meta.get('step', 0)} steps ({meta.get('epoch', 0)} epochs) by clipalbum train")
     log.info("exporting %s (%s) to %s", folder, model_id, bundle_dir)
     return export_dual_encoder(
         model, Path(bundle_dir), model_id=model_id, tokenizer_file=tokenizer,

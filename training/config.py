@@ -29,6 +29,11 @@ class ImageTowerCfg:
     features: str = "pooled"
     class_temperature: float = 2.0
 
+    @property
+    def label(self) -> str:
+        """The tower's name in logs and bundle descriptions: the timm model's name, else the kind."""
+        return self.name if self.kind == "timm" else self.kind
+
 
 @dataclass
 class TextTowerCfg:

@@ -89,7 +89,7 @@ def build_model(cfg: Config, text_hf_config: dict[str, Any] | None = None) -> Du
     image_trainable = set_trainable(image_tower.backbone, cfg.image.freeze, cfg.image.trainable)
     text_trainable = set_trainable(text_tower.encoder, cfg.text.freeze, cfg.text.trainable)
     log.info("model: image %s (%d-d, %d trainable), text %s (%d-d, %d trainable), %s heads -> %d-d",
-             cfg.image.name if cfg.image.kind == "timm" else cfg.image.kind, image_tower.out_dim, image_trainable,
+             cfg.image.label, image_tower.out_dim, image_trainable,
              cfg.text.kind, text_tower.out_dim, text_trainable, cfg.head.kind, cfg.head.dim)
     return model
 
