@@ -252,11 +252,7 @@ def _swap_into_place(work: Path, out_dir: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
         out_dir.replace(old)
     work.replace(out_dir)
-    fd = os.open(out_dir.parent, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    _fsync(out_dir.parent)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
 
@@ -264,8 +260,12 @@ def _swap_into_place(work: Path, out_dir: Path) -> None:
 def _fsync_dir(path: Path) -> None:
     """Flushes a directory's files and the directory entry itself, so the rename lands on durable data."""
     for target in [p for p in path.iterdir() if p.is_file()] + [path]:
-        fd = os.open(target, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        _fsync(target)
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
