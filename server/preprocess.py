@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import re
 import warnings
 from dataclasses import dataclass
 from datetime import datetime
@@ -33,6 +34,9 @@ PHOTO_SUFFIXES = frozenset(
     | ({".heic", ".heif"} if HEIF_SUPPORTED else set())
 )
 
+# PIL's messages for in-memory data include the buffer's repr, which tells a person nothing.
+_FILE_OBJECT_REPR = re.compile(r" ?<_io\.\w+ object at 0x[0-9a-fA-F]+>")
+
 _EXIF_IFD = 0x8769
 _DATETIME_ORIGINAL = 0x9003
 _DATETIME = 0x0132
@@ -62,9 +66,10 @@ def decode_photo(
 ) -> DecodedPhoto:
     """Opens a photo for embedding: refuses bombs, scales JPEGs while decoding, applies EXIF orientation.
 
-    Raises ImageDecodeError with the reason for anything that is not a readable photo.
+    Raises ImageDecodeError with the reason for anything that is not a readable photo, prefixed with the
+    file's path when `source` is one (in-memory data gets the bare reason).
     """
-    name = str(source) if isinstance(source, (str, Path)) else "upload"
+    prefix = f"{source}: " if isinstance(source, (str, Path)) else ""
     if isinstance(source, bytes):
         source = io.BytesIO(source)
     try:
@@ -74,7 +79,7 @@ def decode_photo(
             width, height = img.size
             if width * height > max_pixels:
                 raise ImageDecodeError(
-                    f"{name}: {width}x{height} is {width * height / 1e6:.0f} MP, over the {max_pixels / 1e6:.0f} MP limit"
+                    f"{prefix}{width}x{height} is {width * height / 1e6:.0f} MP, over the {max_pixels / 1e6:.0f} MP limit"
                 )
             orientation = img.getexif().get(0x0112, 1)
             if orientation in (5, 6, 7, 8):  # rotated 90 degrees: the upright size is swapped
@@ -91,9 +96,10 @@ def decode_photo(
     except ImageDecodeError:
         raise
     except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise ImageDecodeError(f"{name}: not a supported image ({exc.__class__.__name__}: {exc})") from exc
+        reason = _FILE_OBJECT_REPR.sub("", str(exc))
+        raise ImageDecodeError(f"{prefix}not a supported image ({exc.__class__.__name__}: {reason})") from exc
     except (OSError, ValueError, SyntaxError, EOFError) as exc:
-        raise ImageDecodeError(f"{name}: unreadable image ({exc})") from exc
+        raise ImageDecodeError(f"{prefix}unreadable image ({_FILE_OBJECT_REPR.sub('', str(exc))})") from exc
     return DecodedPhoto(image=img, width=width, height=height, taken_at=taken_at)
 
 

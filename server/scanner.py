@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import re
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
@@ -103,9 +102,6 @@ def walk_album(root: Path, skip: frozenset[str] = frozenset()) -> Iterator[Found
         stack.extend(reversed(subfolders))  # depth first, in name order
 
 
-_BYTESIO_REPR = re.compile(r" ?<_io\.BytesIO object at 0x[0-9a-fA-F]+>")
-
-
 def content_hash(data: bytes) -> str:
     """Identifies a photo's bytes, to recognise a moved or copied file without decoding it."""
     return hashlib.sha256(data).hexdigest()
@@ -158,8 +154,8 @@ def prepare(item: WorkItem, spec: ImageSpec, known_hashes: frozenset[str] | set[
         photo = decode_photo(data, min_side=spec.size)
         out.pixels = to_model_input(photo.image, spec)
         out.width, out.height, out.taken_at = photo.width, photo.height, photo.taken_at
-    except ImageDecodeError as exc:  # decode_photo names in-memory data "upload" and PIL shows its repr
-        out.error = _BYTESIO_REPR.sub("", str(exc).removeprefix("upload: "))
+    except ImageDecodeError as exc:  # the reason alone: status lists it beside the path
+        out.error = str(exc)
     except Exception as exc:  # a decoder bug on one odd file must not stop the scan
         out.error = f"{exc.__class__.__name__}: {exc}"
     return out
