@@ -75,17 +75,21 @@ def recall_at_k(
     caption_to_image = np.asarray(caption_to_image, dtype=np.int64)
     if len(text_vectors) == 0:
         return {k: 0.0 for k in ks}
-    ranks = _ranks(np.asarray(text_vectors, np.float32) @ np.asarray(image_vectors, np.float32).T, caption_to_image)
+    ranks = _ranks(text_vectors, image_vectors, caption_to_image)
     return {k: float((ranks < k).mean()) for k in ks}
 
 
-def _ranks(similarity: npt.NDArray[np.float32], target: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
-    """Rank of each row's target column (0 = best), in row chunks to bound memory."""
-    ranks = np.empty(len(similarity), dtype=np.int64)
-    for start in range(0, len(similarity), 4096):
-        rows = similarity[start:start + 4096]
-        own = rows[np.arange(len(rows)), target[start:start + 4096]][:, None]
-        ranks[start:start + 4096] = (rows > own).sum(axis=1)
+def _ranks(queries: npt.ArrayLike, gallery: npt.ArrayLike, target: npt.NDArray[np.int64],
+           chunk: int = 4096) -> npt.NDArray[np.int64]:
+    """Rank (0 = best) of each query's target among the gallery, by dot product; the similarity matrix is
+    made a chunk of queries at a time, so memory stays bounded on large caption sets."""
+    queries = np.asarray(queries, np.float32)
+    gallery_t = np.asarray(gallery, np.float32).T
+    ranks = np.empty(len(queries), dtype=np.int64)
+    for start in range(0, len(queries), chunk):
+        rows = queries[start:start + chunk] @ gallery_t  # (chunk, G)
+        own = rows[np.arange(len(rows)), target[start:start + chunk]][:, None]
+        ranks[start:start + chunk] = (rows > own).sum(axis=1)
     return ranks
 
 
@@ -99,11 +103,11 @@ def image_recall_at_k(
     caption_to_image = np.asarray(caption_to_image, dtype=np.int64)
     if len(image_vectors) == 0 or len(text_vectors) == 0:
         return {k: 0.0 for k in ks}
-    similarity = np.asarray(image_vectors, np.float32) @ np.asarray(text_vectors, np.float32).T  # (I, C)
+    # Each caption's rank among all captions, seen from its own image; an image counts its best caption.
+    image_of_caption = np.asarray(image_vectors, np.float32)[caption_to_image]
+    ranks = _ranks(image_of_caption, text_vectors, np.arange(len(caption_to_image)))
     best_rank = np.full(len(image_vectors), np.iinfo(np.int64).max)
-    for caption, image in enumerate(caption_to_image):
-        rank = (similarity[image] > similarity[image, caption]).sum()
-        best_rank[image] = min(best_rank[image], rank)
+    np.minimum.at(best_rank, caption_to_image, ranks)
     return {k: float((best_rank < k).mean()) for k in ks}
 
 
