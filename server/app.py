@@ -171,7 +171,7 @@ def _check_port_free(host: str, port: int) -> None:
                              "is another server running there? choose another with --port") from exc
 
 
-def exposure_notice(policy: AccessPolicy, url: str, new_token: str | None) -> list[str]:
+def exposure_notice(policy: AccessPolicy, new_token: str | None) -> list[str]:
     """What `serve` tells its owner about who can reach the album and how to get in."""
     if not policy.token_required:
         return []
@@ -181,14 +181,14 @@ def exposure_notice(policy: AccessPolicy, url: str, new_token: str | None) -> li
                      "Use this machine's LAN address from other devices.")
     elif not is_loopback(policy.bound_host):
         lines.append(f"listening on {policy.bound_host}: your album is reachable from the network.")
-    else:
-        lines.append("answering for " + ", ".join(sorted(policy.allowed_hosts)) + " (a reverse proxy?).")
+    elif policy.allowed_hosts:
+        lines.append("answering for " + ", ".join(sorted(policy.allowed_hosts)) + " too (a reverse proxy?).")
     lines.append("every request needs the access token: log in on the web page with it, or send "
                  "'Authorization: Bearer TOKEN'.")
     if new_token:
         lines.append(f"new access token (shown only this once; `clipalbum token` shows it again): {new_token}")
     else:
-        lines.append(f"`clipalbum token` shows the access token; `clipalbum token --rotate` replaces it. ({url})")
+        lines.append("`clipalbum token` shows the access token; `clipalbum token --rotate` replaces it.")
     return lines
 
 
@@ -210,11 +210,10 @@ def serve_library(library: "Library", host: str = "127.0.0.1", port: int = 8000,
     new_token = policy.tokens.current() if policy.tokens is not None and policy.tokens.ensure() else None
     app = create_app(library, background_index=background_index, rescan_minutes=rescan_minutes, access=policy)
     shown_host = "localhost" if host in ("127.0.0.1", "::1") else host
-    url = f"http://{shown_host}:{port}/"
     print(f"clipalbum: serving {', '.join(str(r) for r in library.roots) or 'no album yet'}", flush=True)
-    print(f"clipalbum: open {url}  (API schema: http://{shown_host}:{port}"
+    print(f"clipalbum: open http://{shown_host}:{port}/  (API schema: http://{shown_host}:{port}"
           f"{OPENAPI_PATH}/openapi.json; Ctrl-C stops)", flush=True)
-    for line in exposure_notice(policy, url, new_token):
+    for line in exposure_notice(policy, new_token):
         print(f"clipalbum: {line}", flush=True)
     level = "info" if logging.getLogger().isEnabledFor(logging.INFO) else "warning"
     server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level=level,

@@ -24,6 +24,7 @@ from urllib.parse import urlsplit
 import msgspec
 from litestar import Controller, Request, Response, get, post
 from litestar.datastructures import Cookie, State
+from litestar.openapi import ResponseSpec
 from litestar.types import ASGIApp, Receive, Scope, Send
 
 from server.errors import ClipalbumError
@@ -94,33 +95,45 @@ class TokenStore:
     def current(self) -> str:
         """The token; creates the file when it is missing. One stat per call when nothing changed."""
         try:
-            st = self.path.stat()
-        except FileNotFoundError:
-            self.ensure()
-            st = self.path.stat()
-        signature = (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size)
-        if signature != self._seen:
-            with self._lock:
-                self._token = self._read()
-                self._seen = signature
+            try:
+                st = self.path.stat()
+            except FileNotFoundError:
+                self.ensure()
+                st = self.path.stat()
+            signature = (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size)
+            if signature != self._seen:
+                with self._lock:
+                    self._token = self._read()
+                    self._seen = signature
+        except OSError as exc:
+            raise ClipalbumError(f"cannot read the access token {self.path} ({exc.strerror or exc}); "
+                                 "check the data directory's permissions") from exc
         return self._token
 
     def ensure(self) -> bool:
         """Creates the token file if it is missing; True when this call created it."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
             self._install(secrets.token_urlsafe(TOKEN_BYTES), replace=False)
-            log.info("created the access token in %s", self.path)
-            return True
         except FileExistsError:
+            if not self.path.is_file():
+                raise ClipalbumError(f"cannot create the access token {self.path}: something else is in the way")
             self._fix_mode()
             return False
+        except OSError as exc:
+            raise ClipalbumError(f"cannot create the access token {self.path} ({exc.strerror or exc}); "
+                                 "the data directory must be writable (or use --data-dir)") from exc
+        log.info("created the access token in %s", self.path)
+        return True
 
     def rotate(self) -> str:
         """A new token replaces the old one: old bearer tokens and login cookies stop working."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         token = secrets.token_urlsafe(TOKEN_BYTES)
-        self._install(token, replace=True)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._install(token, replace=True)
+        except OSError as exc:
+            raise ClipalbumError(f"cannot write the access token {self.path} ({exc.strerror or exc})") from exc
         return token
 
     def _install(self, token: str, replace: bool) -> None:
@@ -325,6 +338,10 @@ class LoginForm(msgspec.Struct):
     token: str
 
 
+class Refusal(msgspec.Struct):
+    detail: str
+
+
 class SessionInfo(msgspec.Struct):
     token_required: bool  # false on loopback: nothing to log in to
     authenticated: bool
@@ -354,14 +371,15 @@ class SessionController(Controller):
     path = "/api"
     tags = ["session"]
 
-    @post("/login", status_code=200, summary="Log in with the access token (JSON or form field 'token')")
+    @post("/login", status_code=200, summary="Log in with the access token (JSON or form field 'token')",
+          responses={401: ResponseSpec(Refusal, description="not this album's access token")})
     async def login(self, request: Request[Any, Any, Any], state: State) -> Response[SessionInfo]:
         policy: AccessPolicy = state.access
         if policy.tokens is None:
             return Response(SessionInfo(token_required=False, authenticated=True, via=None))
         token = policy.tokens.current()
         if not hmac.compare_digest((await _presented_token(request)).strip().encode(), token.encode()):
-            return Response({"detail": "that is not this album's access token"}, status_code=401,  # type: ignore[arg-type]
+            return Response(Refusal("that is not this album's access token"), status_code=401,  # type: ignore[arg-type]
                             headers={"WWW-Authenticate": 'Bearer realm="clipalbum"'})
         return Response(SessionInfo(token_required=True, authenticated=True, via="cookie"),
                         cookies=[_session_cookie(request, cookie_value(token), COOKIE_MAX_AGE_S)])

@@ -17,6 +17,7 @@ from litestar.testing import TestClient
 
 from server import cli
 from server.app import create_app, exposure_notice
+from server.errors import ClipalbumError
 from server.library import Library
 from server.security import COOKIE_NAME, AccessPolicy, TokenStore, cookie_value
 from tests.albumtools import jpeg_bytes
@@ -291,11 +292,17 @@ class TestCors:
 class TestServeAndCli:
     def test_serve_says_the_album_is_on_the_network_and_shows_a_new_token_once(self, tmp_path: Path) -> None:
         policy = AccessPolicy.for_server("0.0.0.0", tmp_path / "token")
-        first = "\n".join(exposure_notice(policy, "http://0.0.0.0:8000/", "TOKEN123"))
+        first = "\n".join(exposure_notice(policy, "TOKEN123"))
         assert "reachable from the network" in first and "TOKEN123" in first and "clipalbum token" in first
-        later = "\n".join(exposure_notice(policy, "http://0.0.0.0:8000/", None))
+        later = "\n".join(exposure_notice(policy, None))
         assert "clipalbum token" in later and "TOKEN123" not in later
-        assert exposure_notice(AccessPolicy.for_server("127.0.0.1", tmp_path / "token"), "", None) == []
+        assert exposure_notice(AccessPolicy.for_server("127.0.0.1", tmp_path / "token"), None) == []
+
+    def test_a_data_dir_that_cannot_hold_the_token_is_a_clear_error(self, tmp_path: Path) -> None:
+        blocker = tmp_path / "not-a-dir"
+        blocker.write_text("")
+        with pytest.raises(ClipalbumError, match="cannot create the access token"):
+            TokenStore(blocker / "token").current()
 
     def test_clipalbum_token_shows_and_rotates_the_token(self, tmp_path: Path,
                                                          capsys: pytest.CaptureFixture[str]) -> None:
