@@ -97,7 +97,7 @@ class TokenStore:
         try:
             try:
                 st = self.path.stat()
-            except FileNotFoundError:
+            except (FileNotFoundError, NotADirectoryError):
                 self.ensure()
                 st = self.path.stat()
             signature = (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size)
