@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from litestar import Litestar, Request, Response
+from litestar.config.cors import CORSConfig
 from litestar.datastructures import CacheControlHeader, State
 from litestar.openapi import OpenAPIConfig
 from litestar.static_files import create_static_files_router
@@ -23,6 +24,7 @@ from server.api import ImagesController, IndexController, SearchController, etag
 from server.background import BackgroundIndexer, limit_malloc_arenas
 from server.errors import BundleError, ClipalbumError, ImageDecodeError, InvalidQueryError, NotFoundError
 from server.library import IndexBusyError
+from server.security import AccessPolicy, SessionController, access_middleware, is_loopback
 from server.settings import DataPaths
 from server.thumbnails import ThumbnailCache
 
@@ -103,7 +105,8 @@ def not_modified_middleware(app: ASGIApp) -> ASGIApp:
 
 
 def create_app(library: "Library", web_dir: Path | None = None, background_index: bool = True,
-               rescan_minutes: float = 30, thumbnails_dir: Path | None = None) -> Litestar:
+               rescan_minutes: float = 30, thumbnails_dir: Path | None = None,
+               access: AccessPolicy | None = None) -> Litestar:
     """Builds the app around an open Library; the caller closes the Library after the app stops.
 
     Args:
@@ -112,6 +115,7 @@ def create_app(library: "Library", web_dir: Path | None = None, background_index
         background_index: scan at start-up and every `rescan_minutes` (0: only on request).
         rescan_minutes: period of the automatic rescans.
         thumbnails_dir: thumbnail cache (default: the data directory's).
+        access: who may call it (default: a server on loopback: no token, Host and cross-site checks on).
     """
     web_dir = Path(web_dir) if web_dir is not None else Path(os.environ.get("CLIPALBUM_WEB_DIR", DEFAULT_WEB_DIR))
     indexer = BackgroundIndexer(library, rescan_minutes=rescan_minutes if background_index else 0,
@@ -128,8 +132,10 @@ def create_app(library: "Library", web_dir: Path | None = None, background_index
                 print(f"clipalbum: waiting up to {STOP_TIMEOUT_S:.0f} s for the running scan", flush=True)
             indexer.stop(STOP_TIMEOUT_S)
 
-    handlers: list[Any] = [SearchController, ImagesController, IndexController, health]
-    if (web_dir / "index.html").is_file():
+    handlers: list[Any] = [SearchController, ImagesController, IndexController, SessionController, health]
+    has_web_client = (web_dir / "index.html").is_file()
+    policy = (access or AccessPolicy()).with_web_dir(web_dir if has_web_client else None)
+    if has_web_client:
         handlers.append(create_static_files_router(
             path="/", directories=[web_dir], html_mode=True, name="web",
             # Revalidate every time: the files have no hashed names, and a 304 on the LAN costs ~1 ms.
@@ -137,16 +143,23 @@ def create_app(library: "Library", web_dir: Path | None = None, background_index
     else:
         log.warning("no web client at %s (index.html missing): serving the API only", web_dir)
 
-    return Litestar(
+    app = Litestar(
         route_handlers=handlers,
-        state=State({"library": library, "indexer": indexer, "thumbnails": thumbnails}),
+        state=State({"library": library, "indexer": indexer, "thumbnails": thumbnails, "access": policy}),
         lifespan=[run_indexer],
         exception_handlers={cls: _error_response for cls in ERROR_STATUS},
         logging_config=None,  # keep the CLI's logging set-up (WARNING unless -v); Litestar's would log INFO
         openapi_config=OpenAPIConfig(
             title="clipalbum", version=_package_version(), path=OPENAPI_PATH,
             description="Find photos in your album by describing them. Errors are JSON {\"detail\": message}."),
+        # Browsers may call the API from other origins only when the owner names them (--cors-origin).
+        cors_config=CORSConfig(allow_origins=list(policy.cors_origins), allow_headers=["Authorization", "Content-Type"],
+                               allow_methods=["GET", "POST", "HEAD", "OPTIONS"]) if policy.cors_origins else None,
     )
+    # Outermost, around Litestar's own handler: every route, the static client, the schema and even 404s
+    # pass the access policy, so no route can be left out of it.
+    app.asgi_handler = access_middleware(app.asgi_handler, policy)
+    return app
 
 
 def _check_port_free(host: str, port: int) -> None:
@@ -158,23 +171,50 @@ def _check_port_free(host: str, port: int) -> None:
                              "is another server running there? choose another with --port") from exc
 
 
+def exposure_notice(policy: AccessPolicy, new_token: str | None) -> list[str]:
+    """What `serve` tells its owner about who can reach the album and how to get in."""
+    if not policy.token_required:
+        return []
+    lines = []
+    if policy.bound_host in ("0.0.0.0", "::"):
+        lines.append("listening on every interface: your album is reachable from the network. "
+                     "Use this machine's LAN address from other devices.")
+    elif not is_loopback(policy.bound_host):
+        lines.append(f"listening on {policy.bound_host}: your album is reachable from the network.")
+    elif policy.allowed_hosts:
+        lines.append("answering for " + ", ".join(sorted(policy.allowed_hosts)) + " too (a reverse proxy?).")
+    lines.append("every request needs the access token: log in on the web page with it, or send "
+                 "'Authorization: Bearer TOKEN'.")
+    if new_token:
+        lines.append(f"new access token (shown only this once; `clipalbum token` shows it again): {new_token}")
+    else:
+        lines.append("`clipalbum token` shows the access token; `clipalbum token --rotate` replaces it.")
+    return lines
+
+
 def serve_library(library: "Library", host: str = "127.0.0.1", port: int = 8000, rescan_minutes: float = 30,
-                  background_index: bool = True) -> bool:
+                  background_index: bool = True, allowed_hosts: list[str] | tuple[str, ...] = (),
+                  cors_origins: list[str] | tuple[str, ...] = (), require_token: bool = False) -> bool:
     """Runs the app with uvicorn until interrupted (Ctrl-C or SIGTERM).
+
+    Beyond loopback (or with `allowed_hosts` or `require_token`) every request needs the access token in
+    the data directory, created here on first use.
 
     Returns False when a scan was still running at the end: the caller must then leave the Library open
     (the process exits; the crash-safe index resumes at the next start)."""
     import uvicorn
 
     _check_port_free(host, port)  # before the app starts scanning: a taken port should fail fast and clearly
-    app = create_app(library, background_index=background_index, rescan_minutes=rescan_minutes)
+    policy = AccessPolicy.for_server(host, library.paths.token, allowed_hosts=allowed_hosts,
+                                     cors_origins=cors_origins, require_token=require_token)
+    new_token = policy.tokens.current() if policy.tokens is not None and policy.tokens.ensure() else None
+    app = create_app(library, background_index=background_index, rescan_minutes=rescan_minutes, access=policy)
     shown_host = "localhost" if host in ("127.0.0.1", "::1") else host
     print(f"clipalbum: serving {', '.join(str(r) for r in library.roots) or 'no album yet'}", flush=True)
     print(f"clipalbum: open http://{shown_host}:{port}/  (API schema: http://{shown_host}:{port}"
           f"{OPENAPI_PATH}/openapi.json; Ctrl-C stops)", flush=True)
-    if host in ("0.0.0.0", "::"):
-        print("clipalbum: listening on every interface: use this machine's LAN address from other devices",
-              flush=True)
+    for line in exposure_notice(policy, new_token):
+        print(f"clipalbum: {line}", flush=True)
     level = "info" if logging.getLogger().isEnabledFor(logging.INFO) else "warning"
     server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level=level,
                                            access_log=level == "info", lifespan="on"))
@@ -193,7 +233,8 @@ def serve_library(library: "Library", host: str = "127.0.0.1", port: int = 8000,
 
 
 def serve(paths: DataPaths, model: str | Path | None, albums: list[str] | None, host: str = "127.0.0.1",
-          port: int = 8000, rescan_minutes: float = 30) -> None:
+          port: int = 8000, rescan_minutes: float = 30, allowed_hosts: list[str] | tuple[str, ...] = (),
+          cors_origins: list[str] | tuple[str, ...] = (), require_token: bool = False) -> None:
     """`clipalbum serve`: opens the index (building the default model if missing) and serves it."""
     from server.library import Library
 
@@ -201,7 +242,9 @@ def serve(paths: DataPaths, model: str | Path | None, albums: list[str] | None, 
     library = Library.open(paths, model=model, roots=albums or None, build_if_missing=True)
     stopped_cleanly = False
     try:
-        stopped_cleanly = serve_library(library, host=host, port=port, rescan_minutes=rescan_minutes)
+        stopped_cleanly = serve_library(library, host=host, port=port, rescan_minutes=rescan_minutes,
+                                        allowed_hosts=allowed_hosts, cors_origins=cors_origins,
+                                        require_token=require_token)
     finally:
         if stopped_cleanly:
             library.close()

@@ -1,4 +1,4 @@
-"""The `clipalbum` command line: model build, index, search, serve, eval, train, export, demo."""
+"""The `clipalbum` command line: model build, index, search, serve, token, eval, train, export, demo."""
 
 from __future__ import annotations
 
@@ -88,7 +88,24 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from server.app import serve
 
     serve(data_paths(args.data_dir), model=args.model, albums=args.album, host=args.host, port=args.port,
-          rescan_minutes=args.rescan_minutes)
+          rescan_minutes=args.rescan_minutes, allowed_hosts=args.allowed_host, cors_origins=args.cors_origin,
+          require_token=args.require_token)
+    return 0
+
+
+def cmd_token(args: argparse.Namespace) -> int:
+    from server.security import TokenStore
+
+    store = TokenStore(data_paths(args.data_dir).token)
+    if args.rotate:
+        token = store.rotate()
+        print("clipalbum: new access token; the old one and every login cookie stop working now, "
+              "also in a running server", file=sys.stderr)
+    else:
+        if store.ensure():
+            print("clipalbum: created a new access token", file=sys.stderr)
+        token = store.current()
+    print(token)  # alone on stdout, for scripts: curl -H "Authorization: Bearer $(clipalbum token)"
     return 0
 
 
@@ -170,7 +187,20 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--rescan-minutes", type=float, default=30.0, help="periodic rescan (0: never)")
+    serve.add_argument("--allowed-host", action="append", default=[], metavar="NAME",
+                       help="also answer requests for this host name, e.g. behind a reverse proxy (repeatable; "
+                            "turns on the access token)")
+    serve.add_argument("--cors-origin", action="append", default=[], metavar="ORIGIN",
+                       help="let pages from this origin (e.g. https://app.example) call the API (repeatable)")
+    serve.add_argument("--require-token", action="store_true",
+                       help="require the access token even on loopback (a reverse proxy in front)")
     serve.set_defaults(func=cmd_serve)
+
+    token = sub.add_parser("token", help="show (or --rotate) the access token for serving beyond loopback")
+    token.add_argument("--data-dir", help="data directory (default: $CLIPALBUM_DATA_DIR or $XDG_DATA_HOME/clipalbum)")
+    token.add_argument("--rotate", action="store_true",
+                       help="replace the token: old tokens and logins stop working, also in a running server")
+    token.set_defaults(func=cmd_token)
 
     ev = sub.add_parser("eval", help="text-to-image Recall@1/5/10 on a folder of photos and a captions CSV")
     _add_common(ev)

@@ -34,6 +34,10 @@ class DataPaths:
         return self.root / "thumbnails"
 
     @property
+    def token(self) -> Path:
+        return self.root / "token"  # the access token for serving beyond loopback (mode 0600)
+
+    @property
     def default_bundle(self) -> Path:
         return self.root / "models" / "default"
 

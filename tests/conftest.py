@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Iterator
+from functools import partialmethod
 from pathlib import Path
 
 import pytest
+from litestar.testing import TestClient
 
 from server import demo
 from server.errors import ClipalbumError
@@ -26,6 +29,15 @@ SAMPLE_PHOTOS = {
     "page.png": "a page of printed text",
     "retina.jpg": "a retina",
 }
+
+
+@pytest.fixture(scope="session", autouse=True)
+def test_client_on_localhost() -> Iterator[None]:
+    """Litestar's TestClient sends `Host: testserver.local` by default, a name the server's Host allow-list
+    refuses as it would any unknown one (server/security.py); real local clients send 127.0.0.1 or localhost."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(TestClient, "__init__", partialmethod(TestClient.__init__, base_url="http://127.0.0.1"))
+        yield
 
 
 @pytest.fixture(scope="session")

@@ -8,7 +8,10 @@ export class ApiError extends Error {
   }
 }
 
-async function request(path, options = {}) {
+/** Fired on window when the server wants its access token (a server shared on the network). */
+export const UNAUTHORIZED_EVENT = "clipalbum:unauthorized";
+
+async function request(path, { quietUnauthorized = false, ...options } = {}) {
   let response;
   try {
     response = await fetch(path, { headers: { Accept: "application/json" }, ...options });
@@ -22,6 +25,7 @@ async function request(path, options = {}) {
   } catch {
     body = null;
   }
+  if (response.status === 401 && !quietUnauthorized) window.dispatchEvent(new Event(UNAUTHORIZED_EVENT));
   if (!response.ok) {
     const detail = body && typeof body.detail === "string" ? body.detail : response.statusText;
     const prefix = response.status >= 500 ? "The server failed" : "The server refused the request";
@@ -68,6 +72,23 @@ export function status() {
 
 export function refresh() {
   return request("api/index/refresh", { method: "POST" });
+}
+
+/** Whether this server needs the token and whether this browser has logged in: {token_required, authenticated, via}. */
+export function session() {
+  return request("api/session", { cache: "no-store" });
+}
+
+/** Trades the access token for a login cookie (HttpOnly: the page never sees it again). */
+export function login(token) {
+  return request("api/login", {
+    method: "POST", body: JSON.stringify({ token }), quietUnauthorized: true,
+    headers: { Accept: "application/json", "Content-Type": "application/json" },
+  });
+}
+
+export function logout() {
+  return request("api/logout", { method: "POST" });
 }
 
 export function thumbnailUrl(id, size) {

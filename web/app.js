@@ -3,6 +3,7 @@
 import * as api from "./api.js";
 import { fileName, plural } from "./format.js";
 import { Grid } from "./grid.js";
+import { LoginPanel } from "./login.js";
 import { emptyState, sameQuery, stateFromUrl, urlFromState } from "./state.js";
 import { StatusPanel } from "./status.js";
 import { Viewer } from "./viewer.js";
@@ -422,6 +423,7 @@ if ("IntersectionObserver" in window) {
 
 // ---- start ----
 
+new LoginPanel().checkSession();
 statusReady = statusPanel.poll();
 state = stateFromUrl(location.search);
 history.replaceState({ upload: null, viewer: false }, "", location.href);

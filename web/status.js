@@ -32,6 +32,7 @@ export class StatusPanel {
       this.onUpdate(status, previous);
       if (status.progress.running || Date.now() < this.watchUntil) next = FAST_POLL_MS;
     } catch (error) {
+      if (error.status === 401) return; // the login form is up; logging in reloads the page
       this.counts.textContent = error.message;
       this.counts.classList.add("error");
       next = 5000;

@@ -76,8 +76,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def get_json(url: str) -> dict:
-    with urllib.request.urlopen(url, timeout=10) as response:
+def get_json(url: str, token: str | None = None) -> dict:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=10) as response:
         return json.loads(response.read())
 
 
@@ -88,9 +89,10 @@ class RunningServer:
     data_dir: Path
     process: subprocess.Popen
     log: Path
+    token: str | None = None  # the access token, for a server bound beyond loopback
 
     def status(self) -> dict:
-        return get_json(f"{self.url}/api/status")
+        return get_json(f"{self.url}/api/status", self.token)
 
     def log_tail(self) -> str:
         return self.log.read_text(errors="replace")[-3000:] if self.log.exists() else ""
@@ -116,12 +118,15 @@ class RunningServer:
                 self.process.wait()
 
 
-def start_server(album: Path, data_dir: Path, bundle: Path, wait_for_scan: bool = True) -> RunningServer:
-    """Runs `clipalbum serve` in a subprocess on a free loopback port and waits until it answers."""
+def start_server(album: Path, data_dir: Path, bundle: Path, wait_for_scan: bool = True,
+                 host: str = "127.0.0.1") -> RunningServer:
+    """Runs `clipalbum serve` in a subprocess on a free port and waits until it answers on 127.0.0.1.
+
+    Bound beyond loopback (host="0.0.0.0"), the server's access token is read from the data directory."""
     port = free_port()
     log = data_dir.parent / f"{data_dir.name}-server.log"
     command = [sys.executable, "-m", "server.cli", "serve", "--album", str(album), "--data-dir", str(data_dir),
-               "--model", str(bundle), "--host", "127.0.0.1", "--port", str(port), "--rescan-minutes", "0"]
+               "--model", str(bundle), "--host", host, "--port", str(port), "--rescan-minutes", "0"]
     with log.open("wb") as out:
         process = subprocess.Popen(command, cwd=REPO, stdout=out, stderr=subprocess.STDOUT)
     server = RunningServer(f"http://127.0.0.1:{port}", album, data_dir, process, log)
@@ -137,6 +142,8 @@ def start_server(album: Path, data_dir: Path, bundle: Path, wait_for_scan: bool 
                 server.stop()
                 raise AssertionError(f"clipalbum serve did not answer in time; log:\n{server.log_tail()}")
             time.sleep(0.2)
+    if (data_dir / "token").is_file():
+        server.token = (data_dir / "token").read_text().strip()
     if wait_for_scan:
         server.wait_idle()
     return server

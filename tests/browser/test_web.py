@@ -356,3 +356,54 @@ def test_the_page_is_light_and_a_second_visit_only_revalidates(page, album_serve
     repeat = page.evaluate(timing)
     assert {name for name, _, _ in repeat} == own
     assert all(sent < 1_000 for _, sent, _ in repeat), repeat  # headers only: 304 Not Modified
+
+
+@pytest.fixture(scope="module")
+def network_server(tmp_path_factory: pytest.TempPathFactory, default_bundle: Path,
+                   chromium_executable: Path):
+    """`clipalbum serve --host 0.0.0.0`: reachable from the network, so the page must log in first."""
+    root = tmp_path_factory.mktemp("web-network")
+    server = start_server(make_album(root / "album", corrupt=False), root / "data", default_bundle, host="0.0.0.0")
+    yield server
+    server.stop()
+
+
+class TestLoginBeyondLoopback:
+    def test_serve_warns_and_shows_the_new_token_once(self, network_server: RunningServer) -> None:
+        log = network_server.log_tail()
+        assert "reachable from the network" in log
+        assert network_server.token and network_server.token in log
+
+    def test_the_page_asks_for_the_token_then_searches_and_logs_out(self, page,
+                                                                    network_server: RunningServer) -> None:
+        page.goto(network_server.url + "/")
+        login = page.locator("#login")
+        login.wait_for()
+        assert page.locator("#q").is_hidden() and page.locator("#index-status").is_hidden()
+        token_field = page.get_by_label("Access token")
+        assert token_field.get_attribute("type") == "password"
+        # A wrong token: a clear message, still locked.
+        token_field.fill("not-the-token")
+        page.get_by_role("button", name="Log in").click()
+        error = page.locator("#login-error")
+        error.wait_for()
+        assert "not this album's access token" in error.inner_text()
+        assert error.get_attribute("role") == "alert"
+        # The right one: the page reloads with the cookie, and everything works.
+        token_field.fill(network_server.token)
+        page.get_by_role("button", name="Log in").click()
+        page.locator("#q").wait_for()
+        assert login.is_hidden()
+        cookie = next(c for c in page.context.cookies() if c["name"] == "clipalbum_session")
+        assert cookie["httpOnly"] and cookie["sameSite"] == "Strict"
+        assert network_server.token not in cookie["value"]
+        page.locator("#q").press_sequentially("a cat", delay=30)
+        page.locator("#grid li").first.wait_for()
+        assert "chelsea.jpg" in result_names(page)[:3]
+        first = page.locator("#grid li img").first  # thumbnails come with the cookie too
+        page.wait_for_function("img => img.complete && img.naturalWidth > 0", arg=first.element_handle())
+        page.wait_for_function("() => /indexed/.test(document.getElementById('counts').textContent)")
+        # Log out: the cookie is gone and the form is back.
+        page.get_by_role("button", name="Log out").click()
+        login.wait_for()
+        assert not [c for c in page.context.cookies() if c["name"] == "clipalbum_session"]
