@@ -260,8 +260,11 @@ class AccessPolicy:
         if path == "/":
             return True
         root = self.web_dir.resolve()
-        target = (root / path.lstrip("/")).resolve()
-        return target.is_relative_to(root) and target.is_file()
+        try:
+            target = (root / path.lstrip("/")).resolve()
+            return target.is_relative_to(root) and target.is_file()
+        except (ValueError, OSError):  # a NUL byte or an over-long name: not one of the client's files
+            return False
 
 
 def same_origin(origin: str, host_header: str | None) -> bool:

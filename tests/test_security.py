@@ -113,6 +113,9 @@ class TestTokenBeyondLoopback:
         # The web client's exemption is for its own files only, read with GET.
         assert remote.get("/../token").status_code in (401, 404)
         assert remote.post("/app.js").status_code == 401
+        # Names no file can have are simply not the client's files (a NUL byte once made this a 500).
+        assert remote.get("/index.html%00.jpg").status_code == 401
+        assert remote.get("/" + "x" * 5000).status_code == 401
 
     def test_login_sets_a_strict_httponly_cookie_that_opens_the_api(self, remote: TestClient,
                                                                      token_file: Path) -> None:
