@@ -193,12 +193,13 @@ def serve_library(library: "Library", host: str = "127.0.0.1", port: int = 8000,
 
 
 def serve(paths: DataPaths, model: str | Path | None, albums: list[str] | None, host: str = "127.0.0.1",
-          port: int = 8000, rescan_minutes: float = 30) -> None:
+          port: int = 8000, rescan_minutes: float = 30, follow_links_outside: bool | None = None) -> None:
     """`clipalbum serve`: opens the index (building the default model if missing) and serves it."""
     from server.library import Library
 
     limit_malloc_arenas()  # before the ORT, decode and API threads exist
-    library = Library.open(paths, model=model, roots=albums or None, build_if_missing=True)
+    library = Library.open(paths, model=model, roots=albums or None, build_if_missing=True,
+                           follow_links_outside=follow_links_outside)
     stopped_cleanly = False
     try:
         stopped_cleanly = serve_library(library, host=host, port=port, rescan_minutes=rescan_minutes)

@@ -21,10 +21,17 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", help="model bundle directory (default: $CLIPALBUM_MODEL or DATA_DIR/models/default)")
 
 
+def _add_follow_links(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--follow-links-outside", action=argparse.BooleanOptionalAction, default=None,
+                   help="follow symlinks to photos and folders outside the album folders, and serve them "
+                   "(remembered by the data directory; --no-follow-links-outside turns it off again)")
+
+
 def _open_library(args: argparse.Namespace, roots: list[str] | None = None):
     from server.library import Library
 
-    return Library.open(data_paths(args.data_dir), model=args.model, roots=roots)
+    return Library.open(data_paths(args.data_dir), model=args.model, roots=roots,
+                        follow_links_outside=getattr(args, "follow_links_outside", None))
 
 
 def cmd_model_build(args: argparse.Namespace) -> int:
@@ -88,7 +95,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from server.app import serve
 
     serve(data_paths(args.data_dir), model=args.model, albums=args.album, host=args.host, port=args.port,
-          rescan_minutes=args.rescan_minutes)
+          rescan_minutes=args.rescan_minutes, follow_links_outside=args.follow_links_outside)
     return 0
 
 
@@ -148,6 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
     index.add_argument("--reembed", action="store_true", help="embed every photo again")
     index.add_argument("--json", action="store_true")
     index.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    _add_follow_links(index)
     index.set_defaults(func=cmd_index)
 
     search = sub.add_parser("search", help="search the index by text, by an indexed photo, or by a photo file")
@@ -170,6 +178,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--rescan-minutes", type=float, default=30.0, help="periodic rescan (0: never)")
+    _add_follow_links(serve)
     serve.set_defaults(func=cmd_serve)
 
     ev = sub.add_parser("eval", help="text-to-image Recall@1/5/10 on a folder of photos and a captions CSV")

@@ -3,6 +3,7 @@ not UTF-8, and walk problems (loops, over-long paths) listed in the status. Tiny
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 import time
@@ -369,3 +370,27 @@ class TestOverHttp:
                 assert served[f"/api/images/{rows(lib)['a.jpg']}/file"] == 200
                 assert sum(code == 200 for code in served.values()) == 2  # a.jpg's file and thumbnail only
                 assert client.get("/api/status").status_code == 200
+
+
+class TestCommandLine:
+    def test_index_status_and_search_with_links_outside_and_odd_names(
+            self, tmp_path: Path, tiny_bundle: Path, album: Path, outside: Path,
+            capsys: pytest.CaptureFixture) -> None:
+        from server.cli import main
+
+        def cli(*args: str) -> str:
+            assert main([*args, "--data-dir", str(tmp_path / "data"), "--model", str(tiny_bundle)]) == 0
+            return capsys.readouterr().out
+
+        (album / "elsewhere.jpg").symlink_to(outside / "photo.jpg")
+        (album / os.fsdecode(b"caf\xe9.jpg")).write_bytes(photo(11))
+        assert "2 added" in cli("index", str(album), "-q")
+        status = cli("status")
+        assert "elsewhere.jpg" in status and "--follow-links-outside" in status
+        assert "scanned 3 photos in" in (out := cli("index", "-q", "--follow-links-outside")) and "1 added" in out
+        assert "unchanged" in cli("index", "-q")  # remembered: nothing removed
+        assert json.loads(cli("status", "--json"))["indexed"] == 3
+        assert "caf\ufffd.jpg" in cli("search", "a cat", "--k", "5")
+        assert "caf\ufffd.jpg" in json.dumps(json.loads(cli("search", "a cat", "--k", "5", "--json")),
+                                              ensure_ascii=False)
+        assert "1 removed" in cli("index", "-q", "--no-follow-links-outside")
