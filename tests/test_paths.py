@@ -394,3 +394,20 @@ class TestCommandLine:
         assert "caf\ufffd.jpg" in json.dumps(json.loads(cli("search", "a cat", "--k", "5", "--json")),
                                               ensure_ascii=False)
         assert "1 removed" in cli("index", "-q", "--no-follow-links-outside")
+
+
+def test_the_web_client_keeps_a_backslash_in_a_file_name(tmp_path: Path) -> None:
+    """web/format.js splits the server's paths at "/" only: on POSIX a backslash belongs to the name."""
+    import shutil
+    import subprocess
+
+    node = shutil.which("node")
+    if node is None:
+        pytest.skip("needs node to import the web client's ES module")
+    format_js = (Path(__file__).resolve().parents[1] / "web" / "format.js").as_uri()
+    script = (f'import {{ fileName, folderOf }} from "{format_js}";\n'
+              'console.log(JSON.stringify([fileName("2024/caf\\\\xe9.jpg"),\n'
+              '  folderOf({ path: "a\\\\b/c.jpg", root: "/photos" })]));\n')
+    (tmp_path / "check.mjs").write_text(script)
+    out = subprocess.run([node, str(tmp_path / "check.mjs")], capture_output=True, text=True, check=True).stdout
+    assert json.loads(out) == ["caf\\xe9.jpg", "/photos/a\\b"]
