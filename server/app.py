@@ -23,6 +23,7 @@ from server.api import ImagesController, IndexController, SearchController, etag
 from server.background import BackgroundIndexer, limit_malloc_arenas
 from server.errors import BundleError, ClipalbumError, ImageDecodeError, InvalidQueryError, NotFoundError
 from server.library import IndexBusyError
+from server.pathnames import display
 from server.settings import DataPaths
 from server.thumbnails import ThumbnailCache
 
@@ -169,7 +170,7 @@ def serve_library(library: "Library", host: str = "127.0.0.1", port: int = 8000,
     _check_port_free(host, port)  # before the app starts scanning: a taken port should fail fast and clearly
     app = create_app(library, background_index=background_index, rescan_minutes=rescan_minutes)
     shown_host = "localhost" if host in ("127.0.0.1", "::1") else host
-    print(f"clipalbum: serving {', '.join(str(r) for r in library.roots) or 'no album yet'}", flush=True)
+    print(f"clipalbum: serving {', '.join(display(r) for r in library.roots) or 'no album yet'}", flush=True)
     print(f"clipalbum: open http://{shown_host}:{port}/  (API schema: http://{shown_host}:{port}"
           f"{OPENAPI_PATH}/openapi.json; Ctrl-C stops)", flush=True)
     if host in ("0.0.0.0", "::"):

@@ -12,6 +12,7 @@ from pathlib import Path
 import msgspec
 
 from server.errors import ClipalbumError
+from server.pathnames import for_terminal
 from server.settings import data_paths
 
 
@@ -73,7 +74,7 @@ def cmd_search(args: argparse.Namespace) -> int:
         print(msgspec.json.encode(response).decode())
         return 0
     for hit in response.results:
-        print(f"{hit.score:6.3f}  {Path(hit.root) / hit.path}")
+        print(f"{hit.score:6.3f}  {for_terminal(str(Path(hit.root) / hit.path))}")
     print(f"{len(response.results)} results in {response.took_ms:.1f} ms", file=sys.stderr)
     return 0
 
@@ -84,10 +85,11 @@ def cmd_status(args: argparse.Namespace) -> int:
     if args.json:
         print(msgspec.json.encode(status).decode())
         return 0
-    print(f"model {status.model_id} ({status.embed_dim}-d); albums: {', '.join(status.roots) or 'none'}")
+    albums = ", ".join(for_terminal(root) for root in status.roots)
+    print(f"model {status.model_id} ({status.embed_dim}-d); albums: {albums or 'none'}")
     print(f"indexed {status.indexed}, pending {status.pending}, failed {status.failed}")
     for failure in status.errors:
-        print(f"  failed: {failure.path}: {failure.error}")
+        print(f"  failed: {for_terminal(failure.path)}: {for_terminal(failure.error)}")
     return 0
 
 

@@ -279,8 +279,8 @@ class Library:
         else:
             rows, scores = self._most_relevant(vector, offset + k, window, exclude)
             rows, scores = rows[offset:offset + k], scores[offset:offset + k]
-        hits = [Hit(id=row.id, path=display(row.rel_path), root=display(row.root), score=round(float(score), 6), width=row.width,
-                    height=row.height, taken_at=row.taken_at) for row, score in zip(rows, scores)]
+        hits = [Hit(id=row.id, path=display(row.rel_path), root=display(row.root), score=round(float(score), 6),
+                    width=row.width, height=row.height, taken_at=row.taken_at) for row, score in zip(rows, scores)]
         return SearchResponse(results=hits, took_ms=round((time.perf_counter() - started) * 1000, 3),
                               query=query, offset=offset, k=k)
 

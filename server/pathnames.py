@@ -10,6 +10,7 @@ display form with U+FFFD for the bytes that are not UTF-8; the photo id, never t
 from __future__ import annotations
 
 import os
+import re
 
 
 def to_db(name: str) -> str | bytes:
@@ -29,3 +30,12 @@ def from_db(value: str | bytes) -> str:
 def display(name: str | os.PathLike[str]) -> str:
     """`name` made safe for JSON, HTML and terminals: bytes that are not UTF-8 become U+FFFD."""
     return os.fsencode(name).decode("utf-8", "replace")
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+
+
+def for_terminal(text: str) -> str:
+    """`text` without the characters a terminal would act on (escape sequences, newlines, bidi overrides):
+    a file name printed by the CLI can't recolour, move or reorder the output; they show as \\xNN or \\uNNNN."""
+    return _CONTROL.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), display(text))

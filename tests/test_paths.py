@@ -384,13 +384,15 @@ class TestCommandLine:
 
         (album / "elsewhere.jpg").symlink_to(outside / "photo.jpg")
         (album / os.fsdecode(b"caf\xe9.jpg")).write_bytes(photo(11))
-        assert "2 added" in cli("index", str(album), "-q")
+        (album / "red\x1b[31m\nline.jpg").write_bytes(photo(12))  # a name that would drive the terminal
+        assert "3 added" in cli("index", str(album), "-q")
         status = cli("status")
         assert "elsewhere.jpg" in status and "--follow-links-outside" in status
-        assert "scanned 3 photos in" in (out := cli("index", "-q", "--follow-links-outside")) and "1 added" in out
+        assert "scanned 4 photos in" in (out := cli("index", "-q", "--follow-links-outside")) and "1 added" in out
         assert "unchanged" in cli("index", "-q")  # remembered: nothing removed
-        assert json.loads(cli("status", "--json"))["indexed"] == 3
-        assert "caf\ufffd.jpg" in cli("search", "a cat", "--k", "5")
+        assert json.loads(cli("status", "--json"))["indexed"] == 4
+        found = cli("search", "a cat", "--k", "5")
+        assert "caf\ufffd.jpg" in found and "red\\x1b[31m\\nline.jpg" in found and "\x1b" not in found
         assert "caf\ufffd.jpg" in json.dumps(json.loads(cli("search", "a cat", "--k", "5", "--json")),
                                               ensure_ascii=False)
         assert "1 removed" in cli("index", "-q", "--no-follow-links-outside")
