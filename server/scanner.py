@@ -89,7 +89,9 @@ class AlbumWalk:
         self.follow_outside = follow_outside
         self.problems: list[tuple[str, str]] = []  # (path, what is wrong)
         self._folders: set[tuple[int, int]] = set()  # (st_dev, st_ino) of the folders walked
-        self._files: set[tuple[int, int]] = set()  # ... and of the photo files found
+        # ... and of the photo files found that could be met again: hard-linked ones and those reached by a
+        # link (a file with one link, walked in its own folder, is known by that folder: see _walked).
+        self._files: set[tuple[int, int]] = set()
 
     def files(self, root: Path) -> Iterator[FoundFile]:
         """Photo files under `root` (one album), depth first in name order, then those reached by links."""
@@ -132,9 +134,10 @@ class AlbumWalk:
             st = os.stat(folder)
             if (st.st_dev, st.st_ino) in self._folders:
                 return []
-            self._folders.add((st.st_dev, st.st_ino))
             with os.scandir(folder) as it:
-                return sorted(it, key=lambda e: e.name)
+                entries = sorted(it, key=lambda e: e.name)
+            self._folders.add((st.st_dev, st.st_ino))
+            return entries
         except OSError as exc:  # unreadable, over-long (ENAMETOOLONG), vanished
             self.problem(folder, f"cannot read the folder: {exc.strerror or exc}")
             return []
@@ -160,13 +163,24 @@ class AlbumWalk:
             return
         if is_folder:
             yield from self._tree(path, rel + "/", links)
-        elif (found := self._found(path, rel, st)) is not None:
+        elif not self._walked(real) and (found := self._found(path, rel, st, by_link=True)) is not None:
             yield found
 
-    def _found(self, path: str, rel: str, st: os.stat_result) -> FoundFile | None:
-        if (st.st_dev, st.st_ino) in self._files:
+    def _walked(self, real: str) -> bool:
+        """The file at `real` (a real path) was found by walking its own folder."""
+        folder, name = os.path.split(real)
+        try:
+            st = os.stat(folder)
+        except OSError:
+            return False
+        return not name.startswith(".") and _is_photo_name(name) and (st.st_dev, st.st_ino) in self._folders
+
+    def _found(self, path: str, rel: str, st: os.stat_result, by_link: bool = False) -> FoundFile | None:
+        key = (st.st_dev, st.st_ino)
+        if key in self._files:
             return None
-        self._files.add((st.st_dev, st.st_ino))
+        if by_link or st.st_nlink > 1:  # only these can be met again: keeps the set small
+            self._files.add(key)
         return FoundFile(rel, Path(path), st.st_size, st.st_mtime_ns)
 
 

@@ -111,14 +111,16 @@ class TestSymlinksWhenScanning:
             assert (summary.scanned, summary.added) == (3, 3)
             assert lib.index().scanned == 3  # the same choice every scan
 
-    def test_a_link_is_indexed_by_its_own_path_when_its_target_is_hidden(
+    def test_a_link_is_indexed_by_its_own_path_when_its_target_is_hidden_or_not_a_photo_name(
             self, tmp_path: Path, tiny_bundle: Path, album: Path) -> None:
         (album / ".private").mkdir()
         (album / ".private" / "d.jpg").write_bytes(photo(5))
         (album / "shown.jpg").symlink_to(album / ".private" / "d.jpg")
+        (album / "photo.data").write_bytes(photo(6))  # not a photo name: only its link is
+        (album / "named.jpg").symlink_to(album / "photo.data")
         with opened(tmp_path, tiny_bundle, album) as lib:
             lib.index()
-            assert set(rows(lib)) == {"a.jpg", "shown.jpg"}
+            assert set(rows(lib)) == {"a.jpg", "shown.jpg", "named.jpg"}
 
     def test_the_option_follows_links_outside_and_serves_them(
             self, tmp_path: Path, tiny_bundle: Path, album: Path, outside: Path) -> None:
