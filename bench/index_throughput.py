@@ -87,7 +87,8 @@ def flickr_album(folder: Path, count: int) -> list[Path]:
 def clipalbum_rate(album: Path, bundle: Path, work: Path, decode_threads: int | None,
                    infer_batch: int | None) -> dict:
     data = work / f"data-{album.name}"
-    library = Library.open(data_paths(data), model=bundle, roots=[str(album)])
+    # The flickr album links to photos outside it: followed only when asked.
+    library = Library.open(data_paths(data), model=bundle, roots=[str(album)], follow_links_outside=True)
     library.decode_threads, library.infer_batch = decode_threads, infer_batch
     cpu = _cpu_seconds()
     try:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import mimetypes
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import msgspec
@@ -16,8 +15,8 @@ from litestar.response import File
 from litestar.status_codes import HTTP_202_ACCEPTED, HTTP_304_NOT_MODIFIED
 
 from server.background import return_free_memory
-from server.errors import NotFoundError
 from server.library import MAX_K, MAX_QUERY_CHARS, MAX_UPLOAD_BYTES
+from server.pathnames import display
 from server.schemas import SearchResponse, StatusResponse
 from server.store import PhotoRecord
 from server.thumbnails import ThumbnailCache, snap_size, thumbnail_etag
@@ -88,14 +87,6 @@ def _version_key(photo: PhotoRecord) -> str:
     return photo.content_hash or f"{photo.size:x}{photo.mtime_ns:x}"
 
 
-def _existing_original(photo: PhotoRecord) -> Path:
-    path = photo.original_path
-    if not path.is_file():
-        raise NotFoundError(f"photo {photo.id}'s file {path} is gone (moved or deleted); "
-                            "the next scan updates the index")
-    return path
-
-
 def etag_matches(if_none_match: str | None, etag: str) -> bool:
     """The If-None-Match header holds this ETag (weak or strong) or '*': the client's copy is current."""
     if not if_none_match:
@@ -146,8 +137,9 @@ class ImagesController(Controller):
     def info(self, state: State, photo_id: PhotoId) -> PhotoInfo:
         photo = state.library.photo(photo_id)
         modified = datetime.fromtimestamp(photo.mtime_ns / 1e9, tz=timezone.utc).isoformat(timespec="seconds")
+        path = display(photo.rel_path)  # JSON can't carry the bytes of a name that is not UTF-8
         return PhotoInfo(
-            id=photo.id, path=photo.rel_path, root=str(photo.root), name=photo.rel_path.rsplit("/", 1)[-1],
+            id=photo.id, path=path, root=display(photo.root), name=path.rsplit("/", 1)[-1],
             size=photo.size, modified=modified, width=photo.width, height=photo.height, taken_at=photo.taken_at,
             content_type=content_type_for(photo.rel_path), status=photo.status, error=photo.error,
             thumbnail_url=f"/api/images/{photo.id}/thumbnail",
@@ -168,12 +160,13 @@ class ImagesController(Controller):
         library: Library = state.library
         snapped = snap_size(size)
         photo = library.photo(photo_id)
+        original = library.servable(photo)  # before the ETag: a failed or outside photo is a 404, never a 304
         version = _version_key(photo)
         etag = thumbnail_etag(version, snapped)
         if _matches(request, etag):
             return _not_modified(etag, THUMBNAIL_CACHE_CONTROL)
         cache: ThumbnailCache = state.thumbnails
-        path = cache.get(_existing_original(photo), version, snapped)
+        path = cache.get(original, version, snapped)
         return File(path=path, media_type="image/jpeg", content_disposition_type="inline",
                     filename=f"{photo_id}-{snapped}.jpg", etag=ETag(value=etag.strip('"')),
                     headers={"Cache-Control": THUMBNAIL_CACHE_CONTROL})
@@ -182,11 +175,11 @@ class ImagesController(Controller):
     def original(self, state: State, request: Request, photo_id: PhotoId) -> Response[Any]:
         library: Library = state.library
         photo = library.photo(photo_id)
+        path = library.servable(photo)  # the real path, checked to be inside an album folder now
         etag = f'"{_version_key(photo)[:32]}"'
         if _matches(request, etag):
             return _not_modified(etag, ORIGINAL_CACHE_CONTROL)
-        path = _existing_original(photo)
-        name = photo.rel_path.rsplit("/", 1)[-1]
+        name = display(photo.rel_path).rsplit("/", 1)[-1]
         return File(path=path, media_type=content_type_for(name), content_disposition_type="inline", filename=name,
                     etag=ETag(value=etag.strip('"')), headers={"Cache-Control": ORIGINAL_CACHE_CONTROL})
 

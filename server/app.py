@@ -25,6 +25,7 @@ from server.background import BackgroundIndexer, limit_malloc_arenas
 from server.errors import BundleError, ClipalbumError, ImageDecodeError, InvalidQueryError, NotFoundError
 from server.library import IndexBusyError
 from server.security import AccessPolicy, SessionController, access_middleware, is_loopback
+from server.pathnames import display
 from server.settings import DataPaths
 from server.thumbnails import ThumbnailCache
 
@@ -210,7 +211,7 @@ def serve_library(library: "Library", host: str = "127.0.0.1", port: int = 8000,
     new_token = policy.tokens.current() if policy.tokens is not None and policy.tokens.ensure() else None
     app = create_app(library, background_index=background_index, rescan_minutes=rescan_minutes, access=policy)
     shown_host = "localhost" if host in ("127.0.0.1", "::1") else host
-    print(f"clipalbum: serving {', '.join(str(r) for r in library.roots) or 'no album yet'}", flush=True)
+    print(f"clipalbum: serving {', '.join(display(r) for r in library.roots) or 'no album yet'}", flush=True)
     print(f"clipalbum: open http://{shown_host}:{port}/  (API schema: http://{shown_host}:{port}"
           f"{OPENAPI_PATH}/openapi.json; Ctrl-C stops)", flush=True)
     for line in exposure_notice(policy, new_token):
@@ -234,12 +235,14 @@ def serve_library(library: "Library", host: str = "127.0.0.1", port: int = 8000,
 
 def serve(paths: DataPaths, model: str | Path | None, albums: list[str] | None, host: str = "127.0.0.1",
           port: int = 8000, rescan_minutes: float = 30, allowed_hosts: list[str] | tuple[str, ...] = (),
-          cors_origins: list[str] | tuple[str, ...] = (), require_token: bool = False) -> None:
+          cors_origins: list[str] | tuple[str, ...] = (), require_token: bool = False,
+          follow_links_outside: bool | None = None) -> None:
     """`clipalbum serve`: opens the index (building the default model if missing) and serves it."""
     from server.library import Library
 
     limit_malloc_arenas()  # before the ORT, decode and API threads exist
-    library = Library.open(paths, model=model, roots=albums or None, build_if_missing=True)
+    library = Library.open(paths, model=model, roots=albums or None, build_if_missing=True,
+                           follow_links_outside=follow_links_outside)
     stopped_cleanly = False
     try:
         stopped_cleanly = serve_library(library, host=host, port=port, rescan_minutes=rescan_minutes,

@@ -12,6 +12,7 @@ from pathlib import Path
 import msgspec
 
 from server.errors import ClipalbumError
+from server.pathnames import for_terminal
 from server.settings import data_paths
 
 
@@ -21,10 +22,17 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", help="model bundle directory (default: $CLIPALBUM_MODEL or DATA_DIR/models/default)")
 
 
+def _add_follow_links(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--follow-links-outside", action=argparse.BooleanOptionalAction, default=None,
+                   help="follow symlinks to photos and folders outside the album folders, and serve them "
+                   "(remembered by the data directory; --no-follow-links-outside turns it off again)")
+
+
 def _open_library(args: argparse.Namespace, roots: list[str] | None = None):
     from server.library import Library
 
-    return Library.open(data_paths(args.data_dir), model=args.model, roots=roots)
+    return Library.open(data_paths(args.data_dir), model=args.model, roots=roots,
+                        follow_links_outside=getattr(args, "follow_links_outside", None))
 
 
 def cmd_model_build(args: argparse.Namespace) -> int:
@@ -66,7 +74,7 @@ def cmd_search(args: argparse.Namespace) -> int:
         print(msgspec.json.encode(response).decode())
         return 0
     for hit in response.results:
-        print(f"{hit.score:6.3f}  {Path(hit.root) / hit.path}")
+        print(f"{hit.score:6.3f}  {for_terminal(str(Path(hit.root) / hit.path))}")
     print(f"{len(response.results)} results in {response.took_ms:.1f} ms", file=sys.stderr)
     return 0
 
@@ -77,10 +85,11 @@ def cmd_status(args: argparse.Namespace) -> int:
     if args.json:
         print(msgspec.json.encode(status).decode())
         return 0
-    print(f"model {status.model_id} ({status.embed_dim}-d); albums: {', '.join(status.roots) or 'none'}")
+    albums = ", ".join(for_terminal(root) for root in status.roots)
+    print(f"model {status.model_id} ({status.embed_dim}-d); albums: {albums or 'none'}")
     print(f"indexed {status.indexed}, pending {status.pending}, failed {status.failed}")
     for failure in status.errors:
-        print(f"  failed: {failure.path}: {failure.error}")
+        print(f"  failed: {for_terminal(failure.path)}: {for_terminal(failure.error)}")
     return 0
 
 
@@ -89,7 +98,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     serve(data_paths(args.data_dir), model=args.model, albums=args.album, host=args.host, port=args.port,
           rescan_minutes=args.rescan_minutes, allowed_hosts=args.allowed_host, cors_origins=args.cors_origin,
-          require_token=args.require_token)
+          require_token=args.require_token, follow_links_outside=args.follow_links_outside)
     return 0
 
 
@@ -165,6 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
     index.add_argument("--reembed", action="store_true", help="embed every photo again")
     index.add_argument("--json", action="store_true")
     index.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    _add_follow_links(index)
     index.set_defaults(func=cmd_index)
 
     search = sub.add_parser("search", help="search the index by text, by an indexed photo, or by a photo file")
@@ -194,6 +204,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="let pages from this origin (e.g. https://app.example) call the API (repeatable)")
     serve.add_argument("--require-token", action="store_true",
                        help="require the access token even on loopback (a reverse proxy in front)")
+    _add_follow_links(serve)
     serve.set_defaults(func=cmd_serve)
 
     token = sub.add_parser("token", help="show (or --rotate) the access token for serving beyond loopback")

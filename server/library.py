@@ -19,9 +19,11 @@ import numpy as np
 import numpy.typing as npt
 
 from server.ann import AnnIndex
+from server.containment import servable_path
 from server.encoders import Encoders, load_encoders
 from server.errors import ClipalbumError, InvalidQueryError, NotFoundError
 from server.model_resolver import resolve_bundle
+from server.pathnames import display
 from server.preprocess import load_model_input
 from server.scanner import BATCH_SIZE, INFER_BATCH, IndexSummary, Scan
 from server.schemas import FailedFile, Hit, ScanProgress, SearchResponse, StatusResponse
@@ -61,6 +63,9 @@ class Library:
         self.batch_size: int | None = None  # scan tuning; None: the scanner's defaults
         self.infer_batch: int | None = None
         self.decode_threads: int | None = None
+        # Follow symlinks whose target is outside every album folder (and serve those photos): off unless
+        # `--follow-links-outside` turned it on for this data directory.
+        self.follow_links_outside = store.get_meta("follow_links_outside") == "1"
         self._scan_lock = threading.Lock()
         self.ann = AnnIndex(self.embed_dim)
         self._ann_generation = 0  # the SQLite generation the in-memory ANN index reflects
@@ -69,10 +74,11 @@ class Library:
 
     @classmethod
     def open(cls, paths: DataPaths, model: str | Path | None = None, roots: list[str] | None = None,
-             build_if_missing: bool = True) -> "Library":
+             build_if_missing: bool = True, follow_links_outside: bool | None = None) -> "Library":
         """Opens (creating if needed) the index in `paths` with the model bundle `model` (or the default).
 
-        `roots` are album folders to add; each must exist. Raises ClipalbumError subclasses with the fix.
+        `roots` are album folders to add; each must exist. `follow_links_outside` True or False changes the
+        data directory's setting (None keeps it). Raises ClipalbumError subclasses with the fix.
         """
         paths.ensure()
         bundle = resolve_bundle(paths, model, build_if_missing)
@@ -82,6 +88,8 @@ class Library:
             library = cls(paths, encoders, store)
             for root in roots or []:
                 library.add_root(root)
+            if follow_links_outside is not None:
+                library.set_follow_links_outside(follow_links_outside)
             library._load_ann()
         except BaseException:
             store.close()
@@ -105,6 +113,12 @@ class Library:
         self.store.add_root(path)
         log.info("album folder %s added", path)
         return path
+
+    def set_follow_links_outside(self, follow: bool) -> None:
+        """Remembers for this data directory whether scans follow, and the server serves, links leading
+        outside the album folders (a running server reads it when it starts)."""
+        self.store.set_meta({"follow_links_outside": "1" if follow else "0"})
+        self.follow_links_outside = follow
 
     @property
     def roots(self) -> list[Path]:
@@ -196,7 +210,8 @@ class Library:
                             on_progress=self._set_progress, checkpoint=self._save_ann)
                 try:
                     summary = scan.run(self.store.roots(), reembed=reembed,
-                                       skip=frozenset({os.path.realpath(self.paths.root)}), bar=progress)
+                                       skip=frozenset({os.path.realpath(self.paths.root)}), bar=progress,
+                                       follow_links_outside=self.follow_links_outside)
                 except BaseException as exc:
                     self._set_progress(ScanProgress(running=False, phase="error", total=self.progress.total,
                                                     done=self.progress.done, failed=self.progress.failed,
@@ -264,8 +279,8 @@ class Library:
         else:
             rows, scores = self._most_relevant(vector, offset + k, window, exclude)
             rows, scores = rows[offset:offset + k], scores[offset:offset + k]
-        hits = [Hit(id=row.id, path=row.rel_path, root=row.root, score=round(float(score), 6), width=row.width,
-                    height=row.height, taken_at=row.taken_at) for row, score in zip(rows, scores)]
+        hits = [Hit(id=row.id, path=display(row.rel_path), root=display(row.root), score=round(float(score), 6),
+                    width=row.width, height=row.height, taken_at=row.taken_at) for row, score in zip(rows, scores)]
         return SearchResponse(results=hits, took_ms=round((time.perf_counter() - started) * 1000, 3),
                               query=query, offset=offset, k=k)
 
@@ -322,17 +337,24 @@ class Library:
         return record
 
     def original_path(self, photo_id: int) -> Path:
-        """The original file's absolute path (the id comes from the index, never a path from a client)."""
-        return self.photo(photo_id).original_path
+        """The real path of the original to serve (the id comes from the index, never a path from a client).
+        Raises NotFoundError unless it is a photo read as one, now inside an album folder."""
+        return self.servable(self.photo(photo_id))
+
+    def servable(self, record: PhotoRecord) -> Path:
+        """What serving `record`'s original or thumbnail may open (server/containment.py decides)."""
+        return servable_path(record, self.roots, allow_outside=self.follow_links_outside)
 
     def status(self, max_errors: int = 100) -> StatusResponse:
         counts = self.store.counts(self.model_id)
         progress = self.progress
         pending = progress.total - progress.done if progress.running else counts["pending"]
-        errors = [FailedFile(path=str(Path(root) / rel), error=error)
-                  for root, rel, error in self.store.failures(max_errors)]
+        # Problems met walking the folders (links, loops, unreadable folders) first: they hide whole folders.
+        errors = [FailedFile(path=path, error=error) for path, error in self.store.walk_problems()[:max_errors]]
+        errors += [FailedFile(path=display(Path(root) / rel), error=error)
+                   for root, rel, error in self.store.failures(max_errors - len(errors))]
         return StatusResponse(indexed=counts["indexed"], pending=max(pending, 0), failed=counts["failed"],
-                              roots=[str(r) for r in self.roots], model_id=self.model_id,
+                              roots=[display(r) for r in self.roots], model_id=self.model_id,
                               embed_dim=self.embed_dim, progress=progress, errors=errors)
 
     def close(self) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import stat
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
@@ -19,6 +20,7 @@ from tqdm import tqdm
 
 from server.ann import AnnIndex
 from server.bundle import ImageSpec
+from server.containment import is_inside
 from server.encoders import Encoders
 from server.errors import BundleError, ImageDecodeError
 from server.preprocess import PHOTO_SUFFIXES, decode_photo, to_model_input
@@ -62,44 +64,140 @@ class IndexSummary(msgspec.Struct):
 
 @dataclass(frozen=True)
 class FoundFile:
-    rel_path: str  # relative to the album root, "/"-separated
+    rel_path: str  # relative to the album root, "/"-separated (surrogate-escaped where not UTF-8)
     path: Path
     size: int
     mtime_ns: int
 
 
-def walk_album(root: Path, skip: frozenset[str] = frozenset()) -> Iterator[FoundFile]:
-    """Photo files under `root`, recursively. Hidden files and folders are skipped, symlinked folders are
-    followed once (a loop or a folder linked twice is visited once), folders named in `skip` (real paths)
-    are left out, and unreadable folders are logged and skipped."""
-    visited: set[tuple[int, int]] = set()
-    stack: list[tuple[str, str]] = [(str(root), "")]
-    while stack:
-        folder, prefix = stack.pop()
+class AlbumWalk:
+    """One scan's walk over the album folders, finding each photo file once.
+
+    Hidden files and folders are skipped, and so are folders named in `skip` (real paths: the data
+    directory). A symlink (to a file or a folder) is followed only when its real path is inside one of the
+    `allowed` folders (the album roots' real paths), unless `follow_outside`. Links are followed after every
+    real path has been walked, and a file or folder met a second time (a link beside its target, a hard
+    link, a folder linked twice, a loop) is left out: one photo is found once, by its real path when it has
+    one, the same way every scan. Links that lead outside, loops, broken links to photo names and folders
+    that cannot be read land in `problems` (shown in the status), not only in the log.
+    """
+
+    def __init__(self, allowed: Iterable[Path], skip: frozenset[str] = frozenset(),
+                 follow_outside: bool = False) -> None:
+        self.allowed = [os.path.realpath(folder) for folder in allowed]
+        self.skip = skip
+        self.follow_outside = follow_outside
+        self.problems: list[tuple[str, str]] = []  # (path, what is wrong)
+        self._folders: set[tuple[int, int]] = set()  # (st_dev, st_ino) of the folders walked
+        # ... and of the photo files found that could be met again: hard-linked ones and those reached by a
+        # link (a file with one link, walked in its own folder, is known by that folder: see _walked).
+        self._files: set[tuple[int, int]] = set()
+
+    def files(self, root: Path) -> Iterator[FoundFile]:
+        """Photo files under `root` (one album), depth first in name order, then those reached by links."""
+        links: deque[tuple[str, str]] = deque()  # (path, rel_path) of the symlinks met, in walk order
+        yield from self._tree(str(root), "", links)
+        while links:
+            yield from self._follow(*links.popleft(), links)
+
+    def problem(self, path: str, what: str) -> None:
+        log.warning("skipping %s: %s", path, what)
+        self.problems.append((path, what))
+
+    def _tree(self, top: str, top_prefix: str, links: deque[tuple[str, str]]) -> Iterator[FoundFile]:
+        stack = [(top, top_prefix)]
+        while stack:
+            folder, prefix = stack.pop()
+            subfolders = []
+            for entry in self._entries(folder):
+                if entry.name.startswith("."):
+                    continue
+                rel = prefix + entry.name
+                try:
+                    if entry.is_symlink():
+                        links.append((entry.path, rel))
+                    elif entry.is_dir(follow_symlinks=False):
+                        if os.path.realpath(entry.path) not in self.skip:
+                            subfolders.append((entry.path, rel + "/"))
+                    elif _is_photo_name(entry.name) and entry.is_file(follow_symlinks=False):
+                        found = self._found(entry.path, rel, entry.stat(follow_symlinks=False))
+                        if found is not None:
+                            yield found
+                except FileNotFoundError:  # deleted while we looked: the next scan won't see it either
+                    continue
+                except OSError as exc:
+                    self.problem(entry.path, f"cannot read it: {exc.strerror or exc}")
+            stack.extend(reversed(subfolders))  # depth first, in name order
+
+    def _entries(self, folder: str) -> list[os.DirEntry[str]]:
         try:
             st = os.stat(folder)
+            if (st.st_dev, st.st_ino) in self._folders:
+                return []
             with os.scandir(folder) as it:
                 entries = sorted(it, key=lambda e: e.name)
-        except OSError as exc:
-            log.warning("skipping folder %s: %s", folder, exc.strerror or exc)
-            continue
-        if (st.st_dev, st.st_ino) in visited:
-            continue
-        visited.add((st.st_dev, st.st_ino))
-        subfolders = []
-        for entry in entries:
-            if entry.name.startswith("."):
-                continue
-            try:
-                if entry.is_dir(follow_symlinks=True):
-                    if not skip or os.path.realpath(entry.path) not in skip:
-                        subfolders.append((entry.path, prefix + entry.name + "/"))
-                elif os.path.splitext(entry.name)[1].lower() in PHOTO_SUFFIXES and entry.is_file(follow_symlinks=True):
-                    est = entry.stat(follow_symlinks=True)
-                    yield FoundFile(prefix + entry.name, Path(entry.path), est.st_size, est.st_mtime_ns)
-            except OSError as exc:  # vanished or unreadable entry
-                log.warning("skipping %s: %s", entry.path, exc.strerror or exc)
-        stack.extend(reversed(subfolders))  # depth first, in name order
+            self._folders.add((st.st_dev, st.st_ino))
+            return entries
+        except OSError as exc:  # unreadable, over-long (ENAMETOOLONG), vanished
+            self.problem(folder, f"cannot read the folder: {exc.strerror or exc}")
+            return []
+
+    def _follow(self, path: str, rel: str, links: deque[tuple[str, str]]) -> Iterator[FoundFile]:
+        photo_name = _is_photo_name(rel)
+        try:
+            real = os.path.realpath(path, strict=True)
+            st = os.stat(real)
+        except FileNotFoundError:
+            if photo_name:
+                self.problem(path, f"broken symbolic link: its target {_link_target(path)} does not exist")
+            return
+        except OSError as exc:  # a loop (ELOOP), a target path too long, a folder on the way unreadable
+            self.problem(path, f"cannot follow the symbolic link: {exc.strerror or exc}")
+            return
+        is_folder = stat.S_ISDIR(st.st_mode)
+        if not (is_folder or (photo_name and stat.S_ISREG(st.st_mode))) or is_inside(real, self.skip):
+            return
+        if not self.follow_outside and not is_inside(real, self.allowed):
+            self.problem(path, f"symbolic link to {real}, outside the album folders: not followed "
+                               "(clipalbum index --follow-links-outside allows it)")
+            return
+        if is_folder:
+            yield from self._tree(path, rel + "/", links)
+        elif not self._walked(real) and (found := self._found(path, rel, st, by_link=True)) is not None:
+            yield found
+
+    def _walked(self, real: str) -> bool:
+        """The file at `real` (a real path) was found by walking its own folder."""
+        folder, name = os.path.split(real)
+        try:
+            st = os.stat(folder)
+        except OSError:
+            return False
+        return not name.startswith(".") and _is_photo_name(name) and (st.st_dev, st.st_ino) in self._folders
+
+    def _found(self, path: str, rel: str, st: os.stat_result, by_link: bool = False) -> FoundFile | None:
+        key = (st.st_dev, st.st_ino)
+        if key in self._files:
+            return None
+        if by_link or st.st_nlink > 1:  # only these can be met again: keeps the set small
+            self._files.add(key)
+        return FoundFile(rel, Path(path), st.st_size, st.st_mtime_ns)
+
+
+def _is_photo_name(name: str) -> bool:
+    return os.path.splitext(name)[1].lower() in PHOTO_SUFFIXES
+
+
+def _link_target(path: str) -> str:
+    try:
+        return os.readlink(path)
+    except OSError:
+        return "(unreadable)"
+
+
+def walk_album(root: Path, skip: frozenset[str] = frozenset(), follow_outside: bool = False) -> Iterator[FoundFile]:
+    """Photo files under one album folder (see AlbumWalk; links may lead anywhere inside `root`)."""
+    return AlbumWalk([root], skip, follow_outside).files(root)
 
 
 def content_hash(data: bytes) -> str:
@@ -179,19 +277,22 @@ class ScanPlan:
     missing: dict[int, FileState] = field(default_factory=dict)  # rows whose file was not found
     scanned: int = 0
     unchanged: int = 0
+    problems: list[tuple[str, str]] = field(default_factory=list)  # (path, what) met walking the folders
 
 
 def plan_scan(store: Store, roots: list[tuple[int, Path]], model_id: str, reembed: bool,
-              skip: frozenset[str]) -> ScanPlan:
+              skip: frozenset[str], follow_links_outside: bool = False) -> ScanPlan:
     """Compares the folders with the index: unchanged files (size + mtime) are not opened."""
     plan = ScanPlan()
+    present = [(root_id, root) for root_id, root in roots if root.is_dir()]
+    walk = AlbumWalk([root for _, root in present], skip, follow_links_outside)
     for root_id, root in roots:
-        if not root.is_dir():
+        if (root_id, root) not in present:
             # An unplugged drive must not empty the index: its photos stay until the folder is back.
-            log.warning("album folder %s is not there; its photos stay indexed until it is back", root)
+            walk.problem(str(root), "the album folder is not there; its photos stay indexed until it is back")
             continue
         known = store.file_states(root_id)
-        for found in walk_album(root, skip):
+        for found in walk.files(root):
             plan.scanned += 1
             state = known.pop(found.rel_path, None)
             if (state is not None and not reembed and state.size == found.size
@@ -201,6 +302,7 @@ def plan_scan(store: Store, roots: list[tuple[int, Path]], model_id: str, reembe
                 continue
             plan.work.append(WorkItem(root_id, found.rel_path, found.path, found.size, found.mtime_ns, state))
         plan.missing.update({state.id: state for state in known.values()})
+    plan.problems = walk.problems
     return plan
 
 
@@ -233,11 +335,12 @@ class Scan:
         self.on_progress(self.progress)
 
     def run(self, roots: list[tuple[int, Path]], reembed: bool = False, skip: frozenset[str] = frozenset(),
-            bar: bool = False) -> IndexSummary:
+            bar: bool = False, follow_links_outside: bool = False) -> IndexSummary:
         started = time.monotonic()
         self._report(running=True, phase="scanning", total=0, done=0, failed=0, started_at=time.time(),
                      finished_at=None, message="looking for new and changed photos")
-        plan = plan_scan(self.store, roots, self.model_id, reembed, skip)
+        plan = plan_scan(self.store, roots, self.model_id, reembed, skip, follow_links_outside)
+        self.store.set_walk_problems(plan.problems)  # this scan's, replacing the last one's
         self.summary.scanned, self.summary.unchanged = plan.scanned, plan.unchanged
         self._missing = dict(plan.missing)
         # Hashes already embedded (a moved or copied file needs no decoding); not read when nothing changed.

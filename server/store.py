@@ -15,6 +15,7 @@ import numpy as np
 import numpy.typing as npt
 
 from server.errors import ClipalbumError
+from server.pathnames import display, from_db, to_db
 
 log = logging.getLogger(__name__)
 
@@ -50,11 +51,14 @@ CREATE INDEX IF NOT EXISTS photos_by_model_gen ON photos (model_id, vector_gen);
 CREATE INDEX IF NOT EXISTS photos_by_status_model ON photos (status, model_id);
 """
 
+MAX_WALK_PROBLEMS = 1000  # kept in the meta table; a broken disk must not grow it without bound
+
 PhotoStatus = Literal["indexed", "pending", "failed"]
 
 
 class PhotoRecord(msgspec.Struct):
-    """One photo as the index knows it (status 'pending': embedded by another model, waiting to re-embed)."""
+    """One photo as the index knows it (status 'pending': embedded by another model, waiting to re-embed).
+    `root` and `rel_path` are Python file names (surrogate-escaped when not UTF-8): display() them to show."""
 
     id: int
     root: str
@@ -208,12 +212,13 @@ class Store:
     # -- roots ---------------------------------------------------------------------------------------------
 
     def add_root(self, path: Path) -> int:
+        stored = to_db(str(path))
         with self._transaction() as con:
-            con.execute("INSERT OR IGNORE INTO roots (path) VALUES (?)", (str(path),))
-            return int(con.execute("SELECT id FROM roots WHERE path = ?", (str(path),)).fetchone()[0])
+            con.execute("INSERT OR IGNORE INTO roots (path) VALUES (?)", (stored,))
+            return int(con.execute("SELECT id FROM roots WHERE path = ?", (stored,)).fetchone()[0])
 
     def roots(self) -> list[tuple[int, Path]]:
-        return [(int(i), Path(p)) for i, p in self._reader.execute("SELECT id, path FROM roots ORDER BY id")]
+        return [(int(i), Path(from_db(p))) for i, p in self._reader.execute("SELECT id, path FROM roots ORDER BY id")]
 
     # -- scanning ------------------------------------------------------------------------------------------
 
@@ -222,7 +227,7 @@ class Store:
             "SELECT rel_path, id, size, mtime_ns, status, model_id, content_hash FROM photos WHERE root_id = ?",
             (root_id,),
         )
-        return {rel: FileState(*rest) for rel, *rest in rows}
+        return {from_db(rel): FileState(*rest) for rel, *rest in rows}
 
     def embedded_hashes(self, model_id: str) -> set[str]:
         """Content hashes that already have a vector from this model (so their photos need no decoding)."""
@@ -257,7 +262,7 @@ class Store:
                 removed.append(photo_id)
             for photo_id, root_id, rel_path, size, mtime_ns in changes.moves:
                 con.execute("UPDATE photos SET root_id = ?, rel_path = ?, size = ?, mtime_ns = ? WHERE id = ?",
-                            (root_id, rel_path, size, mtime_ns, photo_id))
+                            (root_id, to_db(rel_path), size, mtime_ns, photo_id))
             for photo_id, fields in changes.writes:
                 new_id = self._write_photo(con, photo_id, fields, generation)
                 if fields.vector is None:
@@ -274,8 +279,9 @@ class Store:
         status = "failed" if f.vector is None else "indexed"
         blob = None if f.vector is None else vector_blob(f.vector)
         model_id = None if f.vector is None else f.model_id  # a model_id always means a vector
-        values = (f.root_id, f.rel_path, f.size, f.mtime_ns, f.content_hash, f.width, f.height, f.taken_at,
-                  status, f.error, model_id, blob, generation)
+        error = None if f.error is None else display(f.error)  # a decoder's message may quote a file name
+        values = (f.root_id, to_db(f.rel_path), f.size, f.mtime_ns, f.content_hash, f.width, f.height, f.taken_at,
+                  status, error, model_id, blob, generation)
         if photo_id is None:
             cur = con.execute(
                 "INSERT INTO photos (root_id, rel_path, size, mtime_ns, content_hash, width, height, taken_at, "
@@ -342,7 +348,8 @@ class Store:
                 # '+' keeps SQLite on the primary key: through the (model_id, taken_at) index it would
                 # read every photo of the model (48 ms at 100k photos instead of 0.1 ms).
                 "AND +p.model_id = ?", (*part, model_id))
-            out.extend(VectorRow(i, root, rel, w, h, t, blob_vector(v)) for i, root, rel, w, h, t, v in rows)
+            out.extend(VectorRow(i, from_db(root), from_db(rel), w, h, t, blob_vector(v))
+                       for i, root, rel, w, h, t, v in rows)
         return out
 
     @staticmethod
@@ -397,10 +404,11 @@ class Store:
             (photo_id,)).fetchone()
         if row is None:
             return None
-        *head, status, error, row_model = row
+        photo_id, root, rel, *head, status, error, row_model = row
         if status == "indexed" and row_model != model_id:
             status = "pending"
-        return PhotoRecord(*head, status=status, error=error, model_id=row_model)
+        return PhotoRecord(photo_id, from_db(root), from_db(rel), *head, status=status, error=error,
+                           model_id=row_model)
 
     def vector(self, photo_id: int) -> tuple[str | None, npt.NDArray[np.float32] | None]:
         row = self._reader.execute("SELECT model_id, vector FROM photos WHERE id = ?", (photo_id,)).fetchone()
@@ -422,7 +430,18 @@ class Store:
         rows = self._reader.execute(
             "SELECT r.path, p.rel_path, COALESCE(p.error, '') FROM photos p JOIN roots r ON r.id = p.root_id "
             "WHERE p.status = 'failed' ORDER BY p.mtime_ns DESC, p.id LIMIT ?", (limit,))
-        return [(root, rel, err) for root, rel, err in rows]
+        return [(from_db(root), from_db(rel), err) for root, rel, err in rows]
+
+    def set_walk_problems(self, problems: list[tuple[str, str]]) -> None:
+        """Keeps the last scan's (path, problem) list: folders and links that are not files, so no row holds
+        them (a symlink loop, a link outside the albums, an unreadable or over-long folder)."""
+        shown = [(display(path), display(problem)) for path, problem in problems[:MAX_WALK_PROBLEMS]]
+        self.set_meta({"walk_problems": msgspec.json.encode(shown).decode()})
+
+    def walk_problems(self) -> list[tuple[str, str]]:
+        """(path, problem) pairs the last scan met while walking the album folders."""
+        return [tuple(p) for p in msgspec.json.decode(self.get_meta("walk_problems", "[]") or "[]",
+                                                      type=list[tuple[str, str]])]
 
 
 def _id_batches(ids: Iterable[int], size: int = 500) -> Iterator[tuple[list[int], str]]:

@@ -1,15 +1,16 @@
 // Small text helpers: file names, capture dates, sizes, counts.
 
+// The server's paths are always "/"-separated (POSIX); a backslash is part of a file name there.
 export function fileName(path) {
-  const parts = path.split(/[\\/]/);
+  const parts = path.split("/");
   return parts[parts.length - 1] || path;
 }
 
 export function folderOf(hit) {
-  const cut = Math.max(hit.path.lastIndexOf("/"), hit.path.lastIndexOf("\\"));
+  const cut = hit.path.lastIndexOf("/");
   const inner = cut > 0 ? hit.path.slice(0, cut) : "";
   const root = hit.root || "";
-  if (root && inner) return `${root.replace(/[\\/]$/, "")}/${inner}`;
+  if (root && inner) return `${root.replace(/\/$/, "")}/${inner}`;
   return root || inner || "(album root)";
 }
 
