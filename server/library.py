@@ -5,13 +5,14 @@ from __future__ import annotations
 import fcntl
 import logging
 import math
+import operator
 import os
 import re
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import date, timedelta
+from datetime import date
 from pathlib import Path
 from typing import Literal
 
@@ -36,6 +37,7 @@ MAX_QUERY_CHARS = 500
 MAX_K = 200
 MAX_OFFSET = 10_000
 MAX_UPLOAD_BYTES = 25 * 1024 * 1024
+MAX_PHOTO_ID = 2**63 - 1  # SQLite's INTEGER PRIMARY KEY range: larger ids cannot exist (nor be bound)
 DATE_SORT_POOL = 500  # sort="date" orders this many most relevant hits by capture time
 EXACT_FILTER_MAX = 2_000  # a date window holding fewer photos than this is ranked exactly, without the ANN
 COMPACT_MIN_REMOVED = 1000  # rebuild the ANN index once this many (and a fifth of it) were removed
@@ -235,7 +237,7 @@ class Library:
         """Photos like an indexed one (its stored vector; the photo itself is left out)."""
         started = time.perf_counter()
         window = _validate(k, offset, date_from, date_to, sort)
-        row_model, vector = self.store.vector(photo_id)
+        row_model, vector = self.store.vector(_known_id(photo_id))
         if vector is None or row_model != self.model_id:
             record = self.photo(photo_id)  # NotFoundError for an unknown id
             why = f"could not be read ({record.error})" if record.status == "failed" else "is not embedded yet"
@@ -316,7 +318,7 @@ class Library:
     # -- records and status --------------------------------------------------------------------------------
 
     def photo(self, photo_id: int) -> PhotoRecord:
-        record = self.store.photo(int(photo_id), self.model_id)
+        record = self.store.photo(_known_id(photo_id), self.model_id)
         if record is None:
             raise NotFoundError(f"no photo with id {photo_id} in the index")
         return record
@@ -339,6 +341,17 @@ class Library:
         self.store.close()
 
 
+def _known_id(photo_id: int) -> int:
+    """`photo_id` as an int that can be a photo's id; NotFoundError for one that cannot (<1 or over 64 bits)."""
+    try:
+        value = operator.index(photo_id)  # ints and numpy integers; not floats or strings
+    except TypeError:
+        value = 0
+    if not 1 <= value <= MAX_PHOTO_ID:
+        raise NotFoundError(f"no photo with id {photo_id!r} in the index (ids are 1 to {MAX_PHOTO_ID})")
+    return value
+
+
 def _validate(k: int, offset: int, date_from: str | None, date_to: str | None,
               sort: str) -> tuple[str | None, str | None]:
     """Checks paging, dates and sort; returns the capture-time window as ISO bounds [start, end)."""
@@ -352,8 +365,9 @@ def _validate(k: int, offset: int, date_from: str | None, date_to: str | None,
     end = _parse_date("date_to", date_to)
     if start and end and start > end:
         raise InvalidQueryError(f"date_from {date_from} is after date_to {date_to}")
-    return (start.isoformat() if start else None,
-            (end + timedelta(days=1)).isoformat() if end else None)  # date_to is inclusive
+    # date_to is inclusive: the bound is the end of that day, "YYYY-MM-DDT24", which sorts after every time on
+    # it and before the next day (ISO strings compare as times) and, unlike the day after, always exists.
+    return start.isoformat() if start else None, f"{end.isoformat()}T24" if end else None
 
 
 def _parse_date(name: str, value: str | None) -> date | None:

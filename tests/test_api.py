@@ -183,6 +183,50 @@ class TestTextSearch:
         _detail(response)
 
 
+class TestNoUnhandledErrors:
+    """Inputs that once reached Python errors (500 and no log line): each is refused at the boundary."""
+
+    @pytest.mark.parametrize("params", [{"to": "9999-12-31"}, {"from": "9999-12-31", "to": "9999-12-31"},
+                                        {"from": "0001-01-01", "to": "9999-12-31"}])
+    def test_the_last_representable_day_is_a_valid_inclusive_end(self, client: TestClient, params: dict) -> None:
+        response = client.get("/api/search", params={"q": "a cat", **params})
+        assert response.status_code == 200, response.text
+        dated = {"dated/cat-2019.jpg", "dated/coffee-2022.jpg"}
+        expected = set() if params.get("from") == "9999-12-31" else dated
+        assert {h["path"] for h in response.json()["results"]} == expected
+
+    @pytest.mark.parametrize("photo_id", ["9223372036854775808", "18446744073709551616", "0", "-1",
+                                          "99999999999999999999999999999999"])
+    @pytest.mark.parametrize("suffix", ["", "/similar", "/thumbnail", "/file"])
+    def test_ids_beyond_64_bits_or_below_1_are_refused(self, client: TestClient, photo_id: str,
+                                                       suffix: str) -> None:
+        response = client.get(f"/api/images/{photo_id}{suffix}")
+        assert response.status_code in (400, 404), response.text
+        _detail(response)
+
+    def test_the_largest_id_is_simply_not_found(self, client: TestClient) -> None:
+        response = client.get(f"/api/images/{2**63 - 1}/similar")
+        assert response.status_code == 404 and str(2**63 - 1) in _detail(response)
+
+    @pytest.mark.parametrize("url", ["/index.html%00.jpg", "/%00", "/app.js%00"])
+    def test_a_null_byte_in_a_static_path_is_not_found(self, client: TestClient, url: str) -> None:
+        assert client.get(url).status_code == 404
+
+    def test_any_other_error_is_logged_and_answered_as_json(self, own_app: Litestar, own_library: Library,
+                                                           caplog: pytest.LogCaptureFixture) -> None:
+        def broken(*args, **kwargs):
+            raise ZeroDivisionError("a bug somewhere deep")
+
+        own_library.search_text = broken  # type: ignore[method-assign]
+        with TestClient(own_app, raise_server_exceptions=False) as client, caplog.at_level("ERROR"):
+            response = client.get("/api/search", params={"q": "a cat"})
+        assert response.status_code == 500
+        assert response.json() == {"detail": "internal error; see the server log"}
+        logged = [r for r in caplog.records if r.levelname == "ERROR" and r.exc_info]
+        assert logged and "a bug somewhere deep" in str(logged[0].exc_info[1])
+        assert "/api/search" in logged[0].getMessage()
+
+
 class TestSimilar:
     def test_more_like_a_photo_leaves_it_out(self, client: TestClient) -> None:
         cat = _id_of(client, "chelsea.png")

@@ -63,6 +63,16 @@ class TestValidation:
             with pytest.raises(NotFoundError, match="12345"):
                 call(12345)
 
+    @pytest.mark.parametrize("photo_id", [0, -1, 2**63, 2**64, 10**30])
+    def test_ids_no_photo_can_have_are_not_found(self, library: Library, photo_id: int) -> None:
+        for call in (library.photo, library.original_path, library.similar):
+            with pytest.raises(NotFoundError, match="no photo with id"):
+                call(photo_id)
+
+    def test_the_last_day_a_date_can_name_is_an_inclusive_end(self, library: Library) -> None:
+        assert library.search_text("cat", date_to="9999-12-31").results == []  # no photo here is dated
+        assert library.search_text("cat", date_from="9999-12-31", date_to="9999-12-31").results == []
+
     def test_uploads_that_are_not_photos_or_too_big_are_refused(self, library: Library) -> None:
         with pytest.raises(ImageDecodeError):
             library.search_image(b"%PDF-1.4 not a photo")
