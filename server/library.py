@@ -41,6 +41,7 @@ MAX_PHOTO_ID = 2**63 - 1  # SQLite's INTEGER PRIMARY KEY range: larger ids canno
 DATE_SORT_POOL = 500  # sort="date" orders this many most relevant hits by capture time
 EXACT_FILTER_MAX = 2_000  # a date window holding fewer photos than this is ranked exactly, without the ANN
 COMPACT_MIN_REMOVED = 1000  # rebuild the ANN index once this many (and a fifth of it) were removed
+FOLLOW_INTERVAL_S = 1.0  # searches and status look for another process's commits at most this often
 _ISO_DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
 
 SortOrder = Literal["relevance", "date"]
@@ -66,6 +67,8 @@ class Library:
         self._scan_lock = threading.Lock()
         self.ann = AnnIndex(self.embed_dim)
         self._ann_generation = 0  # the SQLite generation the in-memory ANN index reflects
+        self._follow_lock = threading.Lock()  # one catch-up with other processes' commits at a time
+        self._followed_at = -math.inf  # time.monotonic() of the last look at the generation
 
     # -- opening -------------------------------------------------------------------------------------------
 
@@ -189,6 +192,8 @@ class Library:
         if not self._scan_lock.acquire(blocking=False):
             raise IndexBusyError("an index scan is already running; its progress is in the status")
         try:
+            with self._follow_lock:  # a catch-up that began before this scan ends before it; none starts during it
+                pass
             with self._writer():
                 if self.store.generation() != self._ann_generation:  # another process indexed meanwhile
                     log.info("taking in the photos another process indexed")
@@ -217,6 +222,31 @@ class Library:
 
     def _set_progress(self, progress: ScanProgress) -> None:
         self.progress = progress
+
+    def follow_other_writers(self) -> None:
+        """Takes into the in-memory ANN index what another process (`clipalbum index`, a second server)
+        committed since it was last brought up to date, so searches and status agree within about
+        FOLLOW_INTERVAL_S. A generation read is one indexed meta lookup; readers need no writer lock (WAL)."""
+        now = time.monotonic()
+        if now - self._followed_at < FOLLOW_INTERVAL_S or self._scan_lock.locked():
+            return  # looked recently, or this process is scanning and updates the ANN index itself
+        if not self._follow_lock.acquire(blocking=False):
+            return  # another request is catching up right now
+        try:
+            if self._scan_lock.locked():  # a scan started meanwhile (index() waits for this lock first)
+                return
+            self._followed_at = now
+            # Read the generation before the rows: rows committed in between are read now and again next
+            # time, which AnnIndex.add makes harmless (it replaces a key it holds).
+            generation = self.store.generation()
+            if generation != self._ann_generation:
+                log.info("taking in the photos another process indexed (generation %d -> %d)",
+                         self._ann_generation, generation)
+                self._catch_up(self.ann, since=self._ann_generation)
+                self._compact_ann()
+                self._ann_generation = generation
+        finally:
+            self._follow_lock.release()
 
     # -- searching -----------------------------------------------------------------------------------------
 
@@ -261,6 +291,7 @@ class Library:
 
     def _respond(self, vector: npt.NDArray[np.float32], k: int, offset: int, window: tuple[str | None, str | None],
                  sort: SortOrder, started: float, query: str, exclude: int | None = None) -> SearchResponse:
+        self.follow_other_writers()
         if sort == "date":
             rows, scores = self._newest_relevant(vector, k, offset, window, exclude)
         else:
@@ -328,6 +359,7 @@ class Library:
         return self.photo(photo_id).original_path
 
     def status(self, max_errors: int = 100) -> StatusResponse:
+        self.follow_other_writers()  # so that the counts below match what a search can find
         counts = self.store.counts(self.model_id)
         progress = self.progress
         pending = progress.total - progress.done if progress.running else counts["pending"]
