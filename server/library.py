@@ -367,7 +367,8 @@ class Library:
                   for root, rel, error in self.store.failures(max_errors)]
         return StatusResponse(indexed=counts["indexed"], pending=max(pending, 0), failed=counts["failed"],
                               roots=[str(r) for r in self.roots], model_id=self.model_id,
-                              embed_dim=self.embed_dim, progress=progress, errors=errors)
+                              embed_dim=self.embed_dim, progress=progress, errors=errors,
+                              errors_truncated=len(errors) < counts["failed"])
 
     def close(self) -> None:
         self.store.close()

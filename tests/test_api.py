@@ -378,6 +378,11 @@ class TestStatusAndRefresh:
         assert status["roots"] == [str(album.resolve())]
         assert status["errors"][0]["path"].endswith("broken.jpg") and status["errors"][0]["error"]
         assert status["progress"]["running"] is False
+        assert status["errors_truncated"] is False
+
+    def test_status_says_when_it_lists_only_some_failures(self, client: TestClient) -> None:
+        status = client.get("/api/status", params={"max_errors": 0}).json()
+        assert status["failed"] == 1 and status["errors"] == [] and status["errors_truncated"] is True
 
     def test_refresh_picks_up_a_new_photo(self, own_client: TestClient, own_app: Litestar, own_album: Path) -> None:
         new = own_album / "new" / "horse.png"
