@@ -47,7 +47,10 @@ FromParam = Annotated[str | None, QueryParameter(name="from", description="captu
                                                  pattern=DATE_PATTERN, format="date")]
 ToParam = Annotated[str | None, QueryParameter(name="to", description="captured on or before, YYYY-MM-DD (inclusive)",
                                                pattern=DATE_PATTERN, format="date")]
-PhotoId = Annotated[int, PathParameter(description="a photo id from a search result", ge=1, le=MAX_PHOTO_ID)]
+# The maximum is stated, not enforced here: the JSON number 2^63-1 reads as a float in most clients, which
+# then think 2^63-1 + 192 valid; the Library answers 404 for any id that cannot exist.
+PhotoId = Annotated[int, PathParameter(description="a photo id from a search result", ge=1,
+                                       schema_extra={"maximum": MAX_PHOTO_ID})]
 ThumbnailSize = Annotated[int | None, QueryParameter(
     description=f"long side in pixels, 1 to {THUMBNAIL_SIZES[-1]} (default {DEFAULT_SIZE}), served from the next "
                 f"cached size up: {', '.join(map(str, THUMBNAIL_SIZES))}", ge=1, le=THUMBNAIL_SIZES[-1])]
@@ -60,6 +63,8 @@ def _error(description: str) -> ResponseSpec:
 # The error responses each operation can give, all with the body {"detail": message}.
 BAD_QUERY = {400: _error("a parameter out of range or malformed; `detail` names it")}
 NOT_FOUND = {404: _error("no photo with this id, or its file is gone")}
+NO_VECTOR = {409: _error("the photo is not embedded yet, or could not be read: nothing to compare with")}
+UNREADABLE = {422: _error("the original cannot be decoded (its error is in the photo's metadata)")}
 NOT_MODIFIED = {304: ResponseSpec(data_container=None, description="If-None-Match holds the current ETag")}
 UPLOAD_ERRORS = {413: _error(f"the upload is over {MAX_UPLOAD_BYTES // (1024 * 1024)} MB"),
                  422: _error("the upload is not a readable photo (or too many pixels)")}
@@ -180,7 +185,7 @@ class ImagesController(Controller):
             file_url=f"/api/images/{photo.id}/file")
 
     @get("/similar", sync_to_thread=True, summary="More like this indexed photo (its stored vector)",
-         responses={**BAD_QUERY, **NOT_FOUND})
+         responses={**BAD_QUERY, **NOT_FOUND, **NO_VECTOR})
     def similar(self, state: State, photo_id: PhotoId, k: KParam = 20, offset: OffsetParam = 0,
                 sort: SortParam = "relevance", date_from: FromParam = None, date_to: ToParam = None) -> SearchResponse:
         library: Library = state.library
@@ -190,7 +195,7 @@ class ImagesController(Controller):
          summary="A JPEG thumbnail (long side `size` px, snapped up to a cached size)",
          responses={200: ResponseSpec(data_container=bytes, media_type="image/jpeg", generate_examples=False,
                                       description="the thumbnail, with an ETag"),
-                    **NOT_MODIFIED, **BAD_QUERY, **NOT_FOUND})
+                    **NOT_MODIFIED, **BAD_QUERY, **NOT_FOUND, **UNREADABLE})
     def thumbnail(self, state: State, request: Request, photo_id: PhotoId, size: ThumbnailSize = None
                   ) -> Response[Any]:
         library: Library = state.library

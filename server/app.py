@@ -23,7 +23,8 @@ from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 from server.api import ImagesController, IndexController, SearchController, etag_matches, health
 from server.background import BackgroundIndexer, limit_malloc_arenas
-from server.errors import BundleError, ClipalbumError, ImageDecodeError, InvalidQueryError, NotFoundError
+from server.errors import (BundleError, ClipalbumError, ImageDecodeError, InvalidQueryError, NotFoundError,
+                           NoVectorError)
 from server.library import IndexBusyError
 from server.settings import DataPaths
 from server.thumbnails import ThumbnailCache
@@ -57,6 +58,7 @@ ERROR_STATUS: dict[type[ClipalbumError], int] = {
     InvalidQueryError: 400,
     IndexBusyError: 409,
     NotFoundError: 404,
+    NoVectorError: 409,  # the photo exists, but its state (pending, unreadable) allows no "more like this"
     ImageDecodeError: 422,
     BundleError: 503,
     ClipalbumError: 500,
@@ -76,8 +78,8 @@ def _error_response(request: Request[Any, Any, Any], exc: Exception) -> Response
 def _validation_error(request: Request[Any, Any, Any], exc: ValidationException) -> Response[dict[str, str]]:
     """A parameter Litestar refused (type or declared bounds): the same {"detail"} body as our own 400s."""
     problems = exc.extra if isinstance(exc.extra, list) else []
-    reasons = [f"{p.get('source', 'request')} parameter {p['key']!r}: {p.get('message', 'invalid')}"
-               for p in problems if isinstance(p, dict) and p.get("key")]
+    reasons = [f"{getattr(p.get('source'), 'value', p.get('source')) or 'request'} parameter {p['key']!r}: "
+               f"{p.get('message', 'invalid')}" for p in problems if isinstance(p, dict) and p.get("key")]
     return Response(content={"detail": "; ".join(reasons) or str(exc.detail)}, status_code=400)
 
 

@@ -21,7 +21,7 @@ import numpy.typing as npt
 
 from server.ann import AnnIndex
 from server.encoders import Encoders, load_encoders
-from server.errors import ClipalbumError, InvalidQueryError, NotFoundError
+from server.errors import ClipalbumError, InvalidQueryError, NotFoundError, NoVectorError
 from server.model_resolver import resolve_bundle
 from server.preprocess import load_model_input
 from server.scanner import BATCH_SIZE, INFER_BATCH, IndexSummary, Scan
@@ -271,7 +271,7 @@ class Library:
         if vector is None or row_model != self.model_id:
             record = self.photo(photo_id)  # NotFoundError for an unknown id
             why = f"could not be read ({record.error})" if record.status == "failed" else "is not embedded yet"
-            raise InvalidQueryError(f"photo {photo_id} {why}; it has no vector to compare with")
+            raise NoVectorError(f"photo {photo_id} {why}; it has no vector to compare with")
         return self._respond(vector, k, offset, window, sort, started, query=f"similar:{photo_id}",
                              exclude=photo_id)
 

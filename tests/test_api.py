@@ -130,6 +130,36 @@ class TestHealthAndSchema:
         assert {"q", "k", "offset", "sort", "from", "to"} <= params
 
 
+    def test_openapi_schema_states_the_limits_and_the_responses(self, client: TestClient) -> None:
+        schema = client.get("/schema/openapi.json").json()
+        paths = schema["paths"]
+
+        def param(path: str, name: str) -> dict:
+            return next(p["schema"] for p in paths[path]["get"]["parameters"] if p["name"] == name)
+
+        assert (param("/api/search", "k")["minimum"], param("/api/search", "k")["maximum"]) == (1, MAX_K)
+        assert param("/api/search", "offset")["maximum"] == 10_000
+        assert (param("/api/search", "q")["minLength"], param("/api/search", "q")["maxLength"]) == (1, MAX_QUERY_CHARS)
+        assert param("/api/search", "sort")["enum"] == ["relevance", "date"]
+        assert param("/api/search", "from")["format"] == "date"
+        thumbnail = "/api/images/{photo_id}/thumbnail"
+        assert (param(thumbnail, "size")["minimum"], param(thumbnail, "size")["maximum"]) == (1, 1024)
+        assert (param(thumbnail, "photo_id")["minimum"], param(thumbnail, "photo_id")["maximum"]) == (1, 2**63 - 1)
+        error = {"$ref": "#/components/schemas/ErrorBody"}
+        assert schema["components"]["schemas"]["ErrorBody"]["properties"] == {"detail": {"type": "string"}}
+        for path, codes in {"/api/search": {"400", "503"}, "/api/images/{photo_id}": {"400", "404"},
+                            "/api/images/{photo_id}/similar": {"400", "404", "409"},
+                            thumbnail: {"400", "404", "422"}, "/api/images/{photo_id}/file": {"400", "404"}}.items():
+            responses = paths[path]["get"]["responses"]
+            assert codes <= set(responses), path
+            assert all(responses[c]["content"]["application/json"]["schema"] == error for c in codes), path
+        upload = paths["/api/search/image"]["post"]["responses"]
+        assert {"400", "413", "422"} <= set(upload)
+        assert "image/jpeg" in paths[thumbnail]["get"]["responses"]["200"]["content"]
+        assert "304" in paths[thumbnail]["get"]["responses"]
+        assert "image/*" in paths["/api/images/{photo_id}/file"]["get"]["responses"]["200"]["content"]
+
+
 class TestTextSearch:
     def test_returns_hits_with_paths_scores_and_sizes(self, client: TestClient, album: Path) -> None:
         response = client.get("/api/search", params={"q": "a cat", "k": 5})
@@ -203,6 +233,16 @@ class TestNoUnhandledErrors:
         response = client.get(f"/api/images/{photo_id}{suffix}")
         assert response.status_code in (400, 404), response.text
         _detail(response)
+
+    def test_a_parameter_out_of_its_declared_range_is_named_in_the_detail(self, client: TestClient) -> None:
+        response = client.get("/api/search", params={"q": "a cat", "k": MAX_K + 1})
+        assert response.status_code == 400
+        assert response.json() == {"detail": f"query parameter 'k': Expected `int` <= {MAX_K}"}
+
+    def test_similar_for_a_photo_without_a_vector_is_a_conflict(self, client: TestClient) -> None:
+        broken = next(p for p in range(1, 50) if client.get(f"/api/images/{p}").json()["status"] == "failed")
+        response = client.get(f"/api/images/{broken}/similar")
+        assert response.status_code == 409 and "no vector" in _detail(response)
 
     def test_the_largest_id_is_simply_not_found(self, client: TestClient) -> None:
         response = client.get(f"/api/images/{2**63 - 1}/similar")
