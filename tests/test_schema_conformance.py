@@ -13,6 +13,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 import uvicorn
 
@@ -65,3 +66,14 @@ def test_the_api_conforms_to_its_schema(base_url: str, tmp_path: Path) -> None:
         env={**os.environ, "SCHEMATHESIS_HOOKS": HOOKS,
              "PYTHONPATH": os.pathsep.join([str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])])})
     assert done.returncode == 0, done.stdout[-6000:] + done.stderr[-2000:]
+
+
+@pytest.mark.parametrize("raw_path", ["/index.html%00.jpg", "/api/images/1%00/file", "/%00"])
+def test_a_null_byte_through_the_real_server_is_a_4xx_never_a_500(base_url: str, raw_path: str) -> None:
+    # Sent as raw bytes (httpx would not re-encode them), decoded by uvicorn as a user's browser would be.
+    with httpx.Client() as client:
+        request = client.build_request("GET", base_url)
+        request.url = request.url.copy_with(raw_path=raw_path.encode())
+        response = client.send(request)
+    assert response.status_code in (400, 404), response.text
+    assert isinstance(response.json()["detail"], str)
