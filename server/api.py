@@ -5,21 +5,22 @@ from __future__ import annotations
 import mimetypes
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import msgspec
 from litestar import Controller, Request, Response, get, post
 from litestar.datastructures import ETag, State, UploadFile
+from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import MultipartBody, PathParameter, QueryParameter
 from litestar.response import File
 from litestar.status_codes import HTTP_202_ACCEPTED, HTTP_304_NOT_MODIFIED
 
 from server.background import return_free_memory
-from server.library import MAX_K, MAX_QUERY_CHARS, MAX_UPLOAD_BYTES
+from server.library import MAX_K, MAX_OFFSET, MAX_PHOTO_ID, MAX_QUERY_CHARS, MAX_UPLOAD_BYTES
 from server.pathnames import display
-from server.schemas import SearchResponse, StatusResponse
+from server.schemas import ErrorBody, SearchResponse, StatusResponse
 from server.store import PhotoRecord
-from server.thumbnails import ThumbnailCache, snap_size, thumbnail_etag
+from server.thumbnails import DEFAULT_SIZE, THUMBNAIL_SIZES, ThumbnailCache, snap_size, thumbnail_etag
 
 if TYPE_CHECKING:
     from server.background import BackgroundIndexer
@@ -30,14 +31,43 @@ MAX_REQUEST_BYTES = MAX_UPLOAD_BYTES + 64 * 1024
 THUMBNAIL_CACHE_CONTROL = "private, max-age=86400"  # revalidated with the ETag after a day
 ORIGINAL_CACHE_CONTROL = "private, max-age=3600"
 
-# Query parameters shared by the three searches.
-QueryText = Annotated[str, QueryParameter(description=f"what the photo shows, 1 to {MAX_QUERY_CHARS} characters")]
-KParam = Annotated[int, QueryParameter(description=f"how many results, 1 to {MAX_K}")]
-OffsetParam = Annotated[int, QueryParameter(description="skip this many results (paging)")]
-SortParam = Annotated[str, QueryParameter(description="'relevance' (default) or 'date' (capture time, newest first)")]
-FromParam = Annotated[str | None, QueryParameter(name="from", description="captured on or after, YYYY-MM-DD")]
-ToParam = Annotated[str | None, QueryParameter(name="to", description="captured on or before, YYYY-MM-DD")]
-PhotoId = Annotated[int, PathParameter(description="a photo id from a search result")]
+# Query parameters shared by the three searches, with the bounds the Library enforces, so that the OpenAPI
+# schema states them and Litestar refuses what is outside them (400) before any handler runs.
+QueryText = Annotated[str, QueryParameter(
+    description=f"what the photo shows, 1 to {MAX_QUERY_CHARS} characters, not only spaces",
+    min_length=1, max_length=MAX_QUERY_CHARS, pattern=r"\S")]
+KParam = Annotated[int, QueryParameter(description=f"how many results, 1 to {MAX_K}", ge=1, le=MAX_K)]
+OffsetParam = Annotated[int, QueryParameter(description=f"skip this many results (paging), 0 to {MAX_OFFSET}",
+                                            ge=0, le=MAX_OFFSET)]
+SortParam = Annotated[Literal["relevance", "date"], QueryParameter(
+    description="'relevance' (default) or 'date' (capture time, newest first)")]
+DATE_PATTERN = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$"  # and a real calendar day: the Library says which is not
+FromParam = Annotated[str | None, QueryParameter(name="from", description="captured on or after, YYYY-MM-DD",
+                                                 pattern=DATE_PATTERN, format="date")]
+ToParam = Annotated[str | None, QueryParameter(name="to", description="captured on or before, YYYY-MM-DD (inclusive)",
+                                               pattern=DATE_PATTERN, format="date")]
+# The maximum is stated, not enforced here: the JSON number 2^63-1 reads as a float in most clients, which
+# then think 2^63-1 + 192 valid; the Library answers 404 for any id that cannot exist.
+PhotoId = Annotated[int, PathParameter(description="a photo id from a search result", ge=1,
+                                       schema_extra={"maximum": MAX_PHOTO_ID})]
+ThumbnailSize = Annotated[int | None, QueryParameter(
+    description=f"long side in pixels, 1 to {THUMBNAIL_SIZES[-1]} (default {DEFAULT_SIZE}), served from the next "
+                f"cached size up: {', '.join(map(str, THUMBNAIL_SIZES))}", ge=1, le=THUMBNAIL_SIZES[-1])]
+
+
+def _error(description: str) -> ResponseSpec:
+    return ResponseSpec(data_container=ErrorBody, description=description, generate_examples=False)
+
+
+# The error responses each operation can give, all with the body {"detail": message}.
+BAD_QUERY = {400: _error("a parameter out of range or malformed; `detail` names it")}
+NOT_FOUND = {404: _error("no photo with this id, or its file is gone")}
+NO_VECTOR = {409: _error("the photo is not embedded yet, or could not be read: nothing to compare with")}
+UNREADABLE = {422: _error("the original cannot be decoded (its error is in the photo's metadata)")}
+NOT_MODIFIED = {304: ResponseSpec(data_container=None, description="If-None-Match holds the current ETag")}
+UPLOAD_ERRORS = {413: _error(f"the upload is over {MAX_UPLOAD_BYTES // (1024 * 1024)} MB"),
+                 422: _error("the upload is not a readable photo (or too many pixels)")}
+NO_MODEL = {503: _error("the model bundle cannot be used; `detail` says how to fix it")}
 
 
 class PhotoInfo(msgspec.Struct):
@@ -108,14 +138,15 @@ class SearchController(Controller):
     path = "/api/search"
     tags = ["search"]
 
-    @get(sync_to_thread=True, summary="Photos that match a text description")
+    @get(sync_to_thread=True, summary="Photos that match a text description", responses={**BAD_QUERY, **NO_MODEL})
     def by_text(self, state: State, q: QueryText, k: KParam = 20, offset: OffsetParam = 0,
                 sort: SortParam = "relevance", date_from: FromParam = None, date_to: ToParam = None) -> SearchResponse:
         library: Library = state.library
         return library.search_text(q, k=k, offset=offset, date_from=date_from, date_to=date_to, sort=sort)
 
     @post("/image", sync_to_thread=True, status_code=200, request_max_body_size=MAX_REQUEST_BYTES,
-          summary="Photos like an uploaded photo (multipart field 'file')")
+          summary="Photos like an uploaded photo (multipart field 'file')",
+          responses={**BAD_QUERY, **UPLOAD_ERRORS, **NO_MODEL})
     def by_image(self, state: State, data: MultipartBody[ImageUpload],
                  k: KParam = 20, offset: OffsetParam = 0, sort: SortParam = "relevance",
                  date_from: FromParam = None, date_to: ToParam = None) -> SearchResponse:
@@ -133,7 +164,7 @@ class ImagesController(Controller):
     path = "/api/images/{photo_id:int}"
     tags = ["images"]
 
-    @get(sync_to_thread=True, summary="An indexed photo's metadata")
+    @get(sync_to_thread=True, summary="An indexed photo's metadata", responses={**BAD_QUERY, **NOT_FOUND})
     def info(self, state: State, photo_id: PhotoId) -> PhotoInfo:
         photo = state.library.photo(photo_id)
         modified = datetime.fromtimestamp(photo.mtime_ns / 1e9, tz=timezone.utc).isoformat(timespec="seconds")
@@ -145,7 +176,8 @@ class ImagesController(Controller):
             thumbnail_url=f"/api/images/{photo.id}/thumbnail",
             file_url=f"/api/images/{photo.id}/file")
 
-    @get("/similar", sync_to_thread=True, summary="More like this indexed photo (its stored vector)")
+    @get("/similar", sync_to_thread=True, summary="More like this indexed photo (its stored vector)",
+         responses={**BAD_QUERY, **NOT_FOUND, **NO_VECTOR})
     def similar(self, state: State, photo_id: PhotoId, k: KParam = 20, offset: OffsetParam = 0,
                 sort: SortParam = "relevance", date_from: FromParam = None, date_to: ToParam = None) -> SearchResponse:
         library: Library = state.library
@@ -153,9 +185,10 @@ class ImagesController(Controller):
 
     @get("/thumbnail", sync_to_thread=True,
          summary="A JPEG thumbnail (long side `size` px, snapped up to a cached size)",
-         response_description="image/jpeg; 304 when If-None-Match holds the ETag")
-    def thumbnail(self, state: State, request: Request, photo_id: PhotoId,
-                  size: Annotated[int | None, QueryParameter(description="long side in pixels (default 384)")] = None,
+         responses={200: ResponseSpec(data_container=bytes, media_type="image/jpeg", generate_examples=False,
+                                      description="the thumbnail, with an ETag"),
+                    **NOT_MODIFIED, **BAD_QUERY, **NOT_FOUND, **UNREADABLE})
+    def thumbnail(self, state: State, request: Request, photo_id: PhotoId, size: ThumbnailSize = None
                   ) -> Response[Any]:
         library: Library = state.library
         snapped = snap_size(size)
@@ -171,7 +204,10 @@ class ImagesController(Controller):
                     filename=f"{photo_id}-{snapped}.jpg", etag=ETag(value=etag.strip('"')),
                     headers={"Cache-Control": THUMBNAIL_CACHE_CONTROL})
 
-    @get("/file", sync_to_thread=True, summary="The original photo, by id only")
+    @get("/file", sync_to_thread=True, summary="The original photo, by id only",
+         responses={200: ResponseSpec(data_container=bytes, media_type="image/*", generate_examples=False,
+                                      description="the original file's bytes, with an ETag"),
+                    **NOT_MODIFIED, **BAD_QUERY, **NOT_FOUND})
     def original(self, state: State, request: Request, photo_id: PhotoId) -> Response[Any]:
         library: Library = state.library
         photo = library.photo(photo_id)
@@ -188,8 +224,10 @@ class IndexController(Controller):
     path = "/api"
     tags = ["index"]
 
-    @get("/status", sync_to_thread=True, summary="Counts, scan progress, model and failed files")
-    def status(self, state: State, max_errors: Annotated[int, QueryParameter(ge=0, le=10_000)] = 100) -> StatusResponse:
+    @get("/status", sync_to_thread=True, summary="Counts, scan progress, model and failed files",
+         responses=BAD_QUERY)
+    def status(self, state: State, max_errors: Annotated[int, QueryParameter(
+            ge=0, le=10_000, description="list at most this many failed files (`errors_truncated` says if more)")] = 100) -> StatusResponse:
         library: Library = state.library
         return library.status(max_errors=max_errors)
 

@@ -16,13 +16,16 @@ from typing import TYPE_CHECKING, Any
 from litestar import Litestar, Request, Response
 from litestar.config.cors import CORSConfig
 from litestar.datastructures import CacheControlHeader, State
+from litestar.exceptions import NotFoundException, ValidationException
 from litestar.openapi import OpenAPIConfig
 from litestar.static_files import create_static_files_router
+from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 from server.api import ImagesController, IndexController, SearchController, etag_matches, health
 from server.background import BackgroundIndexer, limit_malloc_arenas
-from server.errors import BundleError, ClipalbumError, ImageDecodeError, InvalidQueryError, NotFoundError
+from server.errors import (BundleError, ClipalbumError, ImageDecodeError, InvalidQueryError, NotFoundError,
+                           NoVectorError)
 from server.library import IndexBusyError
 from server.security import AccessPolicy, SessionController, access_middleware, is_loopback
 from server.pathnames import display
@@ -58,10 +61,14 @@ ERROR_STATUS: dict[type[ClipalbumError], int] = {
     InvalidQueryError: 400,
     IndexBusyError: 409,
     NotFoundError: 404,
+    NoVectorError: 409,  # the photo exists, but its state (pending, unreadable) allows no "more like this"
     ImageDecodeError: 422,
     BundleError: 503,
     ClipalbumError: 500,
 }
+
+
+INTERNAL_ERROR_DETAIL = "internal error; see the server log"
 
 
 def _error_response(request: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, str]]:
@@ -69,6 +76,31 @@ def _error_response(request: Request[Any, Any, Any], exc: Exception) -> Response
     if status >= 500:
         log.error("%s %s failed: %s", request.method, request.url.path, exc)
     return Response(content={"detail": str(exc)}, status_code=status)
+
+
+def _validation_error(request: Request[Any, Any, Any], exc: ValidationException) -> Response[dict[str, str]]:
+    """A parameter Litestar refused (type or declared bounds): the same {"detail"} body as our own 400s."""
+    problems = exc.extra if isinstance(exc.extra, list) else []
+    reasons = [f"{getattr(p.get('source'), 'value', p.get('source')) or 'request'} parameter {p['key']!r}: "
+               f"{p.get('message', 'invalid')}" for p in problems if isinstance(p, dict) and p.get("key")]
+    return Response(content={"detail": "; ".join(reasons) or str(exc.detail)}, status_code=400)
+
+
+def _internal_error(request: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, str]]:
+    """Any exception nothing else handles: logged with its traceback, answered without internals."""
+    log.error("%s %s failed unexpectedly", request.method, request.url.path, exc_info=exc)
+    return Response(content={"detail": INTERNAL_ERROR_DETAIL}, status_code=500)
+
+
+def null_byte_middleware(app: ASGIApp) -> ASGIApp:
+    """404 for a URL path holding a NUL: no file can be named so, and os.stat would raise ValueError."""
+
+    async def middleware(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and "\x00" in scope.get("path", ""):
+            raise NotFoundException("no file has a NUL character in its name")
+        await app(scope, receive, send)
+
+    return middleware
 
 
 def not_modified_middleware(app: ASGIApp) -> ASGIApp:
@@ -140,7 +172,8 @@ def create_app(library: "Library", web_dir: Path | None = None, background_index
         handlers.append(create_static_files_router(
             path="/", directories=[web_dir], html_mode=True, name="web",
             # Revalidate every time: the files have no hashed names, and a 304 on the LAN costs ~1 ms.
-            cache_control=CacheControlHeader(no_cache=True), middleware=[not_modified_middleware]))
+            cache_control=CacheControlHeader(no_cache=True),
+            middleware=[null_byte_middleware, not_modified_middleware]))
     else:
         log.warning("no web client at %s (index.html missing): serving the API only", web_dir)
 
@@ -148,7 +181,8 @@ def create_app(library: "Library", web_dir: Path | None = None, background_index
         route_handlers=handlers,
         state=State({"library": library, "indexer": indexer, "thumbnails": thumbnails, "access": policy}),
         lifespan=[run_indexer],
-        exception_handlers={cls: _error_response for cls in ERROR_STATUS},
+        exception_handlers={**{cls: _error_response for cls in ERROR_STATUS}, ValidationException: _validation_error,
+                            HTTP_500_INTERNAL_SERVER_ERROR: _internal_error},
         logging_config=None,  # keep the CLI's logging set-up (WARNING unless -v); Litestar's would log INFO
         openapi_config=OpenAPIConfig(
             title="clipalbum", version=_package_version(), path=OPENAPI_PATH,

@@ -81,7 +81,7 @@ def cmd_search(args: argparse.Namespace) -> int:
 
 def cmd_status(args: argparse.Namespace) -> int:
     with closing(_open_library(args)) as library:
-        status = library.status()
+        status = library.status(max_errors=args.max_errors)
     if args.json:
         print(msgspec.json.encode(status).decode())
         return 0
@@ -90,6 +90,9 @@ def cmd_status(args: argparse.Namespace) -> int:
     print(f"indexed {status.indexed}, pending {status.pending}, failed {status.failed}")
     for failure in status.errors:
         print(f"  failed: {for_terminal(failure.path)}: {for_terminal(failure.error)}")
+    if status.errors_truncated:
+        print(f"  ... and {status.errors_total - len(status.errors)} more failed files "
+              f"(clipalbum status --max-errors {status.errors_total} lists them)")
     return 0
 
 
@@ -189,6 +192,8 @@ def build_parser() -> argparse.ArgumentParser:
     status = sub.add_parser("status", help="counts, model and failed files")
     _add_common(status)
     status.add_argument("--json", action="store_true")
+    status.add_argument("--max-errors", type=int, default=100, metavar="N",
+                        help="list at most N failed files (default 100)")
     status.set_defaults(func=cmd_status)
 
     serve = sub.add_parser("serve", help="run the web server (indexes in the background)")

@@ -19,3 +19,7 @@ class NotFoundError(ClipalbumError):
 
 class InvalidQueryError(ClipalbumError):
     """A query the API refuses: empty, too long, k out of range."""
+
+
+class NoVectorError(ClipalbumError):
+    """A photo the index knows but has no vector for yet (waiting to be embedded, or unreadable)."""

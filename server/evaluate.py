@@ -6,6 +6,7 @@ import csv
 import logging
 import time
 from collections import Counter
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -23,6 +24,7 @@ log = logging.getLogger(__name__)
 IMAGE_BATCH = 32
 TEXT_BATCH = 256
 MAX_EXAMPLES = 20  # skipped rows listed by name in the report; the rest are only counted
+SCORE_CHUNK_ELEMENTS = 1 << 24  # similarity scores made at a time (64 MB of float32), whatever the data size
 
 
 class EvalReport(msgspec.Struct):
@@ -70,27 +72,16 @@ def recall_at_k(
             or the ranking is by dot product).
         caption_to_image: (C,) index of each caption's image in image_vectors.
     Returns:
-        {K: recall in 0..1}. Ties count in the caption's favour (rank = number of strictly better images).
+        {K: recall in 0..1}. Ties are broken by a uniformly random order, in expectation (see `_hit_chances`):
+        a model that gives everything the same vector scores chance (K / I), never 100 %.
     """
     caption_to_image = np.asarray(caption_to_image, dtype=np.int64)
     if len(text_vectors) == 0:
         return {k: 0.0 for k in ks}
-    ranks = _ranks(text_vectors, image_vectors, caption_to_image)
-    return {k: float((ranks < k).mean()) for k in ks}
-
-
-def _ranks(queries: npt.ArrayLike, gallery: npt.ArrayLike, target: npt.NDArray[np.int64],
-           chunk: int = 4096) -> npt.NDArray[np.int64]:
-    """Rank (0 = best) of each query's target among the gallery, by dot product; the similarity matrix is
-    made a chunk of queries at a time, so memory stays bounded on large caption sets."""
-    queries = np.asarray(queries, np.float32)
-    gallery_t = np.asarray(gallery, np.float32).T
-    ranks = np.empty(len(queries), dtype=np.int64)
-    for start in range(0, len(queries), chunk):
-        rows = queries[start:start + chunk] @ gallery_t  # (chunk, G)
-        own = rows[np.arange(len(rows)), target[start:start + chunk]][:, None]
-        ranks[start:start + chunk] = (rows > own).sum(axis=1)
-    return ranks
+    gallery = np.arange(len(image_vectors))
+    hits = _hit_chances(text_vectors, image_vectors,
+                        lambda start, stop: gallery[None, :] == caption_to_image[start:stop, None], ks)
+    return {k: float(hits[k].mean()) for k in ks}
 
 
 def image_recall_at_k(
@@ -99,16 +90,50 @@ def image_recall_at_k(
     caption_to_image: npt.NDArray[np.int64],
     ks: tuple[int, ...] = (1, 5, 10),
 ) -> dict[int, float]:
-    """Image -> text Recall@K: the fraction of images with at least one of their captions in the top K."""
+    """Image -> text Recall@K: the fraction of images with at least one of their captions in the top K
+    (among all captions); ties are broken as in `recall_at_k`. An image without captions is a miss."""
     caption_to_image = np.asarray(caption_to_image, dtype=np.int64)
     if len(image_vectors) == 0 or len(text_vectors) == 0:
         return {k: 0.0 for k in ks}
-    # Each caption's rank among all captions, seen from its own image; an image counts its best caption.
-    image_of_caption = np.asarray(image_vectors, np.float32)[caption_to_image]
-    ranks = _ranks(image_of_caption, text_vectors, np.arange(len(caption_to_image)))
-    best_rank = np.full(len(image_vectors), np.iinfo(np.int64).max)
-    np.minimum.at(best_rank, caption_to_image, ranks)
-    return {k: float((best_rank < k).mean()) for k in ks}
+    hits = _hit_chances(image_vectors, text_vectors,
+                        lambda start, stop: caption_to_image[None, :] == np.arange(start, stop)[:, None], ks)
+    return {k: float(hits[k].mean()) for k in ks}
+
+
+def _hit_chances(queries: npt.ArrayLike, gallery: npt.ArrayLike,
+                 targets: Callable[[int, int], npt.NDArray[np.bool_]], ks: tuple[int, ...]
+                 ) -> dict[int, npt.NDArray[np.float64]]:
+    """For each query, the probability that one of its targets is in the top K of the gallery by dot
+    product, when tied scores are put in a uniformly random order (computed exactly, not sampled).
+
+    With b gallery items strictly better than the query's best target, t items tying with it (targets
+    included) and o of those t its targets, the K - b places left go to a random m = min(K - b, t) of the
+    tied items, so P(hit) = 1 - C(t - o, m) / C(t, m); for one target that is min(K - b, t) / t. A NaN
+    score beats nothing and ties with nothing: a query whose target scores NaN is a miss.
+
+    Args:
+        targets: (start, stop) -> (stop - start, G) mask of each query's targets among the gallery.
+    """
+    queries = np.asarray(queries, np.float32)
+    gallery_t = np.asarray(gallery, np.float32).T
+    chunk = max(1, SCORE_CHUNK_ELEMENTS // max(gallery_t.shape[1], 1))  # bounded memory on large caption sets
+    hits = {k: np.empty(len(queries), dtype=np.float64) for k in ks}
+    for start in range(0, len(queries), chunk):
+        stop = min(start + chunk, len(queries))
+        scores = queries[start:stop] @ gallery_t  # (chunk, G)
+        is_target = targets(start, stop)
+        best_target = np.where(is_target, scores, -np.inf).max(axis=1, keepdims=True)
+        better = (scores > best_target).sum(axis=1)
+        at_best = scores == best_target
+        tied, tied_targets = at_best.sum(axis=1), (at_best & is_target).sum(axis=1)
+        for k in ks:
+            places = np.clip(k - better, 0, tied)
+            all_missed = np.ones(stop - start)  # C(t - o, m) / C(t, m) as a product of m factors
+            for j in range(int(places.max(initial=0))):
+                factor = np.clip(tied - tied_targets - j, 0, None) / np.maximum(tied - j, 1)
+                all_missed = np.where(j < places, all_missed * factor, all_missed)
+            hits[k][start:stop] = 1.0 - all_missed
+    return hits
 
 
 def read_captions(captions_csv: Path) -> list[tuple[int, str, str]]:

@@ -5,13 +5,14 @@ from __future__ import annotations
 import fcntl
 import logging
 import math
+import operator
 import os
 import re
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import date, timedelta
+from datetime import date
 from pathlib import Path
 from typing import Literal
 
@@ -21,7 +22,7 @@ import numpy.typing as npt
 from server.ann import AnnIndex
 from server.containment import servable_path
 from server.encoders import Encoders, load_encoders
-from server.errors import ClipalbumError, InvalidQueryError, NotFoundError
+from server.errors import ClipalbumError, InvalidQueryError, NotFoundError, NoVectorError
 from server.model_resolver import resolve_bundle
 from server.pathnames import display
 from server.preprocess import load_model_input
@@ -38,9 +39,11 @@ MAX_QUERY_CHARS = 500
 MAX_K = 200
 MAX_OFFSET = 10_000
 MAX_UPLOAD_BYTES = 25 * 1024 * 1024
+MAX_PHOTO_ID = 2**63 - 1  # SQLite's INTEGER PRIMARY KEY range: larger ids cannot exist (nor be bound)
 DATE_SORT_POOL = 500  # sort="date" orders this many most relevant hits by capture time
 EXACT_FILTER_MAX = 2_000  # a date window holding fewer photos than this is ranked exactly, without the ANN
 COMPACT_MIN_REMOVED = 1000  # rebuild the ANN index once this many (and a fifth of it) were removed
+FOLLOW_INTERVAL_S = 1.0  # searches and status look for another process's commits at most this often
 _ISO_DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
 
 SortOrder = Literal["relevance", "date"]
@@ -69,6 +72,8 @@ class Library:
         self._scan_lock = threading.Lock()
         self.ann = AnnIndex(self.embed_dim)
         self._ann_generation = 0  # the SQLite generation the in-memory ANN index reflects
+        self._follow_lock = threading.Lock()  # one catch-up with other processes' commits at a time
+        self._followed_at = -math.inf  # time.monotonic() of the last look at the generation
 
     # -- opening -------------------------------------------------------------------------------------------
 
@@ -201,6 +206,8 @@ class Library:
         if not self._scan_lock.acquire(blocking=False):
             raise IndexBusyError("an index scan is already running; its progress is in the status")
         try:
+            with self._follow_lock:  # a catch-up that began before this scan ends before it; none starts during it
+                pass
             with self._writer():
                 if self.store.generation() != self._ann_generation:  # another process indexed meanwhile
                     log.info("taking in the photos another process indexed")
@@ -231,6 +238,31 @@ class Library:
     def _set_progress(self, progress: ScanProgress) -> None:
         self.progress = progress
 
+    def follow_other_writers(self) -> None:
+        """Takes into the in-memory ANN index what another process (`clipalbum index`, a second server)
+        committed since it was last brought up to date, so searches and status agree within about
+        FOLLOW_INTERVAL_S. A generation read is one indexed meta lookup; readers need no writer lock (WAL)."""
+        now = time.monotonic()
+        if now - self._followed_at < FOLLOW_INTERVAL_S or self._scan_lock.locked():
+            return  # looked recently, or this process is scanning and updates the ANN index itself
+        if not self._follow_lock.acquire(blocking=False):
+            return  # another request is catching up right now
+        try:
+            if self._scan_lock.locked():  # a scan started meanwhile (index() waits for this lock first)
+                return
+            self._followed_at = now
+            # Read the generation before the rows: rows committed in between are read now and again next
+            # time, which AnnIndex.add makes harmless (it replaces a key it holds).
+            generation = self.store.generation()
+            if generation != self._ann_generation:
+                log.info("taking in the photos another process indexed (generation %d -> %d)",
+                         self._ann_generation, generation)
+                self._catch_up(self.ann, since=self._ann_generation)
+                self._compact_ann()
+                self._ann_generation = generation
+        finally:
+            self._follow_lock.release()
+
     # -- searching -----------------------------------------------------------------------------------------
 
     def search_text(self, q: str, k: int = 20, offset: int = 0, date_from: str | None = None,
@@ -250,11 +282,11 @@ class Library:
         """Photos like an indexed one (its stored vector; the photo itself is left out)."""
         started = time.perf_counter()
         window = _validate(k, offset, date_from, date_to, sort)
-        row_model, vector = self.store.vector(photo_id)
+        row_model, vector = self.store.vector(_known_id(photo_id))
         if vector is None or row_model != self.model_id:
             record = self.photo(photo_id)  # NotFoundError for an unknown id
             why = f"could not be read ({record.error})" if record.status == "failed" else "is not embedded yet"
-            raise InvalidQueryError(f"photo {photo_id} {why}; it has no vector to compare with")
+            raise NoVectorError(f"photo {photo_id} {why}; it has no vector to compare with")
         return self._respond(vector, k, offset, window, sort, started, query=f"similar:{photo_id}",
                              exclude=photo_id)
 
@@ -274,6 +306,7 @@ class Library:
 
     def _respond(self, vector: npt.NDArray[np.float32], k: int, offset: int, window: tuple[str | None, str | None],
                  sort: SortOrder, started: float, query: str, exclude: int | None = None) -> SearchResponse:
+        self.follow_other_writers()
         if sort == "date":
             rows, scores = self._newest_relevant(vector, k, offset, window, exclude)
         else:
@@ -331,7 +364,7 @@ class Library:
     # -- records and status --------------------------------------------------------------------------------
 
     def photo(self, photo_id: int) -> PhotoRecord:
-        record = self.store.photo(int(photo_id), self.model_id)
+        record = self.store.photo(_known_id(photo_id), self.model_id)
         if record is None:
             raise NotFoundError(f"no photo with id {photo_id} in the index")
         return record
@@ -346,19 +379,34 @@ class Library:
         return servable_path(record, self.roots, allow_outside=self.follow_links_outside)
 
     def status(self, max_errors: int = 100) -> StatusResponse:
+        self.follow_other_writers()  # so that the counts below match what a search can find
         counts = self.store.counts(self.model_id)
         progress = self.progress
         pending = progress.total - progress.done if progress.running else counts["pending"]
         # Problems met walking the folders (links, loops, unreadable folders) first: they hide whole folders.
-        errors = [FailedFile(path=path, error=error) for path, error in self.store.walk_problems()[:max_errors]]
+        walk = self.store.walk_problems()
+        errors = [FailedFile(path=path, error=error) for path, error in walk[:max_errors]]
         errors += [FailedFile(path=display(Path(root) / rel), error=error)
                    for root, rel, error in self.store.failures(max_errors - len(errors))]
         return StatusResponse(indexed=counts["indexed"], pending=max(pending, 0), failed=counts["failed"],
                               roots=[display(r) for r in self.roots], model_id=self.model_id,
-                              embed_dim=self.embed_dim, progress=progress, errors=errors)
+                              embed_dim=self.embed_dim, progress=progress, errors=errors,
+                              errors_truncated=len(errors) < len(walk) + counts["failed"],
+                              errors_total=len(walk) + counts["failed"])
 
     def close(self) -> None:
         self.store.close()
+
+
+def _known_id(photo_id: int) -> int:
+    """`photo_id` as an int that can be a photo's id; NotFoundError for one that cannot (<1 or over 64 bits)."""
+    try:
+        value = operator.index(photo_id)  # ints and numpy integers; not floats or strings
+    except TypeError:
+        value = 0
+    if not 1 <= value <= MAX_PHOTO_ID:
+        raise NotFoundError(f"no photo with id {photo_id!r} in the index (ids are 1 to {MAX_PHOTO_ID})")
+    return value
 
 
 def _validate(k: int, offset: int, date_from: str | None, date_to: str | None,
@@ -374,8 +422,9 @@ def _validate(k: int, offset: int, date_from: str | None, date_to: str | None,
     end = _parse_date("date_to", date_to)
     if start and end and start > end:
         raise InvalidQueryError(f"date_from {date_from} is after date_to {date_to}")
-    return (start.isoformat() if start else None,
-            (end + timedelta(days=1)).isoformat() if end else None)  # date_to is inclusive
+    # date_to is inclusive: the bound is the end of that day, "YYYY-MM-DDT24", which sorts after every time on
+    # it and before the next day (ISO strings compare as times) and, unlike the day after, always exists.
+    return start.isoformat() if start else None, f"{end.isoformat()}T24" if end else None
 
 
 def _parse_date(name: str, value: str | None) -> date | None:

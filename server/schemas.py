@@ -25,6 +25,12 @@ class SearchResponse(msgspec.Struct):
     k: int = 0
 
 
+class ErrorBody(msgspec.Struct):
+    """Every error response: what failed and what to do."""
+
+    detail: str
+
+
 class FailedFile(msgspec.Struct):
     path: str
     error: str
@@ -49,4 +55,6 @@ class StatusResponse(msgspec.Struct):
     model_id: str
     embed_dim: int
     progress: ScanProgress
-    errors: list[FailedFile]
+    errors: list[FailedFile]  # the most recently changed failures, at most `max_errors` of the `failed`
+    errors_truncated: bool = False  # True when `errors` lists fewer entries than `errors_total`
+    errors_total: int = 0  # failed files plus the problems the last scan met walking the folders

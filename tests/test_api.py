@@ -130,6 +130,36 @@ class TestHealthAndSchema:
         assert {"q", "k", "offset", "sort", "from", "to"} <= params
 
 
+    def test_openapi_schema_states_the_limits_and_the_responses(self, client: TestClient) -> None:
+        schema = client.get("/schema/openapi.json").json()
+        paths = schema["paths"]
+
+        def param(path: str, name: str) -> dict:
+            return next(p["schema"] for p in paths[path]["get"]["parameters"] if p["name"] == name)
+
+        assert (param("/api/search", "k")["minimum"], param("/api/search", "k")["maximum"]) == (1, MAX_K)
+        assert param("/api/search", "offset")["maximum"] == 10_000
+        assert (param("/api/search", "q")["minLength"], param("/api/search", "q")["maxLength"]) == (1, MAX_QUERY_CHARS)
+        assert param("/api/search", "sort")["enum"] == ["relevance", "date"]
+        assert param("/api/search", "from")["format"] == "date"
+        thumbnail = "/api/images/{photo_id}/thumbnail"
+        assert (param(thumbnail, "size")["minimum"], param(thumbnail, "size")["maximum"]) == (1, 1024)
+        assert (param(thumbnail, "photo_id")["minimum"], param(thumbnail, "photo_id")["maximum"]) == (1, 2**63 - 1)
+        error = {"$ref": "#/components/schemas/ErrorBody"}
+        assert schema["components"]["schemas"]["ErrorBody"]["properties"] == {"detail": {"type": "string"}}
+        for path, codes in {"/api/search": {"400", "503"}, "/api/images/{photo_id}": {"400", "404"},
+                            "/api/images/{photo_id}/similar": {"400", "404", "409"},
+                            thumbnail: {"400", "404", "422"}, "/api/images/{photo_id}/file": {"400", "404"}}.items():
+            responses = paths[path]["get"]["responses"]
+            assert codes <= set(responses), path
+            assert all(responses[c]["content"]["application/json"]["schema"] == error for c in codes), path
+        upload = paths["/api/search/image"]["post"]["responses"]
+        assert {"400", "413", "422"} <= set(upload)
+        assert "image/jpeg" in paths[thumbnail]["get"]["responses"]["200"]["content"]
+        assert "304" in paths[thumbnail]["get"]["responses"]
+        assert "image/*" in paths["/api/images/{photo_id}/file"]["get"]["responses"]["200"]["content"]
+
+
 class TestTextSearch:
     def test_returns_hits_with_paths_scores_and_sizes(self, client: TestClient, album: Path) -> None:
         response = client.get("/api/search", params={"q": "a cat", "k": 5})
@@ -181,6 +211,60 @@ class TestTextSearch:
         response = client.get("/api/search", params=params)
         assert response.status_code == 400
         _detail(response)
+
+
+class TestNoUnhandledErrors:
+    """Inputs that once reached Python errors (500 and no log line): each is refused at the boundary."""
+
+    @pytest.mark.parametrize("params", [{"to": "9999-12-31"}, {"from": "9999-12-31", "to": "9999-12-31"},
+                                        {"from": "0001-01-01", "to": "9999-12-31"}])
+    def test_the_last_representable_day_is_a_valid_inclusive_end(self, client: TestClient, params: dict) -> None:
+        response = client.get("/api/search", params={"q": "a cat", **params})
+        assert response.status_code == 200, response.text
+        dated = {"dated/cat-2019.jpg", "dated/coffee-2022.jpg"}
+        expected = set() if params.get("from") == "9999-12-31" else dated
+        assert {h["path"] for h in response.json()["results"]} == expected
+
+    @pytest.mark.parametrize("photo_id", ["9223372036854775808", "18446744073709551616", "0", "-1",
+                                          "99999999999999999999999999999999"])
+    @pytest.mark.parametrize("suffix", ["", "/similar", "/thumbnail", "/file"])
+    def test_ids_beyond_64_bits_or_below_1_are_refused(self, client: TestClient, photo_id: str,
+                                                       suffix: str) -> None:
+        response = client.get(f"/api/images/{photo_id}{suffix}")
+        assert response.status_code in (400, 404), response.text
+        _detail(response)
+
+    def test_a_parameter_out_of_its_declared_range_is_named_in_the_detail(self, client: TestClient) -> None:
+        response = client.get("/api/search", params={"q": "a cat", "k": MAX_K + 1})
+        assert response.status_code == 400
+        assert response.json() == {"detail": f"query parameter 'k': Expected `int` <= {MAX_K}"}
+
+    def test_similar_for_a_photo_without_a_vector_is_a_conflict(self, client: TestClient) -> None:
+        broken = next(p for p in range(1, 50) if client.get(f"/api/images/{p}").json()["status"] == "failed")
+        response = client.get(f"/api/images/{broken}/similar")
+        assert response.status_code == 409 and "no vector" in _detail(response)
+
+    def test_the_largest_id_is_simply_not_found(self, client: TestClient) -> None:
+        response = client.get(f"/api/images/{2**63 - 1}/similar")
+        assert response.status_code == 404 and str(2**63 - 1) in _detail(response)
+
+    @pytest.mark.parametrize("url", ["/index.html%00.jpg", "/%00", "/app.js%00"])
+    def test_a_null_byte_in_a_static_path_is_not_found(self, client: TestClient, url: str) -> None:
+        assert client.get(url).status_code == 404
+
+    def test_any_other_error_is_logged_and_answered_as_json(self, own_app: Litestar, own_library: Library,
+                                                           caplog: pytest.LogCaptureFixture) -> None:
+        def broken(*args, **kwargs):
+            raise ZeroDivisionError("a bug somewhere deep")
+
+        own_library.search_text = broken  # type: ignore[method-assign]
+        with TestClient(own_app, raise_server_exceptions=False) as client, caplog.at_level("ERROR"):
+            response = client.get("/api/search", params={"q": "a cat"})
+        assert response.status_code == 500
+        assert response.json() == {"detail": "internal error; see the server log"}
+        logged = [r for r in caplog.records if r.levelname == "ERROR" and r.exc_info]
+        assert logged and "a bug somewhere deep" in str(logged[0].exc_info[1])
+        assert "/api/search" in logged[0].getMessage()
 
 
 class TestSimilar:
@@ -334,6 +418,11 @@ class TestStatusAndRefresh:
         assert status["roots"] == [str(album.resolve())]
         assert status["errors"][0]["path"].endswith("broken.jpg") and status["errors"][0]["error"]
         assert status["progress"]["running"] is False
+        assert status["errors_truncated"] is False
+
+    def test_status_says_when_it_lists_only_some_failures(self, client: TestClient) -> None:
+        status = client.get("/api/status", params={"max_errors": 0}).json()
+        assert status["failed"] == 1 and status["errors"] == [] and status["errors_truncated"] is True
 
     def test_refresh_picks_up_a_new_photo(self, own_client: TestClient, own_app: Litestar, own_album: Path) -> None:
         new = own_album / "new" / "horse.png"

@@ -63,6 +63,21 @@ def test_status_lists_failed_files(cli, sample_album: Path) -> None:
     assert "broken.jpg" in out
 
 
+def test_status_says_how_many_failures_it_leaves_out(cli, sample_album: Path) -> None:
+    for i in range(5):
+        (sample_album / f"broken-{i}.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated %d" % i)
+    assert cli("index", str(sample_album), "-q")[0] == 0
+    code, out, _ = cli("status", "--max-errors", "2")
+    assert code == 0 and out.count("failed: ") == 2
+    assert "... and 3 more failed files (clipalbum status --max-errors 5 lists them)" in out
+    code, out, _ = cli("status", "--json", "--max-errors", "2")
+    status = json.loads(out)
+    assert status["failed"] == 5 and len(status["errors"]) == 2 and status["errors_truncated"] is True
+    code, out, _ = cli("status")
+    assert out.count("failed: ") == 5 and "more failed files" not in out
+    assert json.loads(cli("status", "--json")[1])["errors_truncated"] is False
+
+
 @pytest.mark.parametrize("args, message", [
     (("search", ""), "query is empty"),
     (("search", "cat", "--k", "0"), "k must be between 1 and 200"),

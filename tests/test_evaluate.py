@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import shutil
 from pathlib import Path
 
@@ -46,6 +47,69 @@ def test_image_recall_needs_any_one_of_the_images_captions() -> None:
 
     # image 0: caption 1 is its best match (rank 0); image 1: caption 0 beats its own caption 2 (rank 1).
     assert image_recall_at_k(texts, images, owner, ks=(1, 2)) == {1: 0.5, 2: 1.0}
+
+
+def _chance_of_one_in_top_k(k: int, gallery: int, own: int) -> float:
+    """P(at least one of `own` items lands in the top k of `gallery`) under a uniformly random order."""
+    return 1 - math.comb(gallery - own, k) / math.comb(gallery, k)
+
+
+@pytest.mark.parametrize("vectors", ["constant", "zero", "nan"])
+def test_collapsed_vectors_score_chance_not_perfect(vectors: str) -> None:
+    # A collapsed model gives every photo and caption the same vector: every score ties (or is NaN).
+    photos, per_photo, dim = 20, 3, 8
+    fill = {"constant": 0.5, "zero": 0.0, "nan": np.nan}[vectors]
+    images = np.full((photos, dim), fill, np.float32)
+    texts = np.full((photos * per_photo, dim), fill, np.float32)
+    owner = np.repeat(np.arange(photos), per_photo)
+    ks = (1, 5, 10)
+
+    t2i = recall_at_k(texts, images, owner, ks)
+    i2t = image_recall_at_k(texts, images, owner, ks)
+
+    if vectors == "nan":  # no score at all: nothing is retrieved
+        assert t2i == {k: 0.0 for k in ks} and i2t == {k: 0.0 for k in ks}
+        return
+    assert t2i == pytest.approx({k: k / photos for k in ks})
+    assert i2t == pytest.approx({k: _chance_of_one_in_top_k(k, photos * per_photo, per_photo) for k in ks})
+
+
+def test_ties_are_broken_by_expected_value_under_a_random_order() -> None:
+    images = _unit([[1, 0], [1, 0], [1, 0], [0, 1]])  # images 0-2 tie for any query
+    texts = _unit([[1, 0.1], [0, 1]])  # caption 0 belongs to image 1, caption 1 to image 3
+    owner = np.array([1, 3])
+
+    # caption 0: its image ties with two others at the top: rank 0, 1 or 2 with equal chance.
+    assert recall_at_k(texts, images, owner, ks=(1, 2, 3)) == pytest.approx({1: (1 / 3 + 1) / 2,
+                                                                            2: (2 / 3 + 1) / 2, 3: 1.0})
+
+
+def test_an_image_with_several_tied_captions_counts_the_chance_that_any_is_in_the_top_k() -> None:
+    images = _unit([[1, 0], [0, 1]])
+    # Image 0 owns captions 0 and 1; caption 2 (image 1's) scores the same for image 0: three-way tie.
+    texts = _unit([[1, 1], [1, 1], [1, 1]])
+    owner = np.array([0, 0, 1])
+
+    recall = image_recall_at_k(texts, images, owner, ks=(1, 2))
+
+    # k=1: image 0 wins with 2/3, image 1 with 1/3; k=2: image 0 always, image 1 with 2/3.
+    assert recall == pytest.approx({1: (2 / 3 + 1 / 3) / 2, 2: (1 + 2 / 3) / 2})
+
+
+def test_the_trainer_metric_ranks_a_collapsed_model_below_a_working_one() -> None:
+    # The trainer keeps the checkpoint with the highest mean recall: a collapsed model must not win.
+    from training.metrics import retrieval_recalls
+
+    rng = np.random.default_rng(0)
+    photos, per_photo, dim = 50, 2, 16
+    images = rng.normal(size=(photos, dim)).astype(np.float32)
+    owner = np.repeat(np.arange(photos), per_photo)
+    texts = images[owner] + rng.normal(scale=1.5, size=(photos * per_photo, dim)).astype(np.float32)
+    working = retrieval_recalls(_unit(images.tolist()), _unit(texts.tolist()), owner)
+    collapsed = retrieval_recalls(np.ones_like(images), np.ones_like(texts), owner)
+
+    assert collapsed["t2i_r1"] == pytest.approx(100 / photos)
+    assert 0 < collapsed["mean_recall"] < working["mean_recall"] < 100
 
 
 def _write_csv(path: Path, rows: list[tuple[str, str]]) -> Path:

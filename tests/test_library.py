@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import math
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -62,6 +65,16 @@ class TestValidation:
         for call in (library.photo, library.original_path, library.similar):
             with pytest.raises(NotFoundError, match="12345"):
                 call(12345)
+
+    @pytest.mark.parametrize("photo_id", [0, -1, 2**63, 2**64, 10**30])
+    def test_ids_no_photo_can_have_are_not_found(self, library: Library, photo_id: int) -> None:
+        for call in (library.photo, library.original_path, library.similar):
+            with pytest.raises(NotFoundError, match="no photo with id"):
+                call(photo_id)
+
+    def test_the_last_day_a_date_can_name_is_an_inclusive_end(self, library: Library) -> None:
+        assert library.search_text("cat", date_to="9999-12-31").results == []  # no photo here is dated
+        assert library.search_text("cat", date_from="9999-12-31", date_to="9999-12-31").results == []
 
     def test_uploads_that_are_not_photos_or_too_big_are_refused(self, library: Library) -> None:
         with pytest.raises(ImageDecodeError):
@@ -166,22 +179,85 @@ class TestDates:
 
 class TestStatusAndConcurrency:
 
-    def test_photos_another_process_indexed_are_searchable_after_the_next_scan(
-            self, library: Library, tiny_bundle: Path, sample_album: Path, tmp_path: Path) -> None:
+    @pytest.fixture()
+    def follow_at_once(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch.setattr("server.library.FOLLOW_INTERVAL_S", 0.0, raising=False)  # look at every request
+
+    @staticmethod
+    def _visible(lib: Library) -> set[str]:
+        """What a search can find, by path."""
+        return {h.path for h in lib.search_text("a photo", k=200).results}
+
+    def test_photos_another_process_indexes_are_searchable_at_once_and_counted_alike(
+            self, library: Library, tiny_bundle: Path, sample_album: Path, follow_at_once: None) -> None:
         # `library` is the server's; `other` stands for a `clipalbum index` run beside it.
         (sample_album / "new").mkdir()
         Image.open(skimage_data_dir() / "coffee.png").rotate(90).save(sample_album / "new" / "cup.png")
         other = Library.open(library.paths, model=tiny_bundle)
         try:
             assert other.index().added == 1
-            new_id = other.search_text("a cup", k=200).results
-            new_id = next(h.id for h in new_id if h.path == "new/cup.png")
         finally:
             other.close()
-        assert new_id not in {h.id for h in library.search_text("a cup", k=200).results}
+        assert "new/cup.png" in self._visible(library)
+        assert library.status().indexed == len(self._visible(library)) == len(SAMPLE_PHOTOS) + 1
         assert library.index().added == 0  # nothing left to embed: the other process did it
-        assert new_id in {h.id for h in library.search_text("a cup", k=200).results}
         assert len(library.ann) == library.status().indexed
+
+    def test_photos_another_process_removes_leave_the_results(self, library: Library, tiny_bundle: Path,
+                                                              sample_album: Path, follow_at_once: None) -> None:
+        assert "2023/coffee.png" in self._visible(library)
+        (sample_album / "2023" / "coffee.png").unlink()
+        other = Library.open(library.paths, model=tiny_bundle)
+        try:
+            assert other.index().removed == 1
+        finally:
+            other.close()
+        assert "2023/coffee.png" not in self._visible(library)
+        assert library.status().indexed == len(self._visible(library)) == len(SAMPLE_PHOTOS) - 1
+        assert len(library.ann) == len(SAMPLE_PHOTOS) - 1  # dropped from the vector index, not only filtered
+
+    def test_a_server_opened_while_another_indexes_follows_it(self, tmp_path: Path, tiny_bundle: Path,
+                                                             sample_album: Path, follow_at_once: None) -> None:
+        # The second `serve` on one data directory: it opens while the first holds the writer lock.
+        paths = data_paths(tmp_path / "data")
+        first = Library.open(paths, model=tiny_bundle, roots=[str(sample_album)])
+        try:
+            with first._writer():
+                second = Library.open(paths, model=tiny_bundle)
+            try:
+                assert self._visible(second) == set()
+                first.index()
+                assert len(self._visible(second)) == second.status().indexed == len(SAMPLE_PHOTOS)
+            finally:
+                second.close()
+        finally:
+            first.close()
+
+    def test_a_real_second_process_indexing_is_followed(self, library: Library, tiny_bundle: Path,
+                                                       sample_album: Path, follow_at_once: None) -> None:
+        (sample_album / "more").mkdir()
+        for name in ("horse.png", "camera.png"):
+            (sample_album / "more" / name).write_bytes((skimage_data_dir() / name).read_bytes())
+        before = self._visible(library)
+        done = subprocess.run([sys.executable, "-m", "server.cli", "index", "-q", "--data-dir",
+                               str(library.paths.root), "--model", str(tiny_bundle)],
+                              cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+        assert self._visible(library) == before | {"more/horse.png", "more/camera.png"}
+        assert library.status().indexed == len(self._visible(library))
+
+    def test_the_generation_is_read_at_most_once_a_second(self, library: Library,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+        reads = []
+        original = library.store.generation
+        monkeypatch.setattr(library.store, "generation", lambda: reads.append(1) or original())
+        monkeypatch.setattr("server.library.FOLLOW_INTERVAL_S", 3600.0)
+        library._followed_at = -math.inf
+        for _ in range(5):
+            library.search_text("a cat")
+            library.status()
+        assert len(reads) == 1
+
     def test_status_counts_and_records(self, library: Library, sample_album: Path) -> None:
         status = library.status()
         assert (status.indexed, status.pending, status.failed) == (len(SAMPLE_PHOTOS), 0, 0)
