@@ -129,12 +129,10 @@ class SearchController(Controller):
                  k: KParam = 20, offset: OffsetParam = 0, sort: SortParam = "relevance",
                  date_from: FromParam = None, date_to: ToParam = None) -> SearchResponse:
         library: Library = state.library
-        payload = data.file.file.read()
-        try:
-            return library.search_image(payload, k=k, offset=offset, date_from=date_from, date_to=date_to,
-                                        sort=sort)
+        try:  # the upload's spooled file, read in place: no second copy of its bytes
+            return library.search_image(data.file.file, k=k, offset=offset, date_from=date_from,
+                                        date_to=date_to, sort=sort)
         finally:
-            del payload
             return_free_memory()  # a decoded camera photo is tens of MB; don't keep it for the next one
 
 

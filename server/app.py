@@ -21,7 +21,8 @@ from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 from server.api import ImagesController, IndexController, SearchController, etag_matches, health
 from server.background import BackgroundIndexer, limit_malloc_arenas
-from server.errors import BundleError, ClipalbumError, ImageDecodeError, InvalidQueryError, NotFoundError
+from server.errors import (BundleError, ClipalbumError, ImageDecodeError, InvalidQueryError, NotFoundError,
+                           ServerBusyError)
 from server.library import IndexBusyError
 from server.settings import DataPaths
 from server.thumbnails import ThumbnailCache
@@ -57,6 +58,7 @@ ERROR_STATUS: dict[type[ClipalbumError], int] = {
     NotFoundError: 404,
     ImageDecodeError: 422,
     BundleError: 503,
+    ServerBusyError: 503,
     ClipalbumError: 500,
 }
 

@@ -19,3 +19,7 @@ class NotFoundError(ClipalbumError):
 
 class InvalidQueryError(ClipalbumError):
     """A query the API refuses: empty, too long, k out of range."""
+
+
+class ServerBusyError(ClipalbumError):
+    """The server is at its limit for this kind of work (decoding uploads) right now; try again shortly."""

@@ -13,14 +13,14 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import date, timedelta
 from pathlib import Path
-from typing import Literal
+from typing import BinaryIO, Literal
 
 import numpy as np
 import numpy.typing as npt
 
 from server.ann import AnnIndex
 from server.encoders import Encoders, load_encoders
-from server.errors import ClipalbumError, InvalidQueryError, NotFoundError
+from server.errors import ClipalbumError, InvalidQueryError, NotFoundError, ServerBusyError
 from server.model_resolver import resolve_bundle
 from server.preprocess import load_model_input
 from server.scanner import BATCH_SIZE, INFER_BATCH, IndexSummary, Scan
@@ -36,6 +36,11 @@ MAX_QUERY_CHARS = 500
 MAX_K = 200
 MAX_OFFSET = 10_000
 MAX_UPLOAD_BYTES = 25 * 1024 * 1024
+# Search-by-photo uploads decoded at once (a second core stays free for text search), and how long an
+# upload waits for a slot and for the decode budget before the API answers 503 "try again".
+UPLOAD_DECODES = max(1, (os.cpu_count() or 2) // 2)
+UPLOAD_WAIT_SECONDS = 10.0
+UPLOAD_QUEUE = 8  # uploads that may wait for a slot; more are refused at once
 DATE_SORT_POOL = 500  # sort="date" orders this many most relevant hits by capture time
 EXACT_FILTER_MAX = 2_000  # a date window holding fewer photos than this is ranked exactly, without the ANN
 COMPACT_MIN_REMOVED = 1000  # rebuild the ANN index once this many (and a fifth of it) were removed
@@ -62,6 +67,8 @@ class Library:
         self.infer_batch: int | None = None
         self.decode_threads: int | None = None
         self._scan_lock = threading.Lock()
+        self._upload_slots = threading.BoundedSemaphore(UPLOAD_DECODES)
+        self._upload_queue = threading.BoundedSemaphore(UPLOAD_DECODES + UPLOAD_QUEUE)
         self.ann = AnnIndex(self.embed_dim)
         self._ann_generation = 0  # the SQLite generation the in-memory ANN index reflects
 
@@ -243,17 +250,40 @@ class Library:
         return self._respond(vector, k, offset, window, sort, started, query=f"similar:{photo_id}",
                              exclude=photo_id)
 
-    def search_image(self, data: bytes, k: int = 20, offset: int = 0, date_from: str | None = None,
+    def search_image(self, data: bytes | BinaryIO, k: int = 20, offset: int = 0, date_from: str | None = None,
                      date_to: str | None = None, sort: SortOrder = "relevance") -> SearchResponse:
-        """Photos like an uploaded photo. Raises ImageDecodeError when `data` is not a readable image."""
+        """Photos like an uploaded photo (its bytes, or a file object holding them, read in place).
+
+        Raises ImageDecodeError when it is not a readable image, ServerBusyError when UPLOAD_DECODES other
+        uploads are being decoded (or the decode budget is taken) for longer than UPLOAD_WAIT_SECONDS."""
         started = time.perf_counter()
         window = _validate(k, offset, date_from, date_to, sort)
-        if not data:
+        size = len(data) if isinstance(data, bytes) else data.seek(0, os.SEEK_END)
+        if not size:
             raise InvalidQueryError("the uploaded file is empty")
-        if len(data) > MAX_UPLOAD_BYTES:
-            raise InvalidQueryError(f"the uploaded file is {len(data) / 1e6:.1f} MB; the limit is "
+        if size > MAX_UPLOAD_BYTES:
+            raise InvalidQueryError(f"the uploaded file is {size / 1e6:.1f} MB; the limit is "
                                     f"{MAX_UPLOAD_BYTES / 1e6:.0f} MB")
-        pixels = load_model_input(data, self.encoders.manifest.image)
+        if not isinstance(data, bytes):
+            data.seek(0)
+        deadline = time.monotonic() + UPLOAD_WAIT_SECONDS
+        busy = ServerBusyError(f"the server is decoding {UPLOAD_DECODES} other uploaded photos; try again "
+                               "in a few seconds")
+        # Uploads queue for a few decode slots (and then the process's decode budget) rather than all
+        # decoding at once: 16 bomb-sized PNGs would otherwise take gigabytes and every core from search.
+        # The queue is short too: each waiting upload holds one of the API's worker threads.
+        if not self._upload_queue.acquire(blocking=False):
+            raise busy
+        try:
+            if not self._upload_slots.acquire(timeout=UPLOAD_WAIT_SECONDS):
+                raise busy
+            try:
+                pixels = load_model_input(data, self.encoders.manifest.image,
+                                          wait=max(0.0, deadline - time.monotonic()))
+            finally:
+                self._upload_slots.release()
+        finally:
+            self._upload_queue.release()
         vector = self.encoders.image.encode(pixels[None])[0]
         return self._respond(vector, k, offset, window, sort, started, query="image")
 
