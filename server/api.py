@@ -5,8 +5,9 @@ from __future__ import annotations
 import mimetypes
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, BinaryIO
 
 import msgspec
 from litestar import Controller, Request, Response, get, post
@@ -17,10 +18,12 @@ from litestar.status_codes import HTTP_202_ACCEPTED, HTTP_304_NOT_MODIFIED
 
 from server.background import return_free_memory
 from server.errors import NotFoundError
-from server.library import MAX_K, MAX_QUERY_CHARS, MAX_UPLOAD_BYTES
+from server.library import (MAX_K, MAX_QUERY_CHARS, MAX_UPLOAD_BYTES, UPLOAD_DECODES, UPLOAD_QUEUE,
+                            UPLOAD_WAIT_SECONDS)
 from server.schemas import SearchResponse, StatusResponse
 from server.store import PhotoRecord
 from server.thumbnails import ThumbnailCache, snap_size, thumbnail_etag
+from server.upload_gate import UploadGate
 
 if TYPE_CHECKING:
     from server.background import BackgroundIndexer
@@ -28,6 +31,7 @@ if TYPE_CHECKING:
 
 # Uploads for search-by-example: the Library's cap plus room for the multipart envelope; more gets a 413.
 MAX_REQUEST_BYTES = MAX_UPLOAD_BYTES + 64 * 1024
+UPLOAD_GATE = UploadGate(UPLOAD_DECODES, UPLOAD_QUEUE, UPLOAD_WAIT_SECONDS)
 THUMBNAIL_CACHE_CONTROL = "private, max-age=86400"  # revalidated with the ETag after a day
 ORIGINAL_CACHE_CONTROL = "private, max-age=3600"
 
@@ -123,17 +127,23 @@ class SearchController(Controller):
         library: Library = state.library
         return library.search_text(q, k=k, offset=offset, date_from=date_from, date_to=date_to, sort=sort)
 
-    @post("/image", sync_to_thread=True, status_code=200, request_max_body_size=MAX_REQUEST_BYTES,
+    @post("/image", status_code=200, request_max_body_size=MAX_REQUEST_BYTES,
           summary="Photos like an uploaded photo (multipart field 'file')")
-    def by_image(self, state: State, data: MultipartBody[ImageUpload],
-                 k: KParam = 20, offset: OffsetParam = 0, sort: SortParam = "relevance",
-                 date_from: FromParam = None, date_to: ToParam = None) -> SearchResponse:
+    async def by_image(self, state: State, data: MultipartBody[ImageUpload],
+                       k: KParam = 20, offset: OffsetParam = 0, sort: SortParam = "relevance",
+                       date_from: FromParam = None, date_to: ToParam = None) -> SearchResponse:
         library: Library = state.library
-        try:  # the upload's spooled file, read in place: no second copy of its bytes
-            return library.search_image(data.file.file, k=k, offset=offset, date_from=date_from,
-                                        date_to=date_to, sort=sort)
-        finally:
-            return_free_memory()  # a decoded camera photo is tens of MB; don't keep it for the next one
+        # On a decode thread of UPLOAD_GATE's, once it has one free; waiting for it happens on the event loop,
+        # so the worker threads that text searches run on stay free.
+        return await UPLOAD_GATE.run(partial(_search_upload, library, data.file.file, k=k, offset=offset,
+                                             date_from=date_from, date_to=date_to, sort=sort))
+
+
+def _search_upload(library: "Library", upload: BinaryIO, **query: Any) -> SearchResponse:
+    try:  # the upload's spooled file, read in place: no second copy of its bytes
+        return library.search_image(upload, **query)
+    finally:
+        return_free_memory()  # a decoded camera photo is tens of MB; don't keep it for the next one
 
 
 class ImagesController(Controller):

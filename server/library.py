@@ -40,7 +40,7 @@ MAX_UPLOAD_BYTES = 25 * 1024 * 1024
 # upload waits for a slot and for the decode budget before the API answers 503 "try again".
 UPLOAD_DECODES = max(1, (os.cpu_count() or 2) // 2)
 UPLOAD_WAIT_SECONDS = 10.0
-UPLOAD_QUEUE = 8  # uploads that may wait for a slot; more are refused at once
+UPLOAD_QUEUE = 8  # uploads the API lets wait for a slot (each holds its request body); more get 503 at once
 DATE_SORT_POOL = 500  # sort="date" orders this many most relevant hits by capture time
 EXACT_FILTER_MAX = 2_000  # a date window holding fewer photos than this is ranked exactly, without the ANN
 COMPACT_MIN_REMOVED = 1000  # rebuild the ANN index once this many (and a fifth of it) were removed
@@ -68,7 +68,6 @@ class Library:
         self.decode_threads: int | None = None
         self._scan_lock = threading.Lock()
         self._upload_slots = threading.BoundedSemaphore(UPLOAD_DECODES)
-        self._upload_queue = threading.BoundedSemaphore(UPLOAD_DECODES + UPLOAD_QUEUE)
         self.ann = AnnIndex(self.embed_dim)
         self._ann_generation = 0  # the SQLite generation the in-memory ANN index reflects
 
@@ -267,23 +266,17 @@ class Library:
         if not isinstance(data, bytes):
             data.seek(0)
         deadline = time.monotonic() + UPLOAD_WAIT_SECONDS
-        busy = ServerBusyError(f"the server is decoding {UPLOAD_DECODES} other uploaded photos; try again "
-                               "in a few seconds")
-        # Uploads queue for a few decode slots (and then the process's decode budget) rather than all
+        # Uploads take one of a few decode slots (and then the process's decode budget) rather than all
         # decoding at once: 16 bomb-sized PNGs would otherwise take gigabytes and every core from search.
-        # The queue is short too: each waiting upload holds one of the API's worker threads.
-        if not self._upload_queue.acquire(blocking=False):
-            raise busy
+        # (The API queues them before this, on the event loop: see UploadGate.)
+        if not self._upload_slots.acquire(timeout=UPLOAD_WAIT_SECONDS):
+            raise ServerBusyError(f"the server is decoding {UPLOAD_DECODES} other uploaded photos; try again "
+                                  "in a few seconds")
         try:
-            if not self._upload_slots.acquire(timeout=UPLOAD_WAIT_SECONDS):
-                raise busy
-            try:
-                pixels = load_model_input(data, self.encoders.manifest.image,
-                                          wait=max(0.0, deadline - time.monotonic()))
-            finally:
-                self._upload_slots.release()
+            pixels = load_model_input(data, self.encoders.manifest.image,
+                                      wait=max(0.0, deadline - time.monotonic()))
         finally:
-            self._upload_queue.release()
+            self._upload_slots.release()
         vector = self.encoders.image.encode(pixels[None])[0]
         return self._respond(vector, k, offset, window, sort, started, query="image")
 

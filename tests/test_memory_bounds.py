@@ -3,8 +3,10 @@ bounded number of upload decodes, and a scanner that reads no more of a file tha
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import io
+import os
 import struct
 import threading
 import zlib
@@ -22,6 +24,7 @@ from server.errors import ImageDecodeError, ServerBusyError
 from server.library import Library
 from server.preprocess import MAX_PIXELS, decode_photo
 from server.settings import data_paths
+from server.upload_gate import UploadGate
 from tests.conftest import skimage_data_dir
 
 
@@ -198,6 +201,61 @@ class TestUploads:
         by_bytes = library.search_image(photo, k=1)
         by_file = library.search_image(io.BytesIO(photo), k=1)
         assert by_bytes.results == by_file.results
+
+
+async def until(condition: Callable[[], bool]) -> None:
+    """Lets the event loop run until `condition` holds (bounded: it orders tasks, it times nothing)."""
+    for _ in range(10_000):
+        if condition():
+            return
+        await asyncio.sleep(0)
+    raise AssertionError("condition not reached")
+
+
+class TestUploadGate:
+    def test_a_few_decode_the_next_wait_and_the_rest_are_refused_at_once(self) -> None:
+        async def scenario() -> None:
+            gate = UploadGate(slots=1, queue=1, wait_s=60)
+            release = threading.Event()
+            entered: list[str] = []
+
+            def decode(name: str) -> str:
+                entered.append(name)
+                release.wait(30)
+                return name
+
+            first = asyncio.create_task(gate.run(lambda: decode("first")))
+            await until(lambda: entered == ["first"])
+            second = asyncio.create_task(gate.run(lambda: decode("second")))
+            await until(lambda: gate.admitted == 2)
+            with pytest.raises(ServerBusyError, match="try again"):
+                await gate.run(lambda: decode("third"))
+            assert entered == ["first"]  # the second waits its turn
+            release.set()
+            assert await asyncio.gather(first, second) == ["first", "second"]
+            assert gate.admitted == 0
+
+        asyncio.run(scenario())
+
+    def test_a_wait_that_runs_out_says_busy(self) -> None:
+        async def scenario() -> None:
+            gate = UploadGate(slots=1, queue=4, wait_s=0)
+            release = threading.Event()
+            first = asyncio.create_task(gate.run(lambda: release.wait(30)))
+            await until(lambda: gate.admitted == 1)
+            with pytest.raises(ServerBusyError):
+                await gate.run(lambda: True)
+            release.set()
+            await first
+            assert gate.admitted == 0 and await gate.run(lambda: "free again") == "free again"
+
+        asyncio.run(scenario())
+
+    def test_decodes_run_on_low_priority_threads_of_their_own(self) -> None:
+        gate = UploadGate(slots=2, queue=0, wait_s=0)
+        name, nice = asyncio.run(gate.run(lambda: (threading.current_thread().name,
+                                                   os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))))
+        assert name.startswith("upload-decode") and nice >= os.getpriority(os.PRIO_PROCESS, 0) + 1
 
 
 class CountingFile(io.FileIO):
