@@ -1,8 +1,9 @@
 """Text-search latency and server memory while bomb-sized photos are uploaded for search-by-photo; prints JSON.
 
 A real server on loopback over a synthetic index. Side by side in one run: a quiet phase (text queries
-alone) and a pressure phase (the same queries while N clients (threads of another process) keep uploading a ~80 kB PNG that decodes to
-81 MP, for a fixed time). The server's resident memory is sampled from /proc/PID/status every 50 ms.
+alone) and a pressure phase (the same queries while N clients, threads of another process, keep uploading
+a ~100 kB PNG that decodes to 81 MP, for a fixed time; a client told 503 tries again 0.2 s later).
+The server's resident memory is sampled from /proc/PID/status every 50 ms.
 
     .venv/bin/python bench/upload_pressure.py [--uploaders 16] [--seconds 20] [--queries 300] [--model BUNDLE]
 """
@@ -113,7 +114,8 @@ def uploader(port: int, payload: bytes, deadline: float, statuses: Counter, late
                 time.sleep(0.2)  # as a client told "try again" would, a little later
 
 
-def upload_clients(port: int, payload: bytes, clients: int, deadline: float, results) -> None:  # type: ignore[no-untyped-def]
+def upload_clients(port: int, payload: bytes, clients: int, deadline: float,
+                   results: multiprocessing.Queue) -> None:
     """`clients` upload loops on threads of this (separate) process, so the uploaders' own work does not
     delay the process that times the text queries; puts (statuses, latencies) on `results` at the end."""
     statuses: Counter = Counter()

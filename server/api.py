@@ -16,7 +16,7 @@ from litestar.params import MultipartBody, PathParameter, QueryParameter
 from litestar.response import File
 from litestar.status_codes import HTTP_202_ACCEPTED, HTTP_304_NOT_MODIFIED
 
-from server.background import return_free_memory
+from server.malloc import return_free_memory
 from server.errors import NotFoundError
 from server.library import (MAX_K, MAX_QUERY_CHARS, MAX_UPLOAD_BYTES, UPLOAD_DECODES, UPLOAD_QUEUE,
                             UPLOAD_WAIT_SECONDS)

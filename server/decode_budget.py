@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from server.errors import ServerBusyError
+from server.malloc import return_free_memory
 
 # 192 MB holds two 12 MP RGB photos with their copies, or one 45 MP camera raw-sized PNG; a bigger image
 # takes the whole budget alone. A Raspberry Pi with 1 GB can lower it, a big server raise it.
@@ -64,8 +65,6 @@ class DecodeBudget:
                 idle = self.used == 0
                 self._changed.notify_all()
             if idle and nbytes >= TRIM_AFTER_BYTES:
-                from server.background import return_free_memory  # here: background imports the Library
-
                 return_free_memory()  # the decoded pixels are gone; don't keep their pages
 
 

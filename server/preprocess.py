@@ -62,7 +62,7 @@ _DATETIME = 0x0132
 
 @dataclass(frozen=True)
 class DecodedPhoto:
-    image: Image.Image  # RGB, upright, possibly reduced by DCT scaling (short side >= min_side)
+    image: Image.Image  # RGB, upright, possibly reduced (DCT scaling, box reduction; short side >= min_side)
     width: int  # of the original, after EXIF orientation
     height: int
     taken_at: str | None  # EXIF capture time as ISO 8601 (local time, no zone), if recorded
@@ -133,7 +133,7 @@ def _decode_errors(prefix: str) -> Iterator[None]:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:  # PIL's backstop, above ours
         pixels = _PIL_PIXELS.search(str(exc))
-        size = f"{math.ceil(int(pixels.group(1)) / 1e6)} MP" if pixels else "more than 200 MP"
+        size = f"{math.ceil(int(pixels.group(1)) / 1e6)} MP" if pixels else f"over {PIL_BACKSTOP_PIXELS // 10**6} MP"
         raise ImageDecodeError(f"{prefix}{size}, over the {MAX_PIXELS / 1e6:.0f} MP limit") from exc
     except UnidentifiedImageError as exc:
         reason = _FILE_OBJECT_REPR.sub("", str(exc))
