@@ -83,6 +83,15 @@ class TestPixelLimit:
         assert Image.MAX_IMAGE_PIXELS is None or Image.MAX_IMAGE_PIXELS >= MAX_PIXELS
 
 
+def test_only_the_preprocessing_module_opens_images() -> None:
+    """Every photo the project reads goes through server.preprocess: one pixel limit, one decode budget."""
+    repo = Path(__file__).resolve().parents[1]
+    offenders = [str(path.relative_to(repo)) for folder in ("server", "training", "export")
+                 for path in sorted((repo / folder).rglob("*.py"))
+                 if path != repo / "server" / "preprocess.py" and "Image.open(" in path.read_text()]
+    assert offenders == [], "open photos with server.preprocess.open_photo / decode_photo"
+
+
 class TestDecodeBudget:
     def test_a_second_reservation_waits_until_the_first_is_released(self) -> None:
         budget = DecodeBudget(100)
