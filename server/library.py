@@ -257,7 +257,11 @@ class Library:
         uploads are being decoded (or the decode budget is taken) for longer than UPLOAD_WAIT_SECONDS."""
         started = time.perf_counter()
         window = _validate(k, offset, date_from, date_to, sort)
-        size = len(data) if isinstance(data, bytes) else data.seek(0, os.SEEK_END)
+        if isinstance(data, bytes):
+            size = len(data)
+        else:  # (tell(), not seek()'s result: SpooledTemporaryFile.seek returns None before Python 3.11)
+            data.seek(0, os.SEEK_END)
+            size = data.tell()
         if not size:
             raise InvalidQueryError("the uploaded file is empty")
         if size > MAX_UPLOAD_BYTES:
