@@ -5,7 +5,8 @@ from __future__ import annotations
 import mimetypes
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from functools import partial
+from typing import TYPE_CHECKING, Annotated, Any, BinaryIO, Literal
 
 import msgspec
 from litestar import Controller, Request, Response, get, post
@@ -15,12 +16,14 @@ from litestar.params import MultipartBody, PathParameter, QueryParameter
 from litestar.response import File
 from litestar.status_codes import HTTP_202_ACCEPTED, HTTP_304_NOT_MODIFIED
 
-from server.background import return_free_memory
-from server.library import MAX_K, MAX_OFFSET, MAX_PHOTO_ID, MAX_QUERY_CHARS, MAX_UPLOAD_BYTES
+from server.library import (MAX_K, MAX_OFFSET, MAX_PHOTO_ID, MAX_QUERY_CHARS, MAX_UPLOAD_BYTES,
+                            UPLOAD_DECODES, UPLOAD_QUEUE, UPLOAD_WAIT_SECONDS)
+from server.malloc import return_free_memory
 from server.pathnames import display
 from server.schemas import ErrorBody, SearchResponse, StatusResponse
 from server.store import PhotoRecord
 from server.thumbnails import DEFAULT_SIZE, THUMBNAIL_SIZES, ThumbnailCache, snap_size, thumbnail_etag
+from server.upload_gate import UploadGate
 
 if TYPE_CHECKING:
     from server.background import BackgroundIndexer
@@ -28,6 +31,7 @@ if TYPE_CHECKING:
 
 # Uploads for search-by-example: the Library's cap plus room for the multipart envelope; more gets a 413.
 MAX_REQUEST_BYTES = MAX_UPLOAD_BYTES + 64 * 1024
+UPLOAD_GATE = UploadGate(UPLOAD_DECODES, UPLOAD_QUEUE, UPLOAD_WAIT_SECONDS)
 THUMBNAIL_CACHE_CONTROL = "private, max-age=86400"  # revalidated with the ETag after a day
 ORIGINAL_CACHE_CONTROL = "private, max-age=3600"
 
@@ -68,6 +72,8 @@ NOT_MODIFIED = {304: ResponseSpec(data_container=None, description="If-None-Matc
 UPLOAD_ERRORS = {413: _error(f"the upload is over {MAX_UPLOAD_BYTES // (1024 * 1024)} MB"),
                  422: _error("the upload is not a readable photo (or too many pixels)")}
 NO_MODEL = {503: _error("the model bundle cannot be used; `detail` says how to fix it")}
+UPLOAD_BUSY = {503: _error("busy decoding other uploads (try again after Retry-After seconds), or the model "
+                           "bundle cannot be used; `detail` says which")}
 
 
 class PhotoInfo(msgspec.Struct):
@@ -144,20 +150,24 @@ class SearchController(Controller):
         library: Library = state.library
         return library.search_text(q, k=k, offset=offset, date_from=date_from, date_to=date_to, sort=sort)
 
-    @post("/image", sync_to_thread=True, status_code=200, request_max_body_size=MAX_REQUEST_BYTES,
+    @post("/image", status_code=200, request_max_body_size=MAX_REQUEST_BYTES,
           summary="Photos like an uploaded photo (multipart field 'file')",
-          responses={**BAD_QUERY, **UPLOAD_ERRORS, **NO_MODEL})
-    def by_image(self, state: State, data: MultipartBody[ImageUpload],
-                 k: KParam = 20, offset: OffsetParam = 0, sort: SortParam = "relevance",
-                 date_from: FromParam = None, date_to: ToParam = None) -> SearchResponse:
+          responses={**BAD_QUERY, **UPLOAD_ERRORS, **UPLOAD_BUSY})
+    async def by_image(self, state: State, data: MultipartBody[ImageUpload],
+                       k: KParam = 20, offset: OffsetParam = 0, sort: SortParam = "relevance",
+                       date_from: FromParam = None, date_to: ToParam = None) -> SearchResponse:
         library: Library = state.library
-        payload = data.file.file.read()
-        try:
-            return library.search_image(payload, k=k, offset=offset, date_from=date_from, date_to=date_to,
-                                        sort=sort)
-        finally:
-            del payload
-            return_free_memory()  # a decoded camera photo is tens of MB; don't keep it for the next one
+        # On a decode thread of UPLOAD_GATE's, once it has one free; waiting for it happens on the event loop,
+        # so the worker threads that text searches run on stay free.
+        return await UPLOAD_GATE.run(partial(_search_upload, library, data.file.file, k=k, offset=offset,
+                                             date_from=date_from, date_to=date_to, sort=sort))
+
+
+def _search_upload(library: "Library", upload: BinaryIO, **query: Any) -> SearchResponse:
+    try:  # the upload's spooled file, read in place: no second copy of its bytes
+        return library.search_image(upload, **query)
+    finally:
+        return_free_memory()  # a decoded camera photo is tens of MB; don't keep it for the next one
 
 
 class ImagesController(Controller):

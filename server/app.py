@@ -25,7 +25,7 @@ from litestar.types import ASGIApp, Message, Receive, Scope, Send
 from server.api import ImagesController, IndexController, SearchController, etag_matches, health
 from server.background import BackgroundIndexer, limit_malloc_arenas
 from server.errors import (BundleError, ClipalbumError, ImageDecodeError, InvalidQueryError, NotFoundError,
-                           NoVectorError)
+                           NoVectorError, ServerBusyError)
 from server.library import IndexBusyError
 from server.security import AccessPolicy, SessionController, access_middleware, is_loopback
 from server.pathnames import display
@@ -64,6 +64,7 @@ ERROR_STATUS: dict[type[ClipalbumError], int] = {
     NoVectorError: 409,  # the photo exists, but its state (pending, unreadable) allows no "more like this"
     ImageDecodeError: 422,
     BundleError: 503,
+    ServerBusyError: 503,
     ClipalbumError: 500,
 }
 
@@ -73,6 +74,9 @@ INTERNAL_ERROR_DETAIL = "internal error; see the server log"
 
 def _error_response(request: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, str]]:
     status = next((code for cls, code in ERROR_STATUS.items() if isinstance(exc, cls)), 500)  # most specific first
+    if isinstance(exc, ServerBusyError):  # load shedding, not a fault: say when to come back
+        log.info("%s %s refused: %s", request.method, request.url.path, exc)
+        return Response(content={"detail": str(exc)}, status_code=status, headers={"Retry-After": "5"})
     if status >= 500:
         log.error("%s %s failed: %s", request.method, request.url.path, exc)
     return Response(content={"detail": str(exc)}, status_code=status)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import ctypes
-import functools
 import logging
 import threading
 import time
@@ -11,37 +9,12 @@ from typing import TYPE_CHECKING, Literal
 
 from server.errors import ClipalbumError
 from server.library import IndexBusyError
+from server.malloc import limit_malloc_arenas, return_free_memory  # noqa: F401  (app, demo, bench import it from here)
 
 if TYPE_CHECKING:
     from server.library import Library
 
 log = logging.getLogger(__name__)
-
-M_ARENA_MAX = -8  # glibc mallopt parameter
-
-
-@functools.cache  # loaded once: return_free_memory runs after every scan and photo upload
-def _libc() -> ctypes.CDLL | None:
-    try:
-        return ctypes.CDLL("libc.so.6")
-    except OSError:  # not glibc (macOS, musl): these are only optimisations
-        return None
-
-
-def limit_malloc_arenas(arenas: int = 2) -> None:
-    """Caps glibc's per-thread heaps; call before threads start. Each worker thread otherwise gets a heap
-    that keeps what it freed (decode threads, API threads), which grew the server by tens of MB."""
-    libc = _libc()
-    if libc is not None and hasattr(libc, "mallopt"):
-        libc.mallopt(M_ARENA_MAX, arenas)
-
-
-def return_free_memory() -> None:
-    """Gives memory freed after a scan or a photo upload back to the system (glibc's malloc_trim)."""
-    libc = _libc()
-    if libc is not None and hasattr(libc, "malloc_trim"):
-        libc.malloc_trim(0)
-
 
 class BackgroundIndexer:
     """Runs Library.index() on one thread, so queries keep being answered while photos are embedded.

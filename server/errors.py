@@ -23,3 +23,7 @@ class InvalidQueryError(ClipalbumError):
 
 class NoVectorError(ClipalbumError):
     """A photo the index knows but has no vector for yet (waiting to be embedded, or unreadable)."""
+
+
+class ServerBusyError(ClipalbumError):
+    """The server is at its limit for this kind of work (decoding uploads) right now; try again shortly."""

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import date
 from pathlib import Path
-from typing import Literal
+from typing import BinaryIO, Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -22,7 +22,7 @@ import numpy.typing as npt
 from server.ann import AnnIndex
 from server.containment import servable_path
 from server.encoders import Encoders, load_encoders
-from server.errors import ClipalbumError, InvalidQueryError, NotFoundError, NoVectorError
+from server.errors import ClipalbumError, InvalidQueryError, NotFoundError, NoVectorError, ServerBusyError
 from server.model_resolver import resolve_bundle
 from server.pathnames import display
 from server.preprocess import load_model_input
@@ -40,6 +40,11 @@ MAX_K = 200
 MAX_OFFSET = 10_000
 MAX_UPLOAD_BYTES = 25 * 1024 * 1024
 MAX_PHOTO_ID = 2**63 - 1  # SQLite's INTEGER PRIMARY KEY range: larger ids cannot exist (nor be bound)
+# Search-by-photo uploads decoded at once (a second core stays free for text search), and how long an
+# upload waits for a slot and for the decode budget before the API answers 503 "try again".
+UPLOAD_DECODES = max(1, (os.cpu_count() or 2) // 2)
+UPLOAD_WAIT_SECONDS = 10.0
+UPLOAD_QUEUE = 8  # uploads the API lets wait for a slot (each holds its request body); more get 503 at once
 DATE_SORT_POOL = 500  # sort="date" orders this many most relevant hits by capture time
 EXACT_FILTER_MAX = 2_000  # a date window holding fewer photos than this is ranked exactly, without the ANN
 COMPACT_MIN_REMOVED = 1000  # rebuild the ANN index once this many (and a fifth of it) were removed
@@ -70,6 +75,7 @@ class Library:
         # `--follow-links-outside` turned it on for this data directory.
         self.follow_links_outside = store.get_meta("follow_links_outside") == "1"
         self._scan_lock = threading.Lock()
+        self._upload_slots = threading.BoundedSemaphore(UPLOAD_DECODES)
         self.ann = AnnIndex(self.embed_dim)
         self._ann_generation = 0  # the SQLite generation the in-memory ANN index reflects
         self._follow_lock = threading.Lock()  # one catch-up with other processes' commits at a time
@@ -290,17 +296,38 @@ class Library:
         return self._respond(vector, k, offset, window, sort, started, query=f"similar:{photo_id}",
                              exclude=photo_id)
 
-    def search_image(self, data: bytes, k: int = 20, offset: int = 0, date_from: str | None = None,
+    def search_image(self, data: bytes | BinaryIO, k: int = 20, offset: int = 0, date_from: str | None = None,
                      date_to: str | None = None, sort: SortOrder = "relevance") -> SearchResponse:
-        """Photos like an uploaded photo. Raises ImageDecodeError when `data` is not a readable image."""
+        """Photos like an uploaded photo (its bytes, or a file object holding them, read in place).
+
+        Raises ImageDecodeError when it is not a readable image, ServerBusyError when UPLOAD_DECODES other
+        uploads are being decoded (or the decode budget is taken) for longer than UPLOAD_WAIT_SECONDS."""
         started = time.perf_counter()
         window = _validate(k, offset, date_from, date_to, sort)
-        if not data:
+        if isinstance(data, bytes):
+            size = len(data)
+        else:  # (tell(), not seek()'s result: SpooledTemporaryFile.seek returns None before Python 3.11)
+            data.seek(0, os.SEEK_END)
+            size = data.tell()
+        if not size:
             raise InvalidQueryError("the uploaded file is empty")
-        if len(data) > MAX_UPLOAD_BYTES:
-            raise InvalidQueryError(f"the uploaded file is {len(data) / 1e6:.1f} MB; the limit is "
+        if size > MAX_UPLOAD_BYTES:
+            raise InvalidQueryError(f"the uploaded file is {size / 1e6:.1f} MB; the limit is "
                                     f"{MAX_UPLOAD_BYTES / 1e6:.0f} MB")
-        pixels = load_model_input(data, self.encoders.manifest.image)
+        if not isinstance(data, bytes):
+            data.seek(0)
+        deadline = time.monotonic() + UPLOAD_WAIT_SECONDS
+        # Uploads take one of a few decode slots (and then the process's decode budget) rather than all
+        # decoding at once: 16 bomb-sized PNGs would otherwise take gigabytes and every core from search.
+        # (The API queues them before this, on the event loop: see UploadGate.)
+        if not self._upload_slots.acquire(timeout=UPLOAD_WAIT_SECONDS):
+            raise ServerBusyError(f"the server is decoding {UPLOAD_DECODES} other uploaded photos; try again "
+                                  "in a few seconds")
+        try:
+            pixels = load_model_input(data, self.encoders.manifest.image,
+                                      wait=max(0.0, deadline - time.monotonic()))
+        finally:
+            self._upload_slots.release()
         vector = self.encoders.image.encode(pixels[None])[0]
         return self._respond(vector, k, offset, window, sort, started, query="image")
 

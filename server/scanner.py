@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 import msgspec
 import numpy as np
@@ -23,7 +24,7 @@ from server.bundle import ImageSpec
 from server.containment import is_inside
 from server.encoders import Encoders
 from server.errors import BundleError, ImageDecodeError
-from server.preprocess import PHOTO_SUFFIXES, decode_photo, to_model_input
+from server.preprocess import PHOTO_SUFFIXES, decode_photo, open_photo, to_model_input
 from server.schemas import ScanProgress
 from server.store import Changes, FileState, PhotoFields, Store
 
@@ -200,9 +201,19 @@ def walk_album(root: Path, skip: frozenset[str] = frozenset(), follow_outside: b
     return AlbumWalk([root], skip, follow_outside).files(root)
 
 
-def content_hash(data: bytes) -> str:
-    """Identifies a photo's bytes, to recognise a moved or copied file without decoding it."""
-    return hashlib.sha256(data).hexdigest()
+HASH_CHUNK = 1 << 20  # bytes read at a time when hashing: the file is never held whole
+
+
+def content_hash(f: BinaryIO) -> str:
+    """Identifies a photo's bytes (sha256 of the whole file, read in chunks from the start), to recognise
+    a moved or copied file without decoding it."""
+    digest = hashlib.sha256()
+    f.seek(0)
+    buffer = bytearray(HASH_CHUNK)
+    view = memoryview(buffer)
+    while n := f.readinto(buffer):
+        digest.update(view[:n])
+    return digest.hexdigest()
 
 
 @dataclass
@@ -234,29 +245,41 @@ class Prepared:
 
 
 def prepare(item: WorkItem, spec: ImageSpec, known_hashes: frozenset[str] | set[str]) -> Prepared:
-    """Reads, hashes and (unless its content is already embedded) decodes one file. Never raises."""
+    """Identifies, hashes and (unless its content is already embedded) decodes one file. Never raises.
+
+    A file is read only as far as it takes to decide: its header first, so a file that is not a photo
+    (however big) is refused after a few kB; then the hash, streamed; then the decode, from the same file.
+    """
     try:
         with open(item.path, "rb") as f:
             st = os.fstat(f.fileno())
-            data = f.read()
+            out = Prepared(item, st.st_size, st.st_mtime_ns)
+            if st.st_size == 0:
+                out.error = "empty file (0 bytes)"
+            else:
+                _identify_and_decode(f, out, spec, known_hashes)
     except OSError as exc:
         return Prepared(item, item.size, item.mtime_ns, error=f"cannot read the file: {exc.strerror or exc}")
-    out = Prepared(item, st.st_size, st.st_mtime_ns, content_hash=content_hash(data))
-    if not data:
-        out.error = "empty file (0 bytes)"
-        return out
-    if out.content_hash in known_hashes:
-        out.known_content = True
-        return out
+    return out
+
+
+def _identify_and_decode(f: BinaryIO, out: Prepared, spec: ImageSpec, known_hashes: frozenset[str] | set[str]) -> None:
     try:
-        photo = decode_photo(data, min_side=spec.size)
+        open_photo(f)  # the header alone: not an image, or over the pixel limit, ends here
+        out.content_hash = content_hash(f)
+        if out.content_hash in known_hashes:
+            out.known_content = True
+            return
+        f.seek(0)
+        photo = decode_photo(f, min_side=spec.size)
         out.pixels = to_model_input(photo.image, spec)
         out.width, out.height, out.taken_at = photo.width, photo.height, photo.taken_at
     except ImageDecodeError as exc:  # the reason alone: status lists it beside the path
         out.error = str(exc)
+    except OSError:
+        raise  # reading the file failed: prepare() records it as unreadable
     except Exception as exc:  # a decoder bug on one odd file must not stop the scan
         out.error = f"{exc.__class__.__name__}: {exc}"
-    return out
 
 
 def _prefetch(pool: ThreadPoolExecutor, fn: Callable[[WorkItem], Prepared], items: Iterable[WorkItem],

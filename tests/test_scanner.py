@@ -213,7 +213,7 @@ class TestBrokenFiles:
         side = int((MAX_PIXELS * 1.2) ** 0.5)
         Image.new("1", (side, side)).save(sample_album / "bomb.png")  # small file, 120 MP when decoded
         assert library.index().failed == 1
-        assert "limit" in library.status().errors[0].error
+        assert f"{side}x{side} is 120 MP, over the 100 MP limit" in library.status().errors[0].error
 
 
 class TestPhotoMetadata:

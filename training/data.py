@@ -12,11 +12,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from server.bundle import ImageSpec, TextSpec
 from server.errors import ImageDecodeError
-from server.preprocess import PHOTO_SUFFIXES, decode_photo, to_model_input
+from server.preprocess import PHOTO_SUFFIXES, decode_photo, open_photo, to_model_input
 from server.textprep import TextTokenizer
 from training.config import DataCfg, SourceCfg
 
@@ -179,12 +179,12 @@ def images_dir(source: SourceCfg) -> Path:
 
 
 def _readable(path: Path) -> bool:
-    """True if the photo's header opens (a cheap check; full decoding happens in training)."""
+    """True if the photo's header opens within the pixel limit (a cheap check; full decoding happens in
+    training), judged by the same guard as serving."""
     try:
-        with Image.open(path) as img:
-            img.size  # noqa: B018 - the header is parsed on open; touching size keeps linters quiet
+        open_photo(path).close()
         return True
-    except (UnidentifiedImageError, OSError, ValueError):
+    except ImageDecodeError:
         return False
 
 

@@ -1,0 +1,85 @@
+"""Decodes search-by-photo uploads on a few threads of their own; the uploads waiting for one wait on the
+event loop."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import threading
+import weakref
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import TypeVar
+
+from server.errors import ServerBusyError
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+# Upload decode threads run at this nice level: a 81 MP PNG takes ~0.4 s of a core, and at equal
+# priority it slowed the text encoder's threads beside it (text search p99 x3 while uploads ran).
+DECODE_NICE = 10
+
+
+def _lower_priority() -> None:
+    """Raises the calling thread's nice level (Linux: nice is per thread). Elsewhere a no-op."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), DECODE_NICE)
+    except (AttributeError, OSError) as exc:
+        log.debug("upload decode threads keep normal priority: %s", exc)
+
+
+class UploadGate:
+    """At most `slots` uploads decode at once, on `slots` low-priority threads of their own; at most
+    `queue` more wait, each for at most `wait_s` seconds; the rest are refused at once (ServerBusyError:
+    503, try again).
+
+    Waiting happens on the event loop, not in a worker thread: the API's thread pool is small (asyncio's
+    default: cores + 4), and uploads parked on its threads kept text searches waiting for seconds.
+    One semaphore per event loop (asyncio primitives belong to the loop that first uses them).
+    """
+
+    def __init__(self, slots: int, queue: int, wait_s: float) -> None:
+        self.slots, self.queue, self.wait_s = slots, queue, wait_s
+        self._semaphores: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] = (
+            weakref.WeakKeyDictionary())
+        self._pool: ThreadPoolExecutor | None = None  # started on first use: importing the API starts nothing
+        self.admitted = 0  # decoding or waiting (only the event loop's thread changes it)
+
+    def _semaphore(self) -> asyncio.Semaphore:
+        loop = asyncio.get_running_loop()
+        semaphore = self._semaphores.get(loop)
+        if semaphore is None:
+            semaphore = self._semaphores[loop] = asyncio.Semaphore(self.slots)
+        return semaphore
+
+    def _executor(self) -> ThreadPoolExecutor:
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(self.slots, thread_name_prefix="upload-decode",
+                                            initializer=_lower_priority)
+        return self._pool
+
+    async def run(self, fn: Callable[[], T]) -> T:
+        """Runs `fn` on an upload decode thread once a slot is free."""
+        busy = ServerBusyError(f"the server is decoding {self.slots} other uploaded photos; try again in a few "
+                               "seconds")
+        if self.admitted >= self.slots + self.queue:
+            raise busy
+        semaphore = self._semaphore()
+        self.admitted += 1
+        try:
+            if semaphore.locked():  # (a free slot is taken without waiting, whatever wait_s is)
+                try:
+                    await asyncio.wait_for(semaphore.acquire(), self.wait_s)
+                except asyncio.TimeoutError:
+                    raise busy from None
+            else:
+                await semaphore.acquire()
+            try:
+                return await asyncio.get_running_loop().run_in_executor(self._executor(), fn)
+            finally:
+                semaphore.release()
+        finally:
+            self.admitted -= 1
