@@ -10,8 +10,10 @@ import os
 import struct
 import threading
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Coroutine, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any, TypeVar
 
 import pytest
 from PIL import Image
@@ -26,6 +28,14 @@ from server.preprocess import MAX_PIXELS, decode_photo
 from server.settings import data_paths
 from server.upload_gate import UploadGate
 from tests.conftest import skimage_data_dir
+
+T = TypeVar("T")
+
+
+def run_in_own_loop(coro: Coroutine[Any, Any, T]) -> T:
+    """asyncio.run on a thread of its own: the browser tests' Playwright keeps a loop running in this one."""
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, coro).result()
 
 
 def png_header(width: int, height: int) -> bytes:
@@ -244,7 +254,7 @@ class TestUploadGate:
             assert await asyncio.gather(first, second) == ["first", "second"]
             assert gate.admitted == 0
 
-        asyncio.run(scenario())
+        run_in_own_loop(scenario())
 
     def test_a_wait_that_runs_out_says_busy(self) -> None:
         async def scenario() -> None:
@@ -258,11 +268,11 @@ class TestUploadGate:
             await first
             assert gate.admitted == 0 and await gate.run(lambda: "free again") == "free again"
 
-        asyncio.run(scenario())
+        run_in_own_loop(scenario())
 
     def test_decodes_run_on_low_priority_threads_of_their_own(self) -> None:
         gate = UploadGate(slots=2, queue=0, wait_s=0)
-        name, nice = asyncio.run(gate.run(lambda: (threading.current_thread().name,
+        name, nice = run_in_own_loop(gate.run(lambda: (threading.current_thread().name,
                                                    os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))))
         assert name.startswith("upload-decode") and nice >= os.getpriority(os.PRIO_PROCESS, 0) + 1
 
