@@ -97,6 +97,7 @@ def test_kill_9_at_random_points_of_index_runs(tmp_path: Path, bundle224: Path) 
             landed.append(where)
         run_to_end(command)
         assert_sound_index(data, bundle224, album, before)
+    print(f"index kills ({round_no + 1} runs): {landed}")
     assert len(landed) == INDEX_KILLS, landed
 
 
@@ -169,6 +170,7 @@ def test_kill_9_at_random_points_of_serve_runs(tmp_path: Path, bundle224: Path) 
     write_variants(skimage_data_dir(), list(SAMPLE_PHOTOS), album, 120, side=256)
     database = data_paths(data).database
     landed: list[str] = []
+    answered = 0
     for round_no in range(3 * SERVE_KILLS):
         if len(landed) == SERVE_KILLS:
             break
@@ -200,9 +202,12 @@ def test_kill_9_at_random_points_of_serve_runs(tmp_path: Path, bundle224: Path) 
             landed.append(where)
         server_errors = [s for s in statuses if s[1] >= 500]
         assert not server_errors, (server_errors[:5], log_file.read_text(errors="replace")[-3000:])
-        run_to_end(index_command(None, data, bundle224))
+        run_to_end(index_command(album, data, bundle224))  # the kill may have come before serve added it
         assert_sound_index(data, bundle224, album, before)
+        answered += len(statuses)
+    print(f"serve kills ({round_no + 1} runs, {answered} responses before the kills): {landed}")
     assert len(landed) == SERVE_KILLS, landed
+    assert answered > 0  # the query rounds did query
 
 
 # -- a full disk ----------------------------------------------------------------------------------------------
