@@ -197,6 +197,57 @@ def summarise(load: Load, elapsed: float) -> dict[str, object]:
                                     "per_s": round(len(every) / elapsed, 1)}}
 
 
+def measure(args: argparse.Namespace, bundle: Path, album: Path, photos: list[Path], texts: list[str],
+            uploads: list[bytes], work: Path) -> dict[str, object]:
+    """One load run on a fresh server process (the album indexed first; the rescan's photos not yet there)."""
+    data, added_album, staging = work / "data", work / "added", work / "staging"
+    shutil.rmtree(added_album, ignore_errors=True)  # an earlier run's: the rescan must find new photos
+    shutil.rmtree(staging, ignore_errors=True)
+    added_album.mkdir(parents=True)
+    started = time.monotonic()
+    first_index = run_index(album, data, bundle)
+    run_index(added_album, data, bundle)  # the second album folder, empty for now
+    index_seconds = round(time.monotonic() - started, 1)
+    new_photos = make_new_photos(photos, staging, args.new_photos)
+
+    def trigger_rescan() -> None:  # the photos appear at once, as a copy from a phone would finish
+        for photo in new_photos:
+            photo.rename(added_album / photo.name)
+
+    import httpx
+
+    port = free_port()
+    load_before = load_average()
+    proc = start_serve([album, added_album], data, bundle, port, work / "serve.log")
+    try:
+        cpu_before = proc_cpu_seconds(proc.pid)
+        load = Load(texts, uploads, args.seed)
+        elapsed = asyncio.run(drive(f"http://127.0.0.1:{port}", load, args.clients, args.seconds,
+                                    args.rescan_at, trigger_rescan))
+        cpu = proc_cpu_seconds(proc.pid) - cpu_before
+        memory = proc_memory_mb(proc.pid)
+        status = httpx.get(f"http://127.0.0.1:{port}/api/status", timeout=60).json()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)
+    rescan = load.rescan
+    return {
+        "seconds": round(elapsed, 1),
+        "album": {"photos": first_index["scanned"], "index_seconds": index_seconds},
+        "rescan": {"new_photos": args.new_photos, "requested_at_s": args.rescan_at,
+                   "refresh_status": rescan.get("refresh_status"),
+                   "seen_running_by_status_polls": rescan.get("seen_running", False),
+                   "took_s": round(rescan["finished_at"] - rescan["requested_at"], 1)
+                   if "finished_at" in rescan else None,
+                   "indexed_at_end": status["indexed"], "failed_at_end": status["failed"]},
+        **summarise(load, elapsed),
+        "server": {"cpu_seconds": round(cpu, 1), "cpu_ms_per_request": round(cpu * 1000 / max(1, sum(
+            len(v) for v in load.latencies.values())), 2), "rss_mb_at_end": memory["VmRSS"],
+                   "peak_rss_mb": memory["VmHWM"]},
+        "load_average_before": load_before, "load_average_after": load_average(),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--clients", type=int, default=50)
@@ -212,59 +263,18 @@ def main() -> None:
     from server.bundle import read_manifest
 
     bundle = resolve_model(args.model)
-    model_id = read_manifest(bundle).model_id
     album, photos, album_source = album_photos()
     texts, text_source = queries(args.distinct_queries)
     uploads = [p.read_bytes() for p in photos[:: max(1, len(photos) // 8)][:8]]
     work = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="clipalbum-load-"))
+    report: dict[str, object] = {
+        "bench": "load_mixed", "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+        "model": read_manifest(bundle).model_id, "clients": args.clients, "mix_weights": MIX,
+        "album": album_source, "queries": {"from": text_source, "distinct": len(set(texts))},
+        "note": "the load generator runs on the same machine as the server",
+    }
     try:
-        data, added_album, staging = work / "data", work / "added", work / "staging"
-        shutil.rmtree(added_album, ignore_errors=True)  # a kept work folder: the rescan must find new photos
-        shutil.rmtree(staging, ignore_errors=True)
-        added_album.mkdir(parents=True)
-        started = time.monotonic()
-        first_index = run_index(album, data, bundle)
-        run_index(added_album, data, bundle)  # the second album folder, empty for now
-        index_seconds = round(time.monotonic() - started, 1)
-        new_photos = make_new_photos(photos, staging, args.new_photos)
-
-        def trigger_rescan() -> None:  # the photos appear at once, as a copy from a phone would finish
-            for photo in new_photos:
-                photo.rename(added_album / photo.name)
-
-        port = free_port()
-        load_before = load_average()
-        proc = start_serve([album, added_album], data, bundle, port, work / "serve.log")
-        try:
-            cpu_before = proc_cpu_seconds(proc.pid)
-            load = Load(texts, uploads, args.seed)
-            elapsed = asyncio.run(drive(f"http://127.0.0.1:{port}", load, args.clients, args.seconds,
-                                        args.rescan_at, trigger_rescan))
-            cpu = proc_cpu_seconds(proc.pid) - cpu_before
-            memory = proc_memory_mb(proc.pid)
-            import httpx
-
-            status = httpx.get(f"http://127.0.0.1:{port}/api/status", timeout=60).json()
-        finally:
-            proc.terminate()
-            proc.wait(timeout=60)
-        rescan = load.rescan
-        report = {
-            "bench": "load_mixed", "machine": f"{platform.machine()}, {os.cpu_count()} cores",
-            "model": model_id, "clients": args.clients, "seconds": round(elapsed, 1), "mix_weights": MIX,
-            "album": {"source": album_source, "photos": first_index["scanned"], "index_seconds": index_seconds},
-            "queries": {"from": text_source, "distinct": len(set(texts))},
-            "rescan": {"new_photos": args.new_photos, "requested_at_s": args.rescan_at,
-                       "refresh_status": rescan.get("refresh_status"),
-                       "seen_running_by_status_polls": rescan.get("seen_running", False),
-                       "took_s": round(rescan["finished_at"] - rescan["requested_at"], 1)
-                       if "finished_at" in rescan else None,
-                       "indexed_at_end": status["indexed"], "failed_at_end": status["failed"]},
-            **summarise(load, elapsed),
-            "server": {"cpu_seconds": round(cpu, 1), "rss_mb_at_end": memory["VmRSS"],
-                       "peak_rss_mb": memory["VmHWM"]},
-            "load_average_before": load_before, "load_average_after": load_average(),
-        }
+        report.update(measure(args, bundle, album, photos, texts, uploads, work))
         print(json.dumps(report, indent=2))
     finally:
         if not args.keep:

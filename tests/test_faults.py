@@ -9,6 +9,7 @@ import errno
 import hashlib
 import io
 import random
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -267,6 +268,44 @@ def test_disk_full_mid_index_is_a_clear_error_then_a_rerun_completes(tmp_path: P
         filler.unlink()
         run_to_end(index_command(album, data, tiny_bundle))
         assert_sound_index(data, tiny_bundle, album, before)
+
+
+def test_disk_full_under_a_running_server_shows_in_status_and_a_rescan_recovers(tmp_path: Path,
+                                                                                tiny_bundle: Path) -> None:
+    album, data = tmp_path / "album", tmp_path / "data"
+    write_variants(skimage_data_dir(), list(SAMPLE_PHOTOS), album, 60, side=160)
+    log_file = tmp_path / "serve.log"
+    with mounted(data, "-t", "tmpfs", "-o", "size=8m", "tmpfs"), \
+            serving(album, data, tiny_bundle, log_file) as (proc, base):
+        wait_health(proc, base, log_file)
+        with httpx.Client(base_url=base, timeout=30) as client:
+            wait_scan(client, lambda status: status["indexed"] == 60)
+            write_variants(skimage_data_dir(), list(SAMPLE_PHOTOS), album / "more", 400, side=150)
+            before = snapshot(album)
+            filler = fill_disk(data, leave=160 * 1024)
+            client.post("/api/index/refresh").raise_for_status()
+            stopped = wait_scan(client, lambda status: status["progress"]["phase"] == "error")
+            assert "no space left on the disk" in stopped["progress"]["message"], stopped["progress"]
+            assert client.get("/api/search", params={"q": "a cat"}).status_code == 200  # still answers
+
+            filler.unlink()
+            client.post("/api/index/refresh").raise_for_status()
+            wait_scan(client, lambda status: status["indexed"] == 460)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0, log_file.read_text(errors="replace")
+        assert "Traceback" not in log_file.read_text(errors="replace")
+        assert_sound_index(data, tiny_bundle, album, before)
+
+
+def wait_scan(client: httpx.Client, done: Callable[[dict], bool], timeout: float = 120) -> dict:
+    """Polls /api/status until no scan runs and `done(status)` holds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        status = client.get("/api/status").json()
+        if not status["progress"]["running"] and done(status):
+            return status
+        time.sleep(0.1)
+    raise AssertionError(f"status never got there: {status}")
 
 
 def test_injected_enospc_mid_index_then_a_rerun_completes(tmp_path: Path, tiny_bundle: Path,
