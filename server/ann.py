@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import threading
@@ -109,11 +110,19 @@ class AnnIndex:
         """Atomic save: write a temporary file, fsync it, rename over the old one, fsync the folder."""
         path = Path(path)
         tmp = path.with_name(path.name + ".tmp")
-        with self._lock:
-            self._index.save(str(tmp))
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        try:
+            with self._lock:
+                _reserve(tmp, self._index.serialized_length)
+                try:
+                    self._index.save(str(tmp))
+                except RuntimeError as exc:  # usearch says only "Failed to serialize into stream"
+                    raise OSError(errno.EIO, f"cannot write the vector index {tmp}: {exc}") from exc
+            with open(tmp, "rb+") as f:
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)  # a partial file on a full disk would only take more of it
+            raise
         try:
             fd = os.open(path.parent, os.O_RDONLY)
         except OSError:  # some platforms can't open folders; the rename is still atomic
@@ -122,3 +131,16 @@ class AnnIndex:
             os.fsync(fd)
         finally:
             os.close(fd)
+
+
+def _reserve(path: Path, size: int) -> None:
+    """Creates `path` with `size` bytes allocated, so a full disk fails here with ENOSPC (a clear error)."""
+    with open(path, "wb") as f:
+        if not hasattr(os, "posix_fallocate"):  # macOS
+            return
+        try:
+            os.posix_fallocate(f.fileno(), 0, max(1, size))
+        except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            # EOPNOTSUPP/EINVAL: the filesystem cannot preallocate; usearch's own write reports failures

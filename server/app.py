@@ -54,6 +54,9 @@ def _default_web_dir() -> Path:
 
 DEFAULT_WEB_DIR = _default_web_dir()
 OPENAPI_PATH = "/schema"  # JSON at /schema/openapi.json
+# uvicorn's default, 5 s, closed idle connections just as busy clients reused them (connection resets in
+# bench/load_mixed.py); browsers keep idle connections for minutes. nginx's default:
+KEEP_ALIVE_S = 75
 STOP_TIMEOUT_S = 5.0  # how long shutdown waits for a running scan before leaving it to the next start
 
 # Our exceptions -> HTTP status. Litestar picks the most specific class, so ClipalbumError is the fallback.
@@ -256,7 +259,8 @@ def serve_library(library: "Library", host: str = "127.0.0.1", port: int = 8000,
         print(f"clipalbum: {line}", flush=True)
     level = "info" if logging.getLogger().isEnabledFor(logging.INFO) else "warning"
     server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level=level,
-                                           access_log=level == "info", lifespan="on"))
+                                           access_log=level == "info", lifespan="on",
+                                           timeout_keep_alive=KEEP_ALIVE_S))
     # uvicorn shuts down gracefully on SIGINT/SIGTERM, then re-raises the signal to the handler that was
     # there before it; this one only notes it, so the caller's clean-up runs and the process exits 0.
     received: list[int] = []

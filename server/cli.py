@@ -5,12 +5,14 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import sqlite3
 import sys
 from contextlib import closing
 from pathlib import Path
 
 import msgspec
 
+from server.diskerrors import storage_problem
 from server.errors import ClipalbumError
 from server.pathnames import for_terminal
 from server.settings import data_paths
@@ -249,6 +251,11 @@ def main(argv: list[str] | None = None) -> int:
         return run_delegated(argv[0], argv[1:]) if delegated else args.func(args)
     except ClipalbumError as exc:
         print(f"clipalbum: {exc}", file=sys.stderr)
+        return 2
+    except (OSError, sqlite3.Error) as exc:  # a full or read-only data directory: say so, no traceback
+        if (problem := storage_problem(exc, data_paths(getattr(args, "data_dir", None)).root)) is None:
+            raise
+        print(f"clipalbum: {problem}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("clipalbum: interrupted; run the same command again to resume", file=sys.stderr)

@@ -8,6 +8,7 @@ import math
 import operator
 import os
 import re
+import sqlite3
 import threading
 import time
 from collections.abc import Iterator
@@ -21,6 +22,7 @@ import numpy.typing as npt
 
 from server.ann import AnnIndex
 from server.containment import servable_path
+from server.diskerrors import storage_problem
 from server.encoders import Encoders, load_encoders
 from server.errors import ClipalbumError, InvalidQueryError, NotFoundError, NoVectorError, ServerBusyError
 from server.model_resolver import resolve_bundle
@@ -142,7 +144,7 @@ class Library:
             with self._writer():
                 self._ann_generation = self.store.generation()
                 self.ann = self._current_ann()
-                self._save_ann()
+                self._save_ann_if_writable()
         except IndexBusyError:
             log.info("another process is indexing this data directory; using the vector index in memory only")
             self._ann_generation = self.store.generation()  # rows written meanwhile are added at the next scan
@@ -188,6 +190,16 @@ class Library:
         self.ann.save(self.paths.ann_index)
         self.store.set_meta({"ann_generation": str(generation), "ann_model_id": self.model_id})
 
+    def _save_ann_if_writable(self) -> None:
+        """_save_ann, unless the data directory is full or read-only: SQLite holds everything, and the next
+        start brings the file up to date (so a full disk still lets people search)."""
+        try:
+            self._save_ann()
+        except (OSError, sqlite3.Error) as exc:
+            if (problem := storage_problem(exc, self.paths.root)) is None:
+                raise
+            log.warning("vector index not saved: %s", problem)
+
     @contextmanager
     def _writer(self) -> Iterator[None]:
         """An exclusive lock on the data directory across processes (one indexer at a time)."""
@@ -226,15 +238,18 @@ class Library:
                                        skip=frozenset({os.path.realpath(self.paths.root)}), bar=progress,
                                        follow_links_outside=self.follow_links_outside)
                 except BaseException as exc:
+                    problem = storage_problem(exc, self.paths.root)
                     self._set_progress(ScanProgress(running=False, phase="error", total=self.progress.total,
                                                     done=self.progress.done, failed=self.progress.failed,
-                                                    started_at=self.progress.started_at,
-                                                    finished_at=time.time(), message=f"scan stopped: {exc!r}"))
+                                                    started_at=self.progress.started_at, finished_at=time.time(),
+                                                    message=f"scan stopped: {problem or repr(exc)}"))
+                    if problem:
+                        raise problem from exc
                     raise
                 finally:
                     if scan.ann_in_sync:  # else the next start rebuilds it from SQLite
                         self._compact_ann()
-                        self._save_ann()
+                        self._save_ann_if_writable()
                         self._ann_generation = self.store.generation()
             log.info("%s", summary.describe())
             return summary

@@ -324,6 +324,9 @@ def plan_scan(store: Store, roots: list[tuple[int, Path]], model_id: str, reembe
                 plan.unchanged += 1
                 continue
             plan.work.append(WorkItem(root_id, found.rel_path, found.path, found.size, found.mtime_ns, state))
+        if not root.is_dir():  # unplugged while it was listed: what wasn't listed yet is not gone
+            log.warning("album folder %s went away during the scan; its photos stay indexed until it is back", root)
+            continue
         plan.missing.update({state.id: state for state in known.values()})
     plan.problems = walk.problems
     return plan
@@ -398,6 +401,11 @@ class Scan:
     def _take(self, p: Prepared, spec: ImageSpec) -> None:
         """Turns one prepared file into index changes (or into a slot in the next encoder batch)."""
         existing = p.item.existing
+        if p.error is not None and p.content_hash is None and not os.path.lexists(p.item.path):
+            # Gone since the folder was listed (deleted, or the drive unplugged): not a broken photo. Its row,
+            # if any, stays as it was; the next scan finds the file again or removes the row.
+            log.warning("skipping %s: it went away during the scan", p.item.path)
+            return
         if p.error is not None:
             log.warning("skipping %s: %s", p.item.path, p.error)
             self.summary.failed += 1

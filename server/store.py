@@ -14,6 +14,7 @@ import msgspec
 import numpy as np
 import numpy.typing as npt
 
+from server.diskerrors import storage_problem
 from server.errors import ClipalbumError
 from server.pathnames import display, from_db, to_db
 
@@ -152,7 +153,8 @@ class Store:
             con.execute("PRAGMA synchronous=NORMAL")
             con.execute("PRAGMA foreign_keys=ON")
         except sqlite3.DatabaseError as exc:
-            raise ClipalbumError(f"cannot open the index database {self.path}: {exc}") from exc
+            raise (storage_problem(exc, self.path.parent)
+                   or ClipalbumError(f"cannot open the index database {self.path}: {exc}")) from exc
         with self._all_lock:
             self._all.append(con)
         return con

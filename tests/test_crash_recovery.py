@@ -3,94 +3,26 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import signal
 import sqlite3
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from server.ann import AnnIndex
-from server.library import Library
 from server.settings import data_paths
 from tests.albumtools import write_variants
-from tests.conftest import FLICKR8K_DEV, REPO, SAMPLE_PHOTOS, skimage_data_dir
+from tests.conftest import FLICKR8K_DEV, SAMPLE_PHOTOS, skimage_data_dir
+from tests import faulttools
+from tests.faulttools import index_contents, run_and_kill, run_to_end
 from tests.tinybundle import make_tiny_bundle
 
 pytestmark = pytest.mark.slow
 
 
 def index_command(album: Path, data: Path, bundle: Path) -> list[str]:
-    # The album may link to flickr8k-dev's photos outside it: those links are followed only when asked.
-    return [sys.executable, "-m", "server.cli", "index", str(album), "--data-dir", str(data),
-            "--model", str(bundle), "-q", "--json", "--follow-links-outside"]
-
-
-def photo_count(database: Path) -> int:
-    if not database.exists():
-        return 0
-    try:
-        con = sqlite3.connect(f"file:{database}?mode=ro", uri=True, timeout=1)
-        try:
-            return int(con.execute("SELECT COUNT(*) FROM photos").fetchone()[0])
-        finally:
-            con.close()
-    except sqlite3.Error:  # created but no table yet, or busy: not there yet
-        return 0
-
-
-def run_and_kill(command: list[str], database: Path, kill_at: int, timeout: float = 120) -> int:
-    """Starts the index, SIGKILLs it once the database holds `kill_at` photos; returns the count at the kill."""
-    env = {**os.environ, "PYTHONPATH": str(REPO), "CLIPALBUM_DECODE_THREADS": "1"}
-    proc = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + timeout
-    try:
-        while time.monotonic() < deadline:
-            count = photo_count(database)
-            if count >= kill_at:
-                proc.send_signal(signal.SIGKILL)
-                proc.wait()
-                return count
-            if proc.poll() is not None:
-                raise AssertionError(f"index finished before the kill: {proc.stderr.read().decode()[-2000:]}")
-            time.sleep(0.005)
-        raise AssertionError("index did not get far enough in time")
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-
-
-def run_to_end(command: list[str]) -> str:
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
-    return done.stdout
-
-
-def index_contents(data: Path, bundle: Path) -> dict[str, tuple[str, np.ndarray | None]]:
-    """rel_path -> (status, vector), after checking the invariants of a sound index."""
-    paths = data_paths(data)
-    saved = AnnIndex.load(paths.ann_index, 16)
-    lib = Library.open(paths, model=bundle)
-    try:
-        con = lib.store._reader
-        rows = con.execute("SELECT id, root_id, rel_path, status, vector FROM photos").fetchall()
-        assert len({r[0] for r in rows}) == len(rows)  # ids unique
-        assert len({(r[1], r[2]) for r in rows}) == len(rows)  # every photo once
-        assert all((r[3] == "indexed") == (r[4] is not None) for r in rows)  # vectors present
-        assert all(r[4] is None or len(r[4]) == 16 * 4 for r in rows)
-        expected = lib.store.vector_checksum(lib.model_id)
-        assert lib.ann.checksum() == expected  # the ANN holds exactly SQLite's photos
-        assert saved is not None and saved.checksum() == expected  # and was saved that way
-        return {r[2]: (r[3], None if r[4] is None else np.frombuffer(r[4], dtype=np.float32)) for r in rows}
-    finally:
-        lib.close()
+    # The album may link to flickr8k-dev's photos outside it: such links are followed only when asked.
+    return [*faulttools.index_command(album, data, bundle), "--follow-links-outside"]
 
 
 def assert_same_index(resumed: dict, clean: dict) -> None:
