@@ -87,7 +87,8 @@ export class StatusPanel {
     const errors = status.errors || [];
     this.failed.hidden = errors.length === 0;
     if (!errors.length) return;
-    const total = Math.max(status.failed, errors.length);
+    // errors_total: failed files plus what the last scan could not walk (links outside, loops, lost folders)
+    const total = Math.max(status.errors_total ?? status.failed, errors.length);
     document.getElementById("failed-summary").textContent =
       `${plural(total, "file")} could not be read` + (total > errors.length ? ` (first ${errors.length} shown)` : "");
     const list = document.getElementById("failed-list");
