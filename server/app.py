@@ -57,6 +57,7 @@ OPENAPI_PATH = "/schema"  # JSON at /schema/openapi.json
 # uvicorn's default, 5 s, closed idle connections just as busy clients reused them (connection resets in
 # bench/load_mixed.py); browsers keep idle connections for minutes. nginx's default:
 KEEP_ALIVE_S = 75
+MAX_PLAIN_BODY_BYTES = 64 * 1024  # a login form or JSON options; nothing else the API takes is larger
 STOP_TIMEOUT_S = 5.0  # how long shutdown waits for a running scan before leaving it to the next start
 
 # Our exceptions -> HTTP status. Litestar picks the most specific class, so ClipalbumError is the fallback.
@@ -186,6 +187,8 @@ def create_app(library: "Library", web_dir: Path | None = None, background_index
 
     app = Litestar(
         route_handlers=handlers,
+        # Bodies beyond this are refused before they are read (only the photo upload allows more).
+        request_max_body_size=MAX_PLAIN_BODY_BYTES,
         state=State({"library": library, "indexer": indexer, "thumbnails": thumbnails, "access": policy}),
         lifespan=[run_indexer],
         exception_handlers={**{cls: _error_response for cls in ERROR_STATUS}, ValidationException: _validation_error,

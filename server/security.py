@@ -41,6 +41,9 @@ SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 # code, not album data) is checked separately, by whether the path names one of its files.
 OPEN_PATHS = frozenset({"/health", "/api/login", "/api/logout", "/api/session"})
 API_PREFIXES = ("/api/", "/schema")
+# Headers a reverse proxy adds: a server that trusts its callers because it listens on loopback must not
+# trust a proxy's callers (e.g. nginx without `proxy_set_header Host`, which sends Host: 127.0.0.1).
+PROXY_HEADERS = (b"forwarded", b"x-forwarded-for", b"x-forwarded-host", b"x-real-ip")
 
 
 def is_loopback(host: str) -> bool:
@@ -232,8 +235,17 @@ class AccessPolicy:
             return 403, f"requests from {origin} may not change anything here"
         return None
 
+    def check_proxied(self, proxied: bool) -> tuple[int, str] | None:
+        """Without a token the server trusts its callers, so it refuses those that came through a proxy."""
+        if self.tokens is None and proxied:
+            return 403, ("this request came through a proxy, but the server needs no token because it listens "
+                         "on loopback: start it with --allowed-host NAME (the name the proxy serves) or "
+                         "--require-token")
+        return None
+
     def check_token(self, path: str, method: str, authorization: str | None, cookie: str | None,
                     ) -> tuple[int, str] | None:
+        path = normalize_path(path)
         if self.tokens is None or path in OPEN_PATHS or method == "OPTIONS" or self.is_web_client(path, method):
             return None  # OPTIONS: a CORS preflight carries no credentials and no data
         if self.authenticated_by(authorization, cookie):
@@ -265,6 +277,11 @@ class AccessPolicy:
             return target.is_relative_to(root) and target.is_file()
         except (ValueError, OSError):  # a NUL byte or an over-long name: not one of the client's files
             return False
+
+
+def normalize_path(path: str) -> str:
+    """The path as the router reads it: repeated slashes collapsed, no trailing slash (`//api/status/`)."""
+    return "/" + "/".join(part for part in path.split("/") if part)
 
 
 def same_origin(origin: str, host_header: str | None) -> bool:
@@ -312,6 +329,7 @@ def access_middleware(app: ASGIApp, policy: AccessPolicy) -> ASGIApp:
         origin = _header(scope, b"origin")
         try:
             refusal = (policy.check_host(host)
+                       or policy.check_proxied(any(key in PROXY_HEADERS for key, _ in scope["headers"]))
                        or policy.check_origin(method, host, origin, _header(scope, b"sec-fetch-site"))
                        or policy.check_token(scope["path"], method, _header(scope, b"authorization"),
                                              _cookie(scope, COOKIE_NAME)))

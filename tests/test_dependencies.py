@@ -14,7 +14,7 @@ PYPROJECT = Path(__file__).resolve().parents[1] / "pyproject.toml"
 
 # The last vulnerable release of each (advisory): a bound that admits it is a bug.
 KNOWN_VULNERABLE = {
-    "litestar": ("2.8.2", "CVE-2024-32982: static files path traversal"),
+    "litestar": ("2.12.1", "CVE-2024-52581: request bodies read without a size limit (and CVE-2024-32982)"),
     "pillow": ("10.2.0", "CVE-2024-28219: buffer overflow in _imagingcms"),
     "tqdm": ("4.66.2", "CVE-2024-34062: CLI arguments passed to eval"),
     "torch": ("2.5.1", "CVE-2025-32434: torch.load code execution with weights_only=True"),

@@ -21,6 +21,7 @@ from server.errors import ClipalbumError
 from server.library import Library
 from server.security import COOKIE_NAME, AccessPolicy, TokenStore, cookie_value
 from tests.albumtools import jpeg_bytes
+from tests.conftest import skimage_data_dir
 from tests.test_api import album, library, web_dir  # noqa: F401  (shared module fixtures: one indexed album)
 
 EVIL = "evil.example"
@@ -197,6 +198,30 @@ class TestLoopback:
         assert AccessPolicy.for_server("127.0.0.1", token, allowed_hosts=["album.example.com"]).token_required
         for host in ("0.0.0.0", "::", "192.168.1.20", "myhost"):
             assert AccessPolicy.for_server(host, token).token_required, host
+
+
+    @pytest.mark.parametrize("header", ["X-Forwarded-For", "Forwarded", "X-Forwarded-Host", "X-Real-IP"])
+    def test_a_proxy_in_front_of_a_tokenless_server_is_refused(self, local: TestClient, remote: TestClient,
+                                                              token_file: Path, header: str) -> None:
+        # nginx without `proxy_set_header Host` sends Host: 127.0.0.1: only the proxy's headers give it away.
+        response = local.get("/api/status", headers={header: "192.0.2.7"})
+        assert response.status_code == 403 and "--allowed-host" in response.json()["detail"]
+        token = TokenStore(token_file).current()  # with a token the proxy's callers must show it anyway
+        assert remote.get("/api/status", headers={header: "192.0.2.7", **bearer(token)}).status_code == 200
+
+    def test_paths_spelled_oddly_still_need_the_token(self, remote: TestClient) -> None:
+        for path in ("//api/status", "/api//status/", "///schema//openapi.json", "/./api/status"):
+            assert remote.get(path).status_code in (401, 404), path
+
+
+class TestBodyLimits:
+    def test_only_the_photo_upload_takes_a_large_body(self, local: TestClient, remote: TestClient) -> None:
+        big = b"x" * (200 * 1024)  # the login reads its body before anyone is known: it must be small
+        assert remote.post("/api/login", content=big, headers={"Content-Type": "application/json"}).status_code == 413
+        assert remote.post("/api/login", data={"token": "x" * 100_000}).status_code == 413
+        photo = {"file": ("coffee.png", (skimage_data_dir() / "coffee.png").read_bytes(), "image/png")}
+        assert len(photo["file"][1]) > len(big)
+        assert local.post("/api/search/image", files=photo).status_code == 200
 
 
 class TestHostAllowList:
