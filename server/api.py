@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Annotated, Any, BinaryIO, Literal
 
 import msgspec
 from litestar import Controller, Request, Response, get, post
+from litestar.concurrency import sync_to_thread
 from litestar.datastructures import ETag, State, UploadFile
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import MultipartBody, PathParameter, QueryParameter
@@ -22,16 +23,26 @@ from server.malloc import return_free_memory
 from server.pathnames import display
 from server.schemas import ErrorBody, SearchResponse, StatusResponse
 from server.store import PhotoRecord
-from server.thumbnails import DEFAULT_SIZE, THUMBNAIL_SIZES, ThumbnailCache, snap_size, thumbnail_etag
+from server.thumbnails import (DEFAULT_SIZE, THUMBNAIL_DECODES, THUMBNAIL_SIZES, ThumbnailCache, snap_size,
+                               thumbnail_etag)
 from server.upload_gate import UploadGate
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from server.background import BackgroundIndexer
     from server.library import Library
 
 # Uploads for search-by-example: the Library's cap plus room for the multipart envelope; more gets a 413.
 MAX_REQUEST_BYTES = MAX_UPLOAD_BYTES + 64 * 1024
 UPLOAD_GATE = UploadGate(UPLOAD_DECODES, UPLOAD_QUEUE, UPLOAD_WAIT_SECONDS)
+# Thumbnails not cached yet are made on threads of their own: one waiting for decode memory (big originals)
+# then holds none of the API's few worker threads, which text searches need. Waiting for a thread costs a
+# coroutine, so many may wait (a grid asks for dozens); they keep normal priority, like the page they fill.
+THUMBNAIL_QUEUE = 64
+THUMBNAIL_WAIT_SECONDS = 30.0
+THUMBNAIL_GATE = UploadGate(THUMBNAIL_DECODES, THUMBNAIL_QUEUE, THUMBNAIL_WAIT_SECONDS, what="thumbnails",
+                            thread_name="thumbnail", low_priority=False)
 THUMBNAIL_CACHE_CONTROL = "private, max-age=86400"  # revalidated with the ETag after a day
 ORIGINAL_CACHE_CONTROL = "private, max-age=3600"
 
@@ -72,6 +83,7 @@ NOT_MODIFIED = {304: ResponseSpec(data_container=None, description="If-None-Matc
 UPLOAD_ERRORS = {413: _error(f"the upload is over {MAX_UPLOAD_BYTES // (1024 * 1024)} MB"),
                  422: _error("the upload is not a readable photo (or too many pixels)")}
 NO_MODEL = {503: _error("the model bundle cannot be used; `detail` says how to fix it")}
+THUMBNAIL_BUSY = {503: _error("busy making other thumbnails; try again after Retry-After seconds")}
 UPLOAD_BUSY = {503: _error("busy decoding other uploads (try again after Retry-After seconds), or the model "
                            "bundle cannot be used; `detail` says which")}
 
@@ -108,6 +120,16 @@ class Health(msgspec.Struct):
 @dataclass
 class ImageUpload:
     file: UploadFile
+
+
+@dataclass(frozen=True)
+class ThumbnailJob:
+    """A thumbnail to make: from which original, under which content hash and size, with which ETag."""
+
+    original: Path
+    content_hash: str
+    size: int
+    etag: str
 
 
 def content_type_for(name: str) -> str:
@@ -193,26 +215,22 @@ class ImagesController(Controller):
         library: Library = state.library
         return library.similar(photo_id, k=k, offset=offset, date_from=date_from, date_to=date_to, sort=sort)
 
-    @get("/thumbnail", sync_to_thread=True,
-         summary="A JPEG thumbnail (long side `size` px, snapped up to a cached size)",
+    @get("/thumbnail", summary="A JPEG thumbnail (long side `size` px, snapped up to a cached size)",
          responses={200: ResponseSpec(data_container=bytes, media_type="image/jpeg", generate_examples=False,
                                       description="the thumbnail, with an ETag"),
-                    **NOT_MODIFIED, **BAD_QUERY, **NOT_FOUND, **UNREADABLE})
-    def thumbnail(self, state: State, request: Request, photo_id: PhotoId, size: ThumbnailSize = None
-                  ) -> Response[Any]:
+                    **NOT_MODIFIED, **BAD_QUERY, **NOT_FOUND, **UNREADABLE, **THUMBNAIL_BUSY})
+    async def thumbnail(self, state: State, request: Request, photo_id: PhotoId, size: ThumbnailSize = None
+                        ) -> Response[Any]:
         library: Library = state.library
-        snapped = snap_size(size)
-        photo = library.photo(photo_id)
-        original = library.servable(photo)  # before the ETag: a failed or outside photo is a 404, never a 304
-        version = _version_key(photo)
-        etag = thumbnail_etag(version, snapped)
-        if _matches(request, etag):
-            return _not_modified(etag, THUMBNAIL_CACHE_CONTROL)
         cache: ThumbnailCache = state.thumbnails
-        path = cache.get(original, version, snapped)
-        return File(path=path, media_type="image/jpeg", content_disposition_type="inline",
-                    filename=f"{photo_id}-{snapped}.jpg", etag=ETag(value=etag.strip('"')),
-                    headers={"Cache-Control": THUMBNAIL_CACHE_CONTROL})
+        snapped = snap_size(size)
+        found = await sync_to_thread(_cached_thumbnail, library, cache, request, photo_id, snapped)
+        if isinstance(found, Response):
+            return found
+        # Made on a thumbnail thread once one is free: the wait for it, and a decode's wait for memory, hold
+        # none of the worker threads text searches run on.
+        made = await THUMBNAIL_GATE.run(partial(cache.get, found.original, found.content_hash, found.size))
+        return _thumbnail_response(made, photo_id, found.size, found.etag)
 
     @get("/file", sync_to_thread=True, summary="The original photo, by id only",
          responses={200: ResponseSpec(data_container=bytes, media_type="image/*", generate_examples=False,
@@ -228,6 +246,30 @@ class ImagesController(Controller):
         name = display(photo.rel_path).rsplit("/", 1)[-1]
         return File(path=path, media_type=content_type_for(name), content_disposition_type="inline", filename=name,
                     etag=ETag(value=etag.strip('"')), headers={"Cache-Control": ORIGINAL_CACHE_CONTROL})
+
+
+def _cached_thumbnail(library: "Library", cache: ThumbnailCache, request: Request, photo_id: int,
+                      size: int) -> Response[Any] | ThumbnailJob:
+    """A 304 or the cached thumbnail when there is one; otherwise what making it takes."""
+    photo = library.photo(photo_id)
+    original = library.servable(photo)  # before the ETag: a failed or outside photo is a 404, never a 304
+    version = _version_key(photo)
+    etag = thumbnail_etag(version, size)
+    if _matches(request, etag):
+        return _not_modified(etag, THUMBNAIL_CACHE_CONTROL)
+    if (cached := cache.cached(version, size)) is not None:
+        return _thumbnail_response(cached, photo_id, size, etag)
+    return ThumbnailJob(original=original, content_hash=version, size=size, etag=etag)
+
+
+def _thumbnail_response(thumbnail: Path | bytes, photo_id: int, size: int, etag: str) -> Response[Any]:
+    filename = f"{photo_id}-{size}.jpg"
+    if isinstance(thumbnail, bytes):  # the cache cannot be written (disk full, read-only): served from memory
+        return Response(content=thumbnail, media_type="image/jpeg",
+                        headers={"ETag": etag, "Cache-Control": THUMBNAIL_CACHE_CONTROL,
+                                 "Content-Disposition": f'inline; filename="{filename}"'})
+    return File(path=thumbnail, media_type="image/jpeg", content_disposition_type="inline", filename=filename,
+                etag=ETag(value=etag.strip('"')), headers={"Cache-Control": THUMBNAIL_CACHE_CONTROL})
 
 
 class IndexController(Controller):

@@ -1,5 +1,5 @@
-"""Decodes search-by-photo uploads on a few threads of their own; the uploads waiting for one wait on the
-event loop."""
+"""Decodes search-by-photo uploads (and thumbnails) on a few threads of their own; the requests waiting for
+one wait on the event loop."""
 
 from __future__ import annotations
 
@@ -32,17 +32,19 @@ def _lower_priority() -> None:
 
 
 class UploadGate:
-    """At most `slots` uploads decode at once, on `slots` low-priority threads of their own; at most
-    `queue` more wait, each for at most `wait_s` seconds; the rest are refused at once (ServerBusyError:
-    503, try again).
+    """At most `slots` uploads (or other decodes: `what` names them) run at once, on `slots` threads of their
+    own, at low priority unless told otherwise; at most `queue` more wait, each for at most `wait_s` seconds;
+    the rest are refused at once (ServerBusyError: 503, try again).
 
     Waiting happens on the event loop, not in a worker thread: the API's thread pool is small (asyncio's
     default: cores + 4), and uploads parked on its threads kept text searches waiting for seconds.
     One semaphore per event loop (asyncio primitives belong to the loop that first uses them).
     """
 
-    def __init__(self, slots: int, queue: int, wait_s: float) -> None:
+    def __init__(self, slots: int, queue: int, wait_s: float, *, what: str = "uploaded photos",
+                 thread_name: str = "upload-decode", low_priority: bool = True) -> None:
         self.slots, self.queue, self.wait_s = slots, queue, wait_s
+        self.what, self.thread_name, self.low_priority = what, thread_name, low_priority
         self._semaphores: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] = (
             weakref.WeakKeyDictionary())
         self._pool: ThreadPoolExecutor | None = None  # started on first use: importing the API starts nothing
@@ -57,14 +59,13 @@ class UploadGate:
 
     def _executor(self) -> ThreadPoolExecutor:
         if self._pool is None:
-            self._pool = ThreadPoolExecutor(self.slots, thread_name_prefix="upload-decode",
-                                            initializer=_lower_priority)
+            self._pool = ThreadPoolExecutor(self.slots, thread_name_prefix=self.thread_name,
+                                            initializer=_lower_priority if self.low_priority else None)
         return self._pool
 
     async def run(self, fn: Callable[[], T]) -> T:
-        """Runs `fn` on an upload decode thread once a slot is free."""
-        busy = ServerBusyError(f"the server is decoding {self.slots} other uploaded photos; try again in a few "
-                               "seconds")
+        """Runs `fn` on one of the gate's threads once a slot is free."""
+        busy = ServerBusyError(f"the server is decoding {self.slots} other {self.what}; try again in a few seconds")
         if self.admitted >= self.slots + self.queue:
             raise busy
         semaphore = self._semaphore()

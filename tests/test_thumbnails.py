@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
+import io
+import os
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -10,7 +14,8 @@ import pytest
 from PIL import Image
 
 from server.errors import ImageDecodeError, InvalidQueryError
-from server.thumbnails import DEFAULT_SIZE, THUMBNAIL_SIZES, ThumbnailCache, snap_size, thumbnail_etag
+from server.thumbnails import (DEFAULT_SIZE, THUMBNAIL_SIZES, THUMBNAIL_VERSION, ThumbnailCache, snap_size,
+                               thumbnail_etag)
 from tests.conftest import skimage_data_dir
 
 
@@ -111,3 +116,101 @@ def test_etag_changes_with_content_and_size() -> None:
     assert thumbnail_etag("ab" * 32, 128) != thumbnail_etag("ab" * 32, 256)
     assert thumbnail_etag("ab" * 32, 128) != thumbnail_etag("cd" * 32, 128)
     assert thumbnail_etag("ab" * 32, 128).startswith('"')
+
+
+def _age(path: Path, seconds: float) -> None:
+    stamp = time.time() - seconds
+    os.utime(path, (stamp, stamp))
+
+
+class TestLeftoverTemporaryFiles:
+    """A kill -9 between creating a thumbnail's temporary file and renaming it leaves the file behind."""
+
+    def _leftovers(self, directory: Path) -> dict[str, Path]:
+        shard = directory / "ab"
+        shard.mkdir(parents=True)
+        files = {
+            "old": shard / ".thumb-k1ll3d.part",
+            "old_from_an_older_version": shard / ".thumb-0ldn4me.jpg",
+            "being_written": shard / ".thumb-wr1t1ng.part",
+            "thumbnail": shard / f"{'ab' * 32}-128-t{THUMBNAIL_VERSION}.jpg",
+            "not_ours": shard / "notes.txt",
+        }
+        for path in files.values():
+            path.write_bytes(b"\xff\xd8 partial")
+        for name in ("old", "old_from_an_older_version", "thumbnail", "not_ours"):
+            _age(files[name], 3600)
+        return files
+
+    def test_a_new_cache_sweeps_old_temporary_files_and_keeps_the_rest(self, tmp_path: Path) -> None:
+        files = self._leftovers(tmp_path)
+        cache = ThumbnailCache(tmp_path)
+        cache.sweeper.join(30)
+        assert not files["old"].exists() and not files["old_from_an_older_version"].exists()
+        # A temporary file this young may be another thread's (or server's) write in progress.
+        assert files["being_written"].exists()
+        assert files["thumbnail"].exists() and files["not_ours"].exists()
+
+    def test_a_sweep_says_how_many_it_removed(self, tmp_path: Path) -> None:
+        self._leftovers(tmp_path)
+        cache = ThumbnailCache(tmp_path)
+        cache.sweeper.join(30)
+        assert cache.sweep_temporary_files() == 0  # the construction's sweep took both
+        another = tmp_path / "cd" / ".thumb-4n0th3r.part"
+        another.parent.mkdir()
+        another.write_bytes(b"")
+        _age(another, 3600)
+        assert cache.sweep_temporary_files() == 1 and not another.exists()
+
+    def test_a_missing_cache_folder_is_nothing_to_sweep(self, tmp_path: Path) -> None:
+        cache = ThumbnailCache(tmp_path / "not-yet")
+        cache.sweeper.join(30)
+        assert cache.sweep_temporary_files() == 0 and not (tmp_path / "not-yet").exists()
+
+    def test_a_write_in_progress_is_not_swept(self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        original = skimage_data_dir() / "astronaut.png"
+        cache = ThumbnailCache(tmp_path)
+        cache.sweeper.join(30)
+        real_fdopen = os.fdopen
+        swept: list[int] = []
+
+        def sweep_mid_write(fd: int, *args, **kwargs):  # type: ignore[no-untyped-def]
+            swept.append(cache.sweep_temporary_files())  # the temporary file exists now
+            return real_fdopen(fd, *args, **kwargs)
+
+        monkeypatch.setattr("server.thumbnails.os.fdopen", sweep_mid_write)
+        thumb = cache.get(original, _sha256(original), 128)
+        assert swept == [0] and isinstance(thumb, Path) and thumb.is_file()
+
+
+class TestUnwritableCache:
+    @pytest.mark.parametrize("code", [errno.ENOSPC, errno.EROFS])
+    def test_a_full_or_read_only_disk_still_gives_the_thumbnail_in_memory(
+            self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+            code: int) -> None:
+        original = skimage_data_dir() / "chelsea.png"
+
+        def refuse(*args, **kwargs):  # type: ignore[no-untyped-def]
+            raise OSError(code, os.strerror(code))
+
+        monkeypatch.setattr("server.thumbnails.tempfile.mkstemp", refuse)
+        cache = ThumbnailCache(tmp_path)
+        with caplog.at_level("WARNING", logger="server.thumbnails"):
+            first = cache.get(original, _sha256(original), 128)
+            second = cache.get(original, _sha256(original), 256)
+        assert isinstance(first, bytes) and isinstance(second, bytes)
+        with Image.open(io.BytesIO(first)) as img:
+            assert img.format == "JPEG" and img.size == (128, 85)
+        warnings = [r for r in caplog.records if r.levelname == "WARNING"]
+        assert len(warnings) == 1 and "not cached" in warnings[0].getMessage()
+        assert not list(tmp_path.rglob("*.jp*g")) and not list(tmp_path.rglob(".thumb-*"))
+
+    def test_other_write_errors_are_not_hidden(self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        original = skimage_data_dir() / "chelsea.png"
+
+        def broken(*args, **kwargs):  # type: ignore[no-untyped-def]
+            raise OSError(errno.EIO, "Input/output error")
+
+        monkeypatch.setattr("server.thumbnails.tempfile.mkstemp", broken)
+        with pytest.raises(OSError, match="Input/output"):
+            ThumbnailCache(tmp_path).get(original, _sha256(original), 128)
