@@ -393,7 +393,7 @@ class Scan:
         self._report(running=True, phase="scanning", total=0, done=0, failed=0, started_at=time.time(),
                      finished_at=None, message="looking for new and changed photos")
         plan = plan_scan(self.store, roots, self.model_id, reembed, skip, follow_links_outside)
-        self.store.set_walk_problems(plan.problems)  # this scan's, replacing the last one's
+        self.store.set_walk_problems(plan.problems)  # this scan's, replacing the last one's (if they differ)
         self.summary.scanned, self.summary.unchanged = plan.scanned, plan.unchanged
         self._missing = dict(plan.missing)
         # Hashes already embedded (a moved or copied file needs no decoding); not read when nothing changed.

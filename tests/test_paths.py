@@ -167,6 +167,23 @@ class TestSymlinksWhenScanning:
             assert "loop.jpg" not in problems(lib)
         assert deep.is_dir()
 
+    def test_a_rescan_with_nothing_changed_writes_nothing(self, tmp_path: Path, tiny_bundle: Path, album: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+        """On a full or read-only data directory a periodic rescan that finds nothing new must still work:
+        the walk problems are written only when they changed."""
+        (album / "loop.jpg").symlink_to("loop.jpg")
+        with opened(tmp_path, tiny_bundle, album) as lib:
+            lib.index()
+            transactions = []
+            monkeypatch.setattr(lib.store, "_transaction", lambda: transactions.append(1) or 1 / 0)
+            summary = lib.index()
+            assert (summary.unchanged, transactions) == (1, [])
+            assert "loop.jpg" in problems(lib)
+            monkeypatch.undo()
+            (album / "loop.jpg").unlink()  # the problems changed: written
+            lib.index()
+            assert "loop.jpg" not in problems(lib)
+
     def test_a_missing_album_folder_is_listed(self, tmp_path: Path, tiny_bundle: Path, album: Path) -> None:
         with opened(tmp_path, tiny_bundle, album) as lib:
             lib.index()
