@@ -90,12 +90,31 @@ def cmd_status(args: argparse.Namespace) -> int:
     albums = ", ".join(for_terminal(root) for root in status.roots)
     print(f"model {status.model_id} ({status.embed_dim}-d); albums: {albums or 'none'}")
     print(f"indexed {status.indexed}, pending {status.pending}, failed {status.failed}")
-    for failure in status.errors:
-        print(f"  failed: {for_terminal(failure.path)}: {for_terminal(failure.error)}")
+    # `errors` lists the folder and link problems the last scan met first, then failed files.
+    walk_problems = max(status.errors_total - status.failed, 0)
+    for i, entry in enumerate(status.errors):
+        what = "skipped" if i < walk_problems else "failed"
+        print(f"  {what}: {for_terminal(entry.path)}: {for_terminal(entry.error)}")
     if status.errors_truncated:
-        print(f"  ... and {status.errors_total - len(status.errors)} more failed files "
+        problems_shown = min(walk_problems, len(status.errors))
+        more = [_count(walk_problems - problems_shown, "more folder or link problem"),
+                _count(status.failed - (len(status.errors) - problems_shown), "more failed file")]
+        print(f"  ... and {' and '.join(m for m in more if m)} "
               f"(clipalbum status --max-errors {status.errors_total} lists them)")
     return 0
+
+
+def _count(n: int, noun: str) -> str:
+    """'1 noun', 'n nouns', or '' for none."""
+    return "" if n <= 0 else f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
+def _non_negative(text: str) -> int:
+    """argparse type: an int >= 0 (a negative list limit would mean 'all but the last' to Python slices)."""
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, not {value}")
+    return value
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -194,8 +213,8 @@ def build_parser() -> argparse.ArgumentParser:
     status = sub.add_parser("status", help="counts, model and failed files")
     _add_common(status)
     status.add_argument("--json", action="store_true")
-    status.add_argument("--max-errors", type=int, default=100, metavar="N",
-                        help="list at most N failed files (default 100)")
+    status.add_argument("--max-errors", type=_non_negative, default=100, metavar="N",
+                        help="list at most N folder or link problems and failed files (default 100)")
     status.set_defaults(func=cmd_status)
 
     serve = sub.add_parser("serve", help="run the web server (indexes in the background)")

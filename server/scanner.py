@@ -77,10 +77,12 @@ class AlbumWalk:
     Hidden files and folders are skipped, and so are folders named in `skip` (real paths: the data
     directory). A symlink (to a file or a folder) is followed only when its real path is inside one of the
     `allowed` folders (the album roots' real paths), unless `follow_outside`. Links are followed after every
-    real path has been walked, and a file or folder met a second time (a link beside its target, a hard
-    link, a folder linked twice, a loop) is left out: one photo is found once, by its real path when it has
-    one, the same way every scan. Links that lead outside, loops, broken links to photo names and folders
-    that cannot be read land in `problems` (shown in the status), not only in the log.
+    album's real tree has been walked, and a file or folder met a second time (a link beside its target, a
+    hard link, a folder linked twice, a loop) is left out: one photo is found once, by its real path when it
+    has one (in whichever album that is), the same way every scan and whatever the order of the albums.
+    A link into an album folder that is not there (unplugged) is treated like that album: what it led to is
+    `kept`, not gone. Links that lead outside, loops, broken links to photo names and folders that cannot
+    be read land in `problems` (shown in the status), not only in the log.
     """
 
     def __init__(self, allowed: Iterable[Path], skip: frozenset[str] = frozenset(),
@@ -93,19 +95,31 @@ class AlbumWalk:
         # ... and of the photo files found that could be met again: hard-linked ones and those reached by a
         # link (a file with one link, walked in its own folder, is known by that folder: see _walked).
         self._files: set[tuple[int, int]] = set()
+        self._kept: dict[int, set[str]] = {}  # root id -> rel_paths of links into an unplugged album
 
-    def files(self, root: Path) -> Iterator[FoundFile]:
-        """Photo files under `root` (one album), depth first in name order, then those reached by links."""
-        links: deque[tuple[str, str]] = deque()  # (path, rel_path) of the symlinks met, in walk order
-        yield from self._tree(str(root), "", links)
+    def files(self, roots: Iterable[tuple[int, Path]]) -> Iterator[tuple[int, FoundFile]]:
+        """(root id, photo file) under the album `roots`: each one's real tree, depth first in name order,
+        then those reached by links (so a link into another album finds nothing that album has)."""
+        links: deque[tuple[int, str, str]] = deque()  # (root id, path, rel_path) of the symlinks met, in order
+        for root_id, root in roots:
+            yield from self._tree(root_id, str(root), "", links)
         while links:
             yield from self._follow(*links.popleft(), links)
+
+    def kept(self, root_id: int, rel_path: str) -> bool:
+        """`rel_path` (under root `root_id`) was reached by a link into an album folder that is not there
+        now: not found, but not gone either (its album is unplugged)."""
+        kept = self._kept.get(root_id)
+        if not kept:
+            return False
+        return rel_path in kept or any(rel_path[:i] in kept for i, c in enumerate(rel_path) if c == "/")
 
     def problem(self, path: str, what: str) -> None:
         log.warning("skipping %s: %s", path, what)
         self.problems.append((path, what))
 
-    def _tree(self, top: str, top_prefix: str, links: deque[tuple[str, str]]) -> Iterator[FoundFile]:
+    def _tree(self, root_id: int, top: str, top_prefix: str,
+              links: deque[tuple[int, str, str]]) -> Iterator[tuple[int, FoundFile]]:
         stack = [(top, top_prefix)]
         while stack:
             folder, prefix = stack.pop()
@@ -116,14 +130,14 @@ class AlbumWalk:
                 rel = prefix + entry.name
                 try:
                     if entry.is_symlink():
-                        links.append((entry.path, rel))
+                        links.append((root_id, entry.path, rel))
                     elif entry.is_dir(follow_symlinks=False):
                         if os.path.realpath(entry.path) not in self.skip:
                             subfolders.append((entry.path, rel + "/"))
                     elif _is_photo_name(entry.name) and entry.is_file(follow_symlinks=False):
                         found = self._found(entry.path, rel, entry.stat(follow_symlinks=False))
                         if found is not None:
-                            yield found
+                            yield root_id, found
                 except FileNotFoundError:  # deleted while we looked: the next scan won't see it either
                     continue
                 except OSError as exc:
@@ -143,13 +157,18 @@ class AlbumWalk:
             self.problem(folder, f"cannot read the folder: {exc.strerror or exc}")
             return []
 
-    def _follow(self, path: str, rel: str, links: deque[tuple[str, str]]) -> Iterator[FoundFile]:
+    def _follow(self, root_id: int, path: str, rel: str,
+                links: deque[tuple[int, str, str]]) -> Iterator[tuple[int, FoundFile]]:
         photo_name = _is_photo_name(rel)
         try:
             real = os.path.realpath(path, strict=True)
             st = os.stat(real)
         except FileNotFoundError:
-            if photo_name:
+            if (album := self._unplugged_album(path)) is not None:
+                self._kept.setdefault(root_id, set()).add(rel)
+                self.problem(path, f"symbolic link into the album folder {album}, which is not there; what it "
+                                   "leads to stays indexed until it is back")
+            elif photo_name:
                 self.problem(path, f"broken symbolic link: its target {_link_target(path)} does not exist")
             return
         except OSError as exc:  # a loop (ELOOP), a target path too long, a folder on the way unreadable
@@ -163,9 +182,15 @@ class AlbumWalk:
                                "(clipalbum index --follow-links-outside allows it)")
             return
         if is_folder:
-            yield from self._tree(path, rel + "/", links)
+            yield from self._tree(root_id, path, rel + "/", links)
         elif not self._walked(real) and (found := self._found(path, rel, st, by_link=True)) is not None:
-            yield found
+            yield root_id, found
+
+    def _unplugged_album(self, link: str) -> str | None:
+        """The album folder (real path) that the broken `link` leads into, if that folder is not there."""
+        target = os.path.realpath(link)  # as far as it resolves
+        return next((album for album in self.allowed
+                     if is_inside(target, [album]) and not os.path.isdir(album)), None)
 
     def _walked(self, real: str) -> bool:
         """The file at `real` (a real path) was found by walking its own folder."""
@@ -198,7 +223,7 @@ def _link_target(path: str) -> str:
 
 def walk_album(root: Path, skip: frozenset[str] = frozenset(), follow_outside: bool = False) -> Iterator[FoundFile]:
     """Photo files under one album folder (see AlbumWalk; links may lead anywhere inside `root`)."""
-    return AlbumWalk([root], skip, follow_outside).files(root)
+    return (found for _, found in AlbumWalk([root], skip, follow_outside).files([(0, root)]))
 
 
 HASH_CHUNK = 1 << 20  # bytes read at a time when hashing: the file is never held whole
@@ -308,26 +333,28 @@ def plan_scan(store: Store, roots: list[tuple[int, Path]], model_id: str, reembe
     """Compares the folders with the index: unchanged files (size + mtime) are not opened."""
     plan = ScanPlan()
     present = [(root_id, root) for root_id, root in roots if root.is_dir()]
-    walk = AlbumWalk([root for _, root in present], skip, follow_links_outside)
+    # Every album folder is allowed, an unplugged one too: a link into it is then kept, not gone.
+    walk = AlbumWalk([root for _, root in roots], skip, follow_links_outside)
     for root_id, root in roots:
         if (root_id, root) not in present:
             # An unplugged drive must not empty the index: its photos stay until the folder is back.
             walk.problem(str(root), "the album folder is not there; its photos stay indexed until it is back")
+    known = {root_id: store.file_states(root_id) for root_id, _ in present}
+    for root_id, found in walk.files(present):
+        plan.scanned += 1
+        state = known[root_id].pop(found.rel_path, None)
+        if (state is not None and not reembed and state.size == found.size
+                and state.mtime_ns == found.mtime_ns
+                and (state.status == "failed" or state.model_id == model_id)):
+            plan.unchanged += 1
             continue
-        known = store.file_states(root_id)
-        for found in walk.files(root):
-            plan.scanned += 1
-            state = known.pop(found.rel_path, None)
-            if (state is not None and not reembed and state.size == found.size
-                    and state.mtime_ns == found.mtime_ns
-                    and (state.status == "failed" or state.model_id == model_id)):
-                plan.unchanged += 1
-                continue
-            plan.work.append(WorkItem(root_id, found.rel_path, found.path, found.size, found.mtime_ns, state))
+        plan.work.append(WorkItem(root_id, found.rel_path, found.path, found.size, found.mtime_ns, state))
+    for root_id, root in present:
         if not root.is_dir():  # unplugged while it was listed: what wasn't listed yet is not gone
             log.warning("album folder %s went away during the scan; its photos stay indexed until it is back", root)
             continue
-        plan.missing.update({state.id: state for state in known.values()})
+        plan.missing.update({state.id: state for rel_path, state in known[root_id].items()
+                             if not walk.kept(root_id, rel_path)})
     plan.problems = walk.problems
     return plan
 
@@ -366,7 +393,7 @@ class Scan:
         self._report(running=True, phase="scanning", total=0, done=0, failed=0, started_at=time.time(),
                      finished_at=None, message="looking for new and changed photos")
         plan = plan_scan(self.store, roots, self.model_id, reembed, skip, follow_links_outside)
-        self.store.set_walk_problems(plan.problems)  # this scan's, replacing the last one's
+        self.store.set_walk_problems(plan.problems)  # this scan's, replacing the last one's (if they differ)
         self.summary.scanned, self.summary.unchanged = plan.scanned, plan.unchanged
         self._missing = dict(plan.missing)
         # Hashes already embedded (a moved or copied file needs no decoding); not read when nothing changed.

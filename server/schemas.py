@@ -55,6 +55,10 @@ class StatusResponse(msgspec.Struct):
     model_id: str
     embed_dim: int
     progress: ScanProgress
-    errors: list[FailedFile]  # the most recently changed failures, at most `max_errors` of the `failed`
+    # At most `max_errors` entries: first the problems the last scan met walking the folders (links outside,
+    # loops, unreadable or missing folders: they hide whole folders), then the most recently changed of the
+    # `failed` files.
+    errors: list[FailedFile]
     errors_truncated: bool = False  # True when `errors` lists fewer entries than `errors_total`
-    errors_total: int = 0  # failed files plus the problems the last scan met walking the folders
+    # The walk problems kept (at most the first 1,000 a scan meets: store.MAX_WALK_PROBLEMS) plus `failed`.
+    errors_total: int = 0

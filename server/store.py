@@ -436,9 +436,12 @@ class Store:
 
     def set_walk_problems(self, problems: list[tuple[str, str]]) -> None:
         """Keeps the last scan's (path, problem) list: folders and links that are not files, so no row holds
-        them (a symlink loop, a link outside the albums, an unreadable or over-long folder)."""
+        them (a symlink loop, a link outside the albums, an unreadable or over-long folder). Written only
+        when they changed: a rescan that finds nothing new writes nothing (a full or read-only disk is fine)."""
         shown = [(display(path), display(problem)) for path, problem in problems[:MAX_WALK_PROBLEMS]]
-        self.set_meta({"walk_problems": msgspec.json.encode(shown).decode()})
+        value = msgspec.json.encode(shown).decode()
+        if value != self.get_meta("walk_problems", "[]"):
+            self.set_meta({"walk_problems": value})
 
     def walk_problems(self) -> list[tuple[str, str]]:
         """(path, problem) pairs the last scan met while walking the album folders."""

@@ -100,3 +100,23 @@ def test_a_non_image_query_file_exits_2(cli, sample_album: Path, tmp_path: Path)
     notes.write_text("hello")
     code, _, err = cli("search", "--image", str(notes))
     assert code == 2 and "not a supported image" in err
+
+
+def test_status_tells_walk_problems_from_failed_files_and_refuses_a_negative_limit(cli, sample_album: Path) -> None:
+    for i in range(3):
+        (sample_album / f"broken-{i}.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated %d" % i)
+    (sample_album / "loop-1.jpg").symlink_to("loop-1.jpg")
+    (sample_album / "loop-2.jpg").symlink_to("loop-2.jpg")
+    assert cli("index", str(sample_album), "-q")[0] == 0
+    code, out, _ = cli("status", "--max-errors", "1")
+    assert code == 0 and out.count("skipped: ") == 1 and "failed: " not in out
+    assert "... and 1 more folder or link problem and 3 more failed files " \
+           "(clipalbum status --max-errors 5 lists them)" in out
+    code, out, _ = cli("status", "--max-errors", "3")
+    assert out.count("skipped: ") == 2 and out.count("failed: ") == 1
+    assert "... and 2 more failed files (" in out
+    code, out, _ = cli("status")
+    assert out.count("skipped: ") == 2 and out.count("failed: ") == 3 and "more" not in out
+    with pytest.raises(SystemExit) as exit_info:  # -1 used to drop the last problem and list every failure
+        cli("status", "--max-errors", "-1")
+    assert exit_info.value.code == 2

@@ -422,8 +422,8 @@ def test_album_unplugged_mid_walk_keeps_the_photos_not_yet_listed(tmp_path: Path
     assert cli_main(args) == 0
     files = scanner.AlbumWalk.files
 
-    def files_then_unplug(self: scanner.AlbumWalk, root: Path):  # noqa: ANN202
-        for i, found in enumerate(files(self, root)):
+    def files_then_unplug(self: scanner.AlbumWalk, roots: list[tuple[int, Path]]):  # noqa: ANN202
+        for i, found in enumerate(files(self, roots)):
             if i == 60:
                 album.rename(away)
             yield found

@@ -21,7 +21,7 @@ from PIL import Image
 from server.app import create_app
 from server.errors import NotFoundError
 from server.library import Library
-from server.scanner import walk_album
+from server.scanner import AlbumWalk, walk_album
 from server.settings import data_paths
 from tests.albumtools import jpeg_bytes
 from tests.conftest import skimage_data_dir
@@ -167,6 +167,23 @@ class TestSymlinksWhenScanning:
             assert "loop.jpg" not in problems(lib)
         assert deep.is_dir()
 
+    def test_a_rescan_with_nothing_changed_writes_nothing(self, tmp_path: Path, tiny_bundle: Path, album: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+        """On a full or read-only data directory a periodic rescan that finds nothing new must still work:
+        the walk problems are written only when they changed."""
+        (album / "loop.jpg").symlink_to("loop.jpg")
+        with opened(tmp_path, tiny_bundle, album) as lib:
+            lib.index()
+            transactions = []
+            monkeypatch.setattr(lib.store, "_transaction", lambda: transactions.append(1) or 1 / 0)
+            summary = lib.index()
+            assert (summary.unchanged, transactions) == (1, [])
+            assert "loop.jpg" in problems(lib)
+            monkeypatch.undo()
+            (album / "loop.jpg").unlink()  # the problems changed: written
+            lib.index()
+            assert "loop.jpg" not in problems(lib)
+
     def test_a_missing_album_folder_is_listed(self, tmp_path: Path, tiny_bundle: Path, album: Path) -> None:
         with opened(tmp_path, tiny_bundle, album) as lib:
             lib.index()
@@ -179,6 +196,78 @@ class TestSymlinksWhenScanning:
         (album / "elsewhere.jpg").symlink_to(outside / "photo.jpg")
         (album / "b.jpg").symlink_to(album / "a.jpg")
         assert [f.rel_path for f in walk_album(album)] == ["a.jpg"]
+
+
+
+def rows_by_album(lib: Library) -> set[tuple[str, str]]:
+    """(album folder name, rel_path) of every row."""
+    records = [lib.store.photo(i, lib.model_id) for (i,) in lib.store._reader.execute("SELECT id FROM photos")]
+    return {(Path(r.root).name, r.rel_path) for r in records}
+
+
+class TestLinksBetweenAlbums:
+    """A link from one album folder into another: the photo is found by its real path whatever the order of
+    the albums, and unplugging the linked-to album keeps what the link led to (like the album's own rows)."""
+
+    @pytest.fixture()
+    def albums(self, tmp_path: Path) -> tuple[Path, Path]:
+        a, b = tmp_path / "A", tmp_path / "B"
+        (b / "sub").mkdir(parents=True)
+        (b / "sub" / "p.jpg").write_bytes(photo(10))
+        (b / ".hidden").mkdir()
+        (b / ".hidden" / "h.jpg").write_bytes(photo(11))
+        a.mkdir()
+        (a / "own.jpg").write_bytes(photo(12))
+        (a / "l.jpg").symlink_to(b / "sub" / "p.jpg")
+        (a / "folder").symlink_to(b / "sub", target_is_directory=True)
+        (a / "secret").symlink_to(b / ".hidden", target_is_directory=True)  # reachable only by the link
+        return a, b
+
+    @pytest.mark.parametrize("order", ["AB", "BA"])
+    def test_a_photo_is_found_under_its_real_path_whatever_the_album_order(
+            self, tmp_path: Path, tiny_bundle: Path, albums: tuple[Path, Path], order: str) -> None:
+        a, b = albums
+        roots = [str(a), str(b)] if order == "AB" else [str(b), str(a)]
+        lib = Library.open(data_paths(tmp_path / "data"), model=tiny_bundle, roots=roots)
+        try:
+            summary = lib.index()
+            assert rows_by_album(lib) == {("A", "own.jpg"), ("B", "sub/p.jpg"), ("A", "secret/h.jpg")}
+            assert (summary.scanned, summary.added) == (3, 3)
+        finally:
+            lib.close()
+
+    def test_unplugging_the_album_a_link_leads_into_keeps_its_photos(
+            self, tmp_path: Path, tiny_bundle: Path, albums: tuple[Path, Path]) -> None:
+        a, b = albums
+        lib = Library.open(data_paths(tmp_path / "data"), model=tiny_bundle, roots=[str(a), str(b)])
+        try:
+            lib.index()
+            before = rows_by_album(lib)
+            b.rename(tmp_path / "unplugged")
+            summary = lib.index()
+            assert summary.removed == 0
+            assert rows_by_album(lib) == before  # B's own rows and A's secret/h.jpg, reached through B
+            listed = problems(lib)
+            assert "not there" in listed["B"] and "not there" in listed["secret"], listed
+            (tmp_path / "unplugged").rename(b)
+            (a / "secret").unlink()  # a link that is gone (not unplugged) lets go of what it led to
+            assert lib.index().removed == 1
+            assert ("A", "secret/h.jpg") not in rows_by_album(lib)
+        finally:
+            lib.close()
+
+    def test_an_album_unplugged_during_the_walk_keeps_what_links_led_into_it(
+            self, tmp_path: Path, albums: tuple[Path, Path]) -> None:
+        a, b = albums
+        walk = AlbumWalk([a, b])
+        found = []
+        for root_id, f in walk.files([(1, a), (2, b)]):
+            found.append((root_id, f.rel_path))
+            if f.rel_path == "own.jpg":
+                b.rename(tmp_path / "unplugged")  # before B is walked and A's links followed
+        assert found == [(1, "own.jpg")]
+        assert walk.kept(1, "secret/h.jpg") and walk.kept(1, "folder/p.jpg") and walk.kept(1, "l.jpg")
+        assert not walk.kept(1, "own.jpg") and not walk.kept(2, "sub/p.jpg")
 
 
 def _make_over_long_folder(top: Path) -> Path:
