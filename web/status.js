@@ -90,7 +90,8 @@ export class StatusPanel {
     // errors_total: failed files plus what the last scan could not walk (links outside, loops, lost folders)
     const total = Math.max(status.errors_total ?? status.failed, errors.length);
     document.getElementById("failed-summary").textContent =
-      `${plural(total, "file")} could not be read` + (total > errors.length ? ` (first ${errors.length} shown)` : "");
+      `${plural(total, "file or folder", "files or folders")} could not be read` +
+      (total > errors.length ? ` (first ${errors.length} shown)` : "");
     const list = document.getElementById("failed-list");
     list.replaceChildren(...errors.map((failure) => {
       const item = document.createElement("li");
