@@ -210,8 +210,8 @@ def _serve_main(argv: list[str]) -> None:
     parser.add_argument("--scan-album", help="index this album (into a temporary side index) before serving")
     args = parser.parse_args(argv)
     from server.app import serve_library
-    from server.background import limit_malloc_arenas, return_free_memory
     from server.library import Library
+    from server.malloc import limit_malloc_arenas, return_free_memory
 
     limit_malloc_arenas()  # as `clipalbum serve` does
     library = Library.open(data_paths(args.data_dir), model=args.model)

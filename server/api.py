@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import mimetypes
+import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from functools import partial
@@ -17,15 +18,14 @@ from litestar.params import MultipartBody, PathParameter, QueryParameter
 from litestar.response import File
 from litestar.status_codes import HTTP_202_ACCEPTED, HTTP_304_NOT_MODIFIED
 
-from server.library import (MAX_K, MAX_OFFSET, MAX_PHOTO_ID, MAX_QUERY_CHARS, MAX_UPLOAD_BYTES,
-                            UPLOAD_DECODES, UPLOAD_QUEUE, UPLOAD_WAIT_SECONDS)
+from server.library import MAX_K, MAX_OFFSET, MAX_PHOTO_ID, MAX_QUERY_CHARS, MAX_UPLOAD_BYTES
 from server.malloc import return_free_memory
 from server.pathnames import display
 from server.schemas import ErrorBody, SearchResponse, StatusResponse
 from server.store import PhotoRecord
 from server.thumbnails import (DEFAULT_SIZE, THUMBNAIL_DECODES, THUMBNAIL_SIZES, ThumbnailCache, snap_size,
                                thumbnail_etag)
-from server.upload_gate import UploadGate
+from server.upload_gate import UPLOAD_DECODES, UPLOAD_QUEUE, UPLOAD_WAIT_SECONDS, UploadGate
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -180,14 +180,16 @@ class SearchController(Controller):
                        date_from: FromParam = None, date_to: ToParam = None) -> SearchResponse:
         library: Library = state.library
         # On a decode thread of UPLOAD_GATE's, once it has one free; waiting for it happens on the event loop,
-        # so the worker threads that text searches run on stay free.
-        return await UPLOAD_GATE.run(partial(_search_upload, library, data.file.file, k=k, offset=offset,
+        # so the worker threads that text searches run on stay free. The gate's one wait covers the decode
+        # budget's too: an upload waits at most UPLOAD_GATE.wait_s in all before its 503.
+        deadline = time.monotonic() + UPLOAD_GATE.wait_s
+        return await UPLOAD_GATE.run(partial(_search_upload, library, data.file.file, deadline, k=k, offset=offset,
                                              date_from=date_from, date_to=date_to, sort=sort))
 
 
-def _search_upload(library: "Library", upload: BinaryIO, **query: Any) -> SearchResponse:
+def _search_upload(library: "Library", upload: BinaryIO, deadline: float, **query: Any) -> SearchResponse:
     try:  # the upload's spooled file, read in place: no second copy of its bytes
-        return library.search_image(upload, **query)
+        return library.search_image(upload, wait=max(0.0, deadline - time.monotonic()), **query)
     finally:
         return_free_memory()  # a decoded camera photo is tens of MB; don't keep it for the next one
 

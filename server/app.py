@@ -23,10 +23,11 @@ from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 from server.api import ImagesController, IndexController, SearchController, etag_matches, health
-from server.background import BackgroundIndexer, limit_malloc_arenas
+from server.background import BackgroundIndexer
 from server.errors import (BundleError, ClipalbumError, ImageDecodeError, InvalidQueryError, NotFoundError,
                            NoVectorError, ServerBusyError)
 from server.library import IndexBusyError
+from server.malloc import limit_malloc_arenas
 from server.security import AccessPolicy, SessionController, access_middleware, is_loopback
 from server.pathnames import display
 from server.settings import DataPaths

@@ -3,21 +3,28 @@
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from typing import TYPE_CHECKING, Literal
 
 from server.errors import ClipalbumError
 from server.library import IndexBusyError
-from server.malloc import limit_malloc_arenas, return_free_memory  # noqa: F401  (app, demo, bench import it from here)
+from server.malloc import return_free_memory
 
 if TYPE_CHECKING:
     from server.library import Library
 
 log = logging.getLogger(__name__)
 
+# Between scans the thread looks this often for what another process changed (Library.follow_other_writers),
+# so that status counts and search results agree within about this long, and no request pays for catching up.
+FOLLOW_INTERVAL_S = 1.0
+
+
 class BackgroundIndexer:
-    """Runs Library.index() on one thread, so queries keep being answered while photos are embedded.
+    """Runs Library.index() on one thread, so queries keep being answered while photos are embedded, and
+    between scans follows other processes' changes to the data directory (Library.follow_other_writers).
 
     Requests made while a scan runs are coalesced into one follow-up scan: the files they are about
     may have been listed before they changed.
@@ -33,6 +40,7 @@ class BackgroundIndexer:
         self._lock = threading.Lock()
         self._scanning = False
         self._thread: threading.Thread | None = None
+        self._follow_problem: str | None = None  # the last follow step's error, logged once until it changes
 
     @property
     def scanning(self) -> bool:
@@ -79,27 +87,46 @@ class BackgroundIndexer:
         return True
 
     def _loop(self) -> None:
+        # time.monotonic() of the next periodic rescan (counted from the end of the last scan); inf: none
+        next_scan = time.monotonic() + self.rescan_seconds if self.rescan_seconds else math.inf
         while not self._stopping.is_set():
-            self._wake.wait(self.rescan_seconds or None)
+            woken = self._wake.wait(max(0.0, min(FOLLOW_INTERVAL_S, next_scan - time.monotonic())))
             if self._stopping.is_set():
                 break
+            if not woken and time.monotonic() < next_scan:
+                self._follow()
+                continue
+            self._scan()
+            next_scan = time.monotonic() + self.rescan_seconds if self.rescan_seconds else math.inf
+
+    def _follow(self) -> None:
+        try:
+            self.library.follow_other_writers()
+            self._follow_problem = None
+        except Exception as exc:  # e.g. the data directory unreadable for a moment: keep serving, try again
+            problem = f"{exc.__class__.__name__}: {exc}"
+            if problem != self._follow_problem:
+                log.warning("could not look for other processes' changes: %s", problem, exc_info=True)
+            self._follow_problem = problem
+
+    def _scan(self) -> None:
+        with self._lock:
+            self._wake.clear()
+            self._scanning = True
+        try:
+            summary = self.library.index(progress=False)
+            self.last_error = None
+            log.info("scan finished: %s", summary)
+        except IndexBusyError as exc:  # `clipalbum index` runs on the same data directory: not an error
+            self.last_error = str(exc)
+            log.warning("scan skipped: %s", exc)
+        except ClipalbumError as exc:
+            self.last_error = str(exc)
+            log.error("scan failed: %s", exc)
+        except Exception as exc:  # keep serving queries whatever a scan hits
+            self.last_error = f"{exc.__class__.__name__}: {exc}"
+            log.exception("scan failed unexpectedly")
+        finally:
+            return_free_memory()  # decoded photos and batches: ~50 MB a long-running server need not keep
             with self._lock:
-                self._wake.clear()
-                self._scanning = True
-            try:
-                summary = self.library.index(progress=False)
-                self.last_error = None
-                log.info("scan finished: %s", summary)
-            except IndexBusyError as exc:  # `clipalbum index` runs on the same data directory: not an error
-                self.last_error = str(exc)
-                log.warning("scan skipped: %s", exc)
-            except ClipalbumError as exc:
-                self.last_error = str(exc)
-                log.error("scan failed: %s", exc)
-            except Exception as exc:  # keep serving queries whatever a scan hits
-                self.last_error = f"{exc.__class__.__name__}: {exc}"
-                log.exception("scan failed unexpectedly")
-            finally:
-                return_free_memory()  # decoded photos and batches: ~50 MB a long-running server need not keep
-                with self._lock:
-                    self._scanning = False
+                self._scanning = False

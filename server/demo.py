@@ -72,8 +72,8 @@ def assemble_sample_album(target: Path) -> Path:
 def run_demo(paths: DataPaths, host: str = "127.0.0.1", port: int = 8000, no_serve: bool = False) -> None:
     """Builds the default model if missing, indexes the sample album with a progress bar, then serves it."""
     from server.app import serve_library
-    from server.background import limit_malloc_arenas
     from server.library import Library
+    from server.malloc import limit_malloc_arenas
 
     limit_malloc_arenas()
     paths.ensure()

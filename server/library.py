@@ -21,10 +21,10 @@ import numpy as np
 import numpy.typing as npt
 
 from server.ann import AnnIndex
-from server.containment import servable_path
+from server.containment import real_folders, servable_path
 from server.diskerrors import storage_problem
 from server.encoders import Encoders, load_encoders
-from server.errors import ClipalbumError, InvalidQueryError, NotFoundError, NoVectorError, ServerBusyError
+from server.errors import ClipalbumError, InvalidQueryError, NotFoundError, NoVectorError
 from server.model_resolver import resolve_bundle
 from server.pathnames import display
 from server.preprocess import load_model_input
@@ -42,15 +42,9 @@ MAX_K = 200
 MAX_OFFSET = 10_000
 MAX_UPLOAD_BYTES = 25 * 1024 * 1024
 MAX_PHOTO_ID = 2**63 - 1  # SQLite's INTEGER PRIMARY KEY range: larger ids cannot exist (nor be bound)
-# Search-by-photo uploads decoded at once (a second core stays free for text search), and how long an
-# upload waits for a slot and for the decode budget before the API answers 503 "try again".
-UPLOAD_DECODES = max(1, (os.cpu_count() or 2) // 2)
-UPLOAD_WAIT_SECONDS = 10.0
-UPLOAD_QUEUE = 8  # uploads the API lets wait for a slot (each holds its request body); more get 503 at once
 DATE_SORT_POOL = 500  # sort="date" orders this many most relevant hits by capture time
 EXACT_FILTER_MAX = 2_000  # a date window holding fewer photos than this is ranked exactly, without the ANN
 COMPACT_MIN_REMOVED = 1000  # rebuild the ANN index once this many (and a fifth of it) were removed
-FOLLOW_INTERVAL_S = 1.0  # searches and status look for another process's commits at most this often
 _ISO_DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
 
 SortOrder = Literal["relevance", "date"]
@@ -75,13 +69,16 @@ class Library:
         self.decode_threads: int | None = None
         # Follow symlinks whose target is outside every album folder (and serve those photos): off unless
         # `--follow-links-outside` turned it on for this data directory.
+        # (A running server re-reads it in follow_other_writers, so another process's change reaches it.)
         self.follow_links_outside = store.get_meta("follow_links_outside") == "1"
+        # The album roots' real paths, for serving: refreshed by add_root, index() and follow_other_writers,
+        # so that a thumbnail or original request resolves only its own file's path.
+        self._real_roots: tuple[str, ...] = ()
+        self._refresh_roots()
         self._scan_lock = threading.Lock()
-        self._upload_slots = threading.BoundedSemaphore(UPLOAD_DECODES)
         self.ann = AnnIndex(self.embed_dim)
         self._ann_generation = 0  # the SQLite generation the in-memory ANN index reflects
         self._follow_lock = threading.Lock()  # one catch-up with other processes' commits at a time
-        self._followed_at = -math.inf  # time.monotonic() of the last look at the generation
 
     # -- opening -------------------------------------------------------------------------------------------
 
@@ -124,18 +121,22 @@ class Library:
                 inner, outer = (path, known) if known in path.parents else (known, path)
                 raise ClipalbumError(f"{inner} is inside the album {outer}; index one or the other, not both")
         self.store.add_root(path)
+        self._refresh_roots()
         log.info("album folder %s added", path)
         return path
 
     def set_follow_links_outside(self, follow: bool) -> None:
         """Remembers for this data directory whether scans follow, and the server serves, links leading
-        outside the album folders (a running server reads it when it starts)."""
+        outside the album folders (a running server re-reads it within seconds: follow_other_writers)."""
         self.store.set_meta({"follow_links_outside": "1" if follow else "0"})
         self.follow_links_outside = follow
 
     @property
     def roots(self) -> list[Path]:
         return [path for _, path in self.store.roots()]
+
+    def _refresh_roots(self) -> None:
+        self._real_roots = real_folders(self.roots)  # one assignment: serving threads see old or new, whole
 
     def _load_ann(self) -> None:
         """Sets up the ANN index at start-up, and saves it when it changed and no other process is indexing
@@ -227,6 +228,7 @@ class Library:
             with self._follow_lock:  # a catch-up that began before this scan ends before it; none starts during it
                 pass
             with self._writer():
+                self._refresh_settings()  # another process may have added a folder or changed the setting
                 if self.store.generation() != self._ann_generation:  # another process indexed meanwhile
                     log.info("taking in the photos another process indexed")
                     self._catch_up(self.ann, since=self._ann_generation)
@@ -260,18 +262,19 @@ class Library:
         self.progress = progress
 
     def follow_other_writers(self) -> None:
-        """Takes into the in-memory ANN index what another process (`clipalbum index`, a second server)
-        committed since it was last brought up to date, so searches and status agree within about
-        FOLLOW_INTERVAL_S. A generation read is one indexed meta lookup; readers need no writer lock (WAL)."""
-        now = time.monotonic()
-        if now - self._followed_at < FOLLOW_INTERVAL_S or self._scan_lock.locked():
-            return  # looked recently, or this process is scanning and updates the ANN index itself
-        if not self._follow_lock.acquire(blocking=False):
-            return  # another request is catching up right now
+        """Takes in what another process (`clipalbum index`, a second server) changed since the last call:
+        the photos it committed (into the in-memory ANN index), the album folders and the
+        follow-links-outside setting. The server's BackgroundIndexer calls it about once a second, off the
+        request path: a catch-up reads every embedded id and can rebuild the ANN index (seconds), which no
+        search should wait for. Searches and status never call it; a Library opened for one CLI command is
+        current as of Library.open. Cheap when nothing changed: three small reads (readers need no writer
+        lock: WAL)."""
+        self._refresh_settings()
+        if self._scan_lock.locked() or not self._follow_lock.acquire(blocking=False):
+            return  # this process is scanning and updates the ANN index itself, or another call is catching up
         try:
             if self._scan_lock.locked():  # a scan started meanwhile (index() waits for this lock first)
                 return
-            self._followed_at = now
             # Read the generation before the rows: rows committed in between are read now and again next
             # time, which AnnIndex.add makes harmless (it replaces a key it holds).
             generation = self.store.generation()
@@ -283,6 +286,12 @@ class Library:
                 self._ann_generation = generation
         finally:
             self._follow_lock.release()
+
+    def _refresh_settings(self) -> None:
+        """Re-reads what another process may have changed in this data directory: the album folders and
+        whether links outside them are followed and served."""
+        self.follow_links_outside = self.store.get_meta("follow_links_outside") == "1"
+        self._refresh_roots()
 
     # -- searching -----------------------------------------------------------------------------------------
 
@@ -312,11 +321,14 @@ class Library:
                              exclude=photo_id)
 
     def search_image(self, data: bytes | BinaryIO, k: int = 20, offset: int = 0, date_from: str | None = None,
-                     date_to: str | None = None, sort: SortOrder = "relevance") -> SearchResponse:
+                     date_to: str | None = None, sort: SortOrder = "relevance", wait: float | None = None
+                     ) -> SearchResponse:
         """Photos like an uploaded photo (its bytes, or a file object holding them, read in place).
 
-        Raises ImageDecodeError when it is not a readable image, ServerBusyError when UPLOAD_DECODES other
-        uploads are being decoded (or the decode budget is taken) for longer than UPLOAD_WAIT_SECONDS."""
+        Raises ImageDecodeError when it is not a readable image, ServerBusyError when the process's decode
+        budget stays taken for `wait` seconds (None: as long as it takes). Decodes are bounded in memory by
+        that budget whoever calls; how many uploads decode at once is the API's to bound (its UploadGate
+        keeps the waiting off worker threads), and a CLI search decodes one."""
         started = time.perf_counter()
         window = _validate(k, offset, date_from, date_to, sort)
         if isinstance(data, bytes):
@@ -331,24 +343,12 @@ class Library:
                                     f"{MAX_UPLOAD_BYTES / 1e6:.0f} MB")
         if not isinstance(data, bytes):
             data.seek(0)
-        deadline = time.monotonic() + UPLOAD_WAIT_SECONDS
-        # Uploads take one of a few decode slots (and then the process's decode budget) rather than all
-        # decoding at once: 16 bomb-sized PNGs would otherwise take gigabytes and every core from search.
-        # (The API queues them before this, on the event loop: see UploadGate.)
-        if not self._upload_slots.acquire(timeout=UPLOAD_WAIT_SECONDS):
-            raise ServerBusyError(f"the server is decoding {UPLOAD_DECODES} other uploaded photos; try again "
-                                  "in a few seconds")
-        try:
-            pixels = load_model_input(data, self.encoders.manifest.image,
-                                      wait=max(0.0, deadline - time.monotonic()))
-        finally:
-            self._upload_slots.release()
+        pixels = load_model_input(data, self.encoders.manifest.image, wait=wait)
         vector = self.encoders.image.encode(pixels[None])[0]
         return self._respond(vector, k, offset, window, sort, started, query="image")
 
     def _respond(self, vector: npt.NDArray[np.float32], k: int, offset: int, window: tuple[str | None, str | None],
                  sort: SortOrder, started: float, query: str, exclude: int | None = None) -> SearchResponse:
-        self.follow_other_writers()
         if sort == "date":
             rows, scores = self._newest_relevant(vector, k, offset, window, exclude)
         else:
@@ -418,10 +418,9 @@ class Library:
 
     def servable(self, record: PhotoRecord) -> Path:
         """What serving `record`'s original or thumbnail may open (server/containment.py decides)."""
-        return servable_path(record, self.roots, allow_outside=self.follow_links_outside)
+        return servable_path(record, self._real_roots, allow_outside=self.follow_links_outside)
 
     def status(self, max_errors: int = 100) -> StatusResponse:
-        self.follow_other_writers()  # so that the counts below match what a search can find
         counts = self.store.counts(self.model_id)
         progress = self.progress
         pending = progress.total - progress.done if progress.running else counts["pending"]

@@ -18,6 +18,13 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
+# Search-by-photo uploads decoded at once (a second core stays free for text search), how many more may wait
+# (each holds its request body), and how long one waits, for a slot and then for the process's decode budget
+# together, before the API answers 503 "try again".
+UPLOAD_DECODES = max(1, (os.cpu_count() or 2) // 2)
+UPLOAD_QUEUE = 8
+UPLOAD_WAIT_SECONDS = 10.0
+
 # Upload decode threads run at this nice level: a 81 MP PNG takes ~0.4 s of a core, and at equal
 # priority it slowed the text encoder's threads beside it (text search p99 x3 while uploads ran).
 DECODE_NICE = 10

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from functools import partialmethod
 from pathlib import Path
 
@@ -84,3 +85,13 @@ def flickr8k_dev() -> Path:
     if not (FLICKR8K_DEV / "captions.csv").is_file():
         pytest.skip(f"flickr8k-dev is not at {FLICKR8K_DEV} (research data, read from ../shared only)")
     return FLICKR8K_DEV
+
+
+def eventually(condition: Callable[[], bool], seconds: float = 20.0) -> bool:
+    """Polls `condition` until it holds or `seconds` pass (a generous bound: it orders events, it times nothing)."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.05)
+    return condition()

@@ -324,22 +324,32 @@ class TestImageSearch:
         assert response.status_code == 422
         assert "12000x12000 is 144 MP, over the 100 MP limit" in _detail(response)  # our guard, not PIL's
 
-    def test_uploads_beyond_the_decode_slots_get_503_try_again(self, client: TestClient, library: Library,
+    def test_uploads_beyond_the_decode_slots_get_503_try_again(self, client: TestClient,
                                                                monkeypatch: pytest.MonkeyPatch) -> None:
-        monkeypatch.setattr("server.library.UPLOAD_WAIT_SECONDS", 0.0)
+        from server.api import UPLOAD_GATE
+
         photo = (skimage_data_dir() / "coffee.png").read_bytes()
-        taken = 0
-        while library._upload_slots.acquire(blocking=False):  # as if other uploads were being decoded
-            taken += 1
-        try:
-            response = client.post("/api/search/image", files={"file": ("coffee.png", photo, "image/png")})
-        finally:
-            for _ in range(taken):
-                library._upload_slots.release()
+        # As if the slots were decoding and the queue full of other uploads:
+        monkeypatch.setattr(UPLOAD_GATE, "admitted", UPLOAD_GATE.slots + UPLOAD_GATE.queue)
+        response = client.post("/api/search/image", files={"file": ("coffee.png", photo, "image/png")})
         assert response.status_code == 503 and "try again" in _detail(response)
         assert response.headers["retry-after"] == "5"
+        monkeypatch.undo()
         assert client.post("/api/search/image", files={"file": ("coffee.png", photo, "image/png")}).status_code == 200
 
+    def test_an_upload_waits_once_for_a_slot_and_the_decode_budget_together(
+            self, client: TestClient, monkeypatch: pytest.MonkeyPatch) -> None:
+        import server.library as library_module
+        from server.api import UPLOAD_GATE
+
+        waits: list[float | None] = []
+        load = library_module.load_model_input
+        monkeypatch.setattr(library_module, "load_model_input",
+                            lambda source, spec, wait=None: waits.append(wait) or load(source, spec, wait=wait))
+        monkeypatch.setattr(UPLOAD_GATE, "wait_s", 2.0)
+        photo = (skimage_data_dir() / "coffee.png").read_bytes()
+        assert client.post("/api/search/image", files={"file": ("coffee.png", photo, "image/png")}).status_code == 200
+        assert len(waits) == 1 and waits[0] is not None and 0 <= waits[0] <= 2.0  # what is left of the gate's
 
 class TestPhotoEndpoints:
     def test_metadata(self, client: TestClient, album: Path) -> None:

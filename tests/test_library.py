@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import subprocess
 import sys
 import threading
@@ -17,7 +16,7 @@ from server.errors import ClipalbumError, ImageDecodeError, InvalidQueryError, N
 from server.library import MAX_UPLOAD_BYTES, IndexBusyError, Library
 from server.settings import data_paths
 from tests.albumtools import jpeg_bytes, write_variants
-from tests.conftest import SAMPLE_PHOTOS, skimage_data_dir
+from tests.conftest import SAMPLE_PHOTOS, eventually, skimage_data_dir
 
 
 @pytest.fixture()
@@ -179,17 +178,13 @@ class TestDates:
 
 class TestStatusAndConcurrency:
 
-    @pytest.fixture()
-    def follow_at_once(self, monkeypatch: pytest.MonkeyPatch) -> None:
-        monkeypatch.setattr("server.library.FOLLOW_INTERVAL_S", 0.0, raising=False)  # look at every request
-
     @staticmethod
     def _visible(lib: Library) -> set[str]:
         """What a search can find, by path."""
         return {h.path for h in lib.search_text("a photo", k=200).results}
 
     def test_photos_another_process_indexes_are_searchable_at_once_and_counted_alike(
-            self, library: Library, tiny_bundle: Path, sample_album: Path, follow_at_once: None) -> None:
+            self, library: Library, tiny_bundle: Path, sample_album: Path) -> None:
         # `library` is the server's; `other` stands for a `clipalbum index` run beside it.
         (sample_album / "new").mkdir()
         Image.open(skimage_data_dir() / "coffee.png").rotate(90).save(sample_album / "new" / "cup.png")
@@ -198,13 +193,14 @@ class TestStatusAndConcurrency:
             assert other.index().added == 1
         finally:
             other.close()
+        library.follow_other_writers()  # the server's indexer thread does this about once a second
         assert "new/cup.png" in self._visible(library)
         assert library.status().indexed == len(self._visible(library)) == len(SAMPLE_PHOTOS) + 1
         assert library.index().added == 0  # nothing left to embed: the other process did it
         assert len(library.ann) == library.status().indexed
 
     def test_photos_another_process_removes_leave_the_results(self, library: Library, tiny_bundle: Path,
-                                                              sample_album: Path, follow_at_once: None) -> None:
+                                                              sample_album: Path) -> None:
         assert "2023/coffee.png" in self._visible(library)
         (sample_album / "2023" / "coffee.png").unlink()
         other = Library.open(library.paths, model=tiny_bundle)
@@ -212,12 +208,13 @@ class TestStatusAndConcurrency:
             assert other.index().removed == 1
         finally:
             other.close()
+        library.follow_other_writers()
         assert "2023/coffee.png" not in self._visible(library)
         assert library.status().indexed == len(self._visible(library)) == len(SAMPLE_PHOTOS) - 1
         assert len(library.ann) == len(SAMPLE_PHOTOS) - 1  # dropped from the vector index, not only filtered
 
     def test_a_server_opened_while_another_indexes_follows_it(self, tmp_path: Path, tiny_bundle: Path,
-                                                             sample_album: Path, follow_at_once: None) -> None:
+                                                             sample_album: Path) -> None:
         # The second `serve` on one data directory: it opens while the first holds the writer lock.
         paths = data_paths(tmp_path / "data")
         first = Library.open(paths, model=tiny_bundle, roots=[str(sample_album)])
@@ -227,6 +224,7 @@ class TestStatusAndConcurrency:
             try:
                 assert self._visible(second) == set()
                 first.index()
+                second.follow_other_writers()
                 assert len(self._visible(second)) == second.status().indexed == len(SAMPLE_PHOTOS)
             finally:
                 second.close()
@@ -234,7 +232,7 @@ class TestStatusAndConcurrency:
             first.close()
 
     def test_a_real_second_process_indexing_is_followed(self, library: Library, tiny_bundle: Path,
-                                                       sample_album: Path, follow_at_once: None) -> None:
+                                                       sample_album: Path) -> None:
         (sample_album / "more").mkdir()
         for name in ("horse.png", "camera.png"):
             (sample_album / "more" / name).write_bytes((skimage_data_dir() / name).read_bytes())
@@ -243,20 +241,63 @@ class TestStatusAndConcurrency:
                                str(library.paths.root), "--model", str(tiny_bundle)],
                               cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True, timeout=120)
         assert done.returncode == 0, done.stderr
+        library.follow_other_writers()
         assert self._visible(library) == before | {"more/horse.png", "more/camera.png"}
         assert library.status().indexed == len(self._visible(library))
 
-    def test_the_generation_is_read_at_most_once_a_second(self, library: Library,
-                                                          monkeypatch: pytest.MonkeyPatch) -> None:
-        reads = []
-        original = library.store.generation
-        monkeypatch.setattr(library.store, "generation", lambda: reads.append(1) or original())
-        monkeypatch.setattr("server.library.FOLLOW_INTERVAL_S", 3600.0)
-        library._followed_at = -math.inf
-        for _ in range(5):
-            library.search_text("a cat")
+    def test_searches_and_status_leave_the_catch_up_to_the_follow_step(
+            self, library: Library, tiny_bundle: Path, sample_album: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        # A catch-up (a scan of every embedded id, at times an ANN rebuild) never runs inside a request.
+        (sample_album / "new").mkdir()
+        Image.open(skimage_data_dir() / "coffee.png").rotate(90).save(sample_album / "new" / "cup.png")
+        other = Library.open(library.paths, model=tiny_bundle)
+        try:
+            assert other.index().added == 1
+        finally:
+            other.close()
+        reads: list[int] = []
+        generation = library.store.generation
+        monkeypatch.setattr(library.store, "generation", lambda: reads.append(1) or generation())
+        for _ in range(3):
+            assert "new/cup.png" not in self._visible(library)
             library.status()
-        assert len(reads) == 1
+        assert reads == []
+        library.follow_other_writers()
+        assert "new/cup.png" in self._visible(library)
+
+    def test_a_running_server_follows_another_process_within_seconds(
+            self, library: Library, tiny_bundle: Path, sample_album: Path) -> None:
+        from litestar.testing import TestClient
+
+        from server.app import create_app
+
+        (sample_album / "new").mkdir()
+        Image.open(skimage_data_dir() / "coffee.png").rotate(90).save(sample_album / "new" / "cup.png")
+        with TestClient(create_app(library, web_dir=library.paths.root / "no-web", background_index=False)) as client:
+            def visible() -> set[str]:
+                return {h["path"] for h in client.get("/api/search", params={"q": "a photo", "k": 200}).json()["results"]}
+
+            assert "new/cup.png" not in visible()
+            other = Library.open(library.paths, model=tiny_bundle)
+            try:
+                assert other.index().added == 1
+            finally:
+                other.close()
+            assert eventually(lambda: "new/cup.png" in visible())  # the indexer thread's follow step
+            assert client.get("/api/status").json()["indexed"] == len(visible()) == len(SAMPLE_PHOTOS) + 1
+
+    def test_a_library_opened_after_another_process_indexed_sees_its_photos(
+            self, library: Library, tiny_bundle: Path, sample_album: Path) -> None:
+        # The CLI opens a Library, answers once and exits: it sees the state at open, with no follow step.
+        (sample_album / "new").mkdir()
+        Image.open(skimage_data_dir() / "coffee.png").rotate(90).save(sample_album / "new" / "cup.png")
+        assert library.index().added == 1
+        cli = Library.open(library.paths, model=tiny_bundle)
+        try:
+            assert "new/cup.png" in self._visible(cli)
+            assert cli.status().indexed == len(self._visible(cli))
+        finally:
+            cli.close()
 
     def test_status_counts_and_records(self, library: Library, sample_album: Path) -> None:
         status = library.status()
@@ -405,3 +446,4 @@ class TestQuality:
             np.testing.assert_allclose(np.linalg.norm(lib.store.vector(1)[1]), 1.0, atol=1e-4)
         finally:
             lib.close()
+

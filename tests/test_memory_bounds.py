@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
+from litestar.testing import TestClient
 from PIL import Image
 
 import server.library as library_module
@@ -177,7 +178,11 @@ def library(tmp_path: Path, tiny_bundle: Path) -> Iterator[Library]:
 class TestUploads:
     def test_uploads_beyond_the_decode_slots_are_refused_not_decoded_at_once(
             self, library: Library, monkeypatch: pytest.MonkeyPatch) -> None:
-        monkeypatch.setattr(library_module, "UPLOAD_WAIT_SECONDS", 0.0)
+        # The API's UploadGate is the one bound on uploads decoding at once (the Library has none of its own).
+        from server.api import UPLOAD_GATE
+        from server.app import create_app
+
+        monkeypatch.setattr(UPLOAD_GATE, "wait_s", 0.0)
         release = threading.Event()
         lock = threading.Lock()
         running, most = [0], [0]
@@ -196,24 +201,23 @@ class TestUploads:
 
         monkeypatch.setattr(library_module, "load_model_input", counting_load)
         photo = (skimage_data_dir() / "coffee.png").read_bytes()
-        outcomes: list[str] = []
+        outcomes: list[int] = []
+        app = create_app(library, web_dir=library.paths.root / "no-web", background_index=False)
+        with TestClient(app) as client:
+            def upload() -> None:
+                response = client.post("/api/search/image", params={"k": 1},
+                                       files={"file": ("coffee.png", photo, "image/png")})
+                outcomes.append(response.status_code)
 
-        def upload() -> None:
-            try:
-                library.search_image(photo, k=1)
-                outcomes.append("ok")
-            except ServerBusyError:
-                outcomes.append("busy")
-
-        threads = [threading.Thread(target=upload) for _ in range(16)]
-        for t in threads:
-            t.start()
-        wait_until(lambda: len(outcomes) == 16 - library_module.UPLOAD_DECODES)
-        release.set()
-        for t in threads:
-            t.join(30)
-        assert most[0] == library_module.UPLOAD_DECODES < 16
-        assert sorted(outcomes) == ["busy"] * (16 - most[0]) + ["ok"] * most[0]
+            threads = [threading.Thread(target=upload) for _ in range(16)]
+            for t in threads:
+                t.start()
+            wait_until(lambda: len(outcomes) == 16 - UPLOAD_GATE.slots)
+            release.set()
+            for t in threads:
+                t.join(30)
+        assert most[0] == UPLOAD_GATE.slots < 16
+        assert sorted(outcomes) == [200] * most[0] + [503] * (16 - most[0])
 
     def test_an_upload_is_read_from_its_file_without_a_copy_in_bytes(self, library: Library) -> None:
         photo = (skimage_data_dir() / "coffee.png").read_bytes()

@@ -24,7 +24,7 @@ from server.library import Library
 from server.scanner import AlbumWalk, walk_album
 from server.settings import data_paths
 from tests.albumtools import jpeg_bytes
-from tests.conftest import skimage_data_dir
+from tests.conftest import eventually, skimage_data_dir
 from tests.test_server_loopback import free_port
 
 SECRET = b"root:x:0:0:secret outside the album\n"
@@ -321,29 +321,73 @@ class TestServingContainment:
                         assert response.status_code == 404, (url, response.status_code)
                         assert SECRET not in response.content
 
+    def test_turning_off_links_outside_reaches_a_running_server(
+            self, tmp_path: Path, tiny_bundle: Path, album: Path, outside: Path) -> None:
+        (album / "elsewhere.jpg").symlink_to(outside / "photo.jpg")
+        with opened(tmp_path, tiny_bundle, album, follow_links_outside=True) as lib:
+            lib.index()
+            url = f"/api/images/{rows(lib)['elsewhere.jpg']}/file"
+            with client_for(lib) as client:
+                assert client.get(url).status_code == 200
+                # `clipalbum index --no-follow-links-outside` in another process, while the server runs:
+                Library.open(lib.paths, model=tiny_bundle, follow_links_outside=False).close()
+                assert eventually(lambda: client.get(url).status_code == 404)
+                assert not lib.follow_links_outside
+
+    def test_serving_checks_the_original_each_time_but_not_the_album_roots(
+            self, tmp_path: Path, tiny_bundle: Path, album: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        with opened(tmp_path, tiny_bundle, album) as lib:
+            lib.index()
+            record = lib.photo(rows(lib)["a.jpg"])
+            expected = (album / "a.jpg").resolve()
+            root_reads: list[int] = []
+            store_roots = lib.store.roots
+            monkeypatch.setattr(lib.store, "roots", lambda: root_reads.append(1) or store_roots())
+            resolved: list[str] = []
+            realpath = os.path.realpath
+            monkeypatch.setattr(os.path, "realpath", lambda p, **kw: resolved.append(p) or realpath(p, **kw))
+            for _ in range(3):
+                assert lib.servable(record) == expected
+            assert root_reads == [] and resolved == [record.original_path] * 3  # the original's, every time
+            monkeypatch.undo()
+            # A root added here is served at once; one added by another process after its follow step.
+            for name, i in (("second", 5), ("third", 6)):
+                (tmp_path / name).mkdir()
+                (tmp_path / name / f"{name}.jpg").write_bytes(photo(i))
+            lib.add_root(tmp_path / "second")
+            lib.index()
+            assert lib.servable(lib.photo(rows(lib)["second.jpg"])).name == "second.jpg"
+            other = Library.open(lib.paths, model=tiny_bundle, roots=[str(tmp_path / "third")])
+            try:
+                other.index()
+            finally:
+                other.close()
+            lib.follow_other_writers()
+            assert lib.servable(lib.photo(rows(lib)["third.jpg"])).name == "third.jpg"
+
     def test_servable_path_is_the_real_path_inside_a_root(self, tmp_path: Path, tiny_bundle: Path,
                                                           album: Path, outside: Path) -> None:
-        from server.containment import servable_path
+        from server.containment import real_folders, servable_path
 
         (album / "link.jpg").symlink_to(album / "a.jpg")
         with opened(tmp_path, tiny_bundle, album) as lib:
             lib.index()
             record = lib.photo(rows(lib)["a.jpg"])
-            assert servable_path(record, [album]) == (album / "a.jpg").resolve()
+            assert servable_path(record, real_folders([album])) == (album / "a.jpg").resolve()
             linked = msgspec.structs.replace(record, rel_path="link.jpg")
-            assert servable_path(linked, [album]) == (album / "a.jpg").resolve()
+            assert servable_path(linked, real_folders([album])) == (album / "a.jpg").resolve()
             sneaky = msgspec.structs.replace(record, rel_path="../outside/photo.jpg")
             with pytest.raises(NotFoundError):
-                servable_path(sneaky, [album])
-            assert servable_path(sneaky, [album], allow_outside=True) == (outside / "photo.jpg").resolve()
+                servable_path(sneaky, real_folders([album]))
+            assert servable_path(sneaky, real_folders([album]), allow_outside=True) == (outside / "photo.jpg").resolve()
             # A sibling folder whose name starts like the album's is not inside it (no string prefix test).
             sibling = tmp_path / "album-2"
             sibling.mkdir()
             (sibling / "x.jpg").write_bytes(photo(6))
             with pytest.raises(NotFoundError):
-                servable_path(msgspec.structs.replace(record, rel_path="../album-2/x.jpg"), [album])
+                servable_path(msgspec.structs.replace(record, rel_path="../album-2/x.jpg"), real_folders([album]))
             with pytest.raises(NotFoundError, match="not a regular file"):
-                servable_path(msgspec.structs.replace(record, rel_path="."), [album])
+                servable_path(msgspec.structs.replace(record, rel_path="."), real_folders([album]))
 
 
 # A valid UTF-8 non-ASCII name, the same name in Latin-1 (not UTF-8), and an ASCII name spelling the escape
