@@ -230,8 +230,11 @@ class ImagesController(Controller):
         if isinstance(found, Response):
             return found
         # Made on a thumbnail thread once one is free: the wait for it, and a decode's wait for memory, hold
-        # none of the worker threads text searches run on.
-        made = await THUMBNAIL_GATE.run(partial(cache.get, found.original, found.content_hash, found.size))
+        # none of the worker threads text searches run on. One deadline covers both waits (then a 503), so a
+        # thumbnail never sits at the head of the decode budget's queue for long.
+        deadline = time.monotonic() + THUMBNAIL_GATE.wait_s
+        made = await THUMBNAIL_GATE.run(lambda: cache.get(found.original, found.content_hash, found.size,
+                                                          wait=max(0.0, deadline - time.monotonic())))
         return _thumbnail_response(made, photo_id, found.size, found.etag)
 
     @get("/file", sync_to_thread=True, summary="The original photo, by id only",

@@ -290,7 +290,11 @@ class Library:
     def _refresh_settings(self) -> None:
         """Re-reads what another process may have changed in this data directory: the album folders and
         whether links outside them are followed and served."""
-        self.follow_links_outside = self.store.get_meta("follow_links_outside") == "1"
+        follow = self.store.get_meta("follow_links_outside") == "1"
+        if follow != self.follow_links_outside:  # it widens or narrows what this server sends: say so
+            log.warning("links outside the album folders are %s now (set by another clipalbum process)",
+                        "followed and served" if follow else "no longer followed or served")
+        self.follow_links_outside = follow
         self._refresh_roots()
 
     # -- searching -----------------------------------------------------------------------------------------

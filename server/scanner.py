@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import logging
 import os
@@ -172,6 +173,11 @@ class AlbumWalk:
                 self.problem(path, f"broken symbolic link: its target {_link_target(path)} does not exist")
             return
         except OSError as exc:  # a loop (ELOOP), a target path too long, a folder on the way unreadable
+            if exc.errno not in (errno.ELOOP, errno.ENAMETOOLONG):  # EIO, ESTALE...: a failing drive, not a gone one
+                self._kept.setdefault(root_id, set()).add(rel)
+                self.problem(path, f"cannot follow the symbolic link: {exc.strerror or exc}; what it leads to "
+                                   "stays indexed until it can be read")
+                return
             self.problem(path, f"cannot follow the symbolic link: {exc.strerror or exc}")
             return
         is_folder = stat.S_ISDIR(st.st_mode)

@@ -41,9 +41,11 @@ SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 # code, not album data) is checked separately, by whether the path names one of its files.
 OPEN_PATHS = frozenset({"/health", "/api/login", "/api/logout", "/api/session"})
 API_PREFIXES = ("/api/", "/schema")
-# Headers a reverse proxy adds: a server that trusts its callers because it listens on loopback must not
-# trust a proxy's callers (e.g. nginx without `proxy_set_header Host`, which sends Host: 127.0.0.1).
-PROXY_HEADERS = (b"forwarded", b"x-forwarded-for", b"x-forwarded-host", b"x-real-ip")
+# Headers reverse proxies commonly add (Caddy, Traefik, Apache, nginx as the README sets it up): a server
+# that trusts its callers because it listens on loopback must not trust a proxy's. Best effort only: a bare
+# nginx proxy_pass adds none of them, which is why the README says a proxy needs --allowed-host.
+PROXY_HEADERS = (b"forwarded", b"x-forwarded-for", b"x-forwarded-host", b"x-forwarded-proto",
+                 b"x-forwarded-port", b"x-real-ip", b"via")
 
 
 def is_loopback(host: str) -> bool:

@@ -15,7 +15,7 @@ from pathlib import Path
 from PIL import Image
 
 from server.diskerrors import storage_problem
-from server.errors import InvalidQueryError
+from server.errors import InvalidQueryError, ServerBusyError
 from server.preprocess import decode_photo
 
 log = logging.getLogger(__name__)
@@ -72,19 +72,26 @@ class ThumbnailCache:
         target = self.path_for(content_hash, size)
         return target if target.is_file() else None
 
-    def get(self, original: Path, content_hash: str, size: int) -> Path | bytes:
+    def get(self, original: Path, content_hash: str, size: int, wait: float | None = None) -> Path | bytes:
         """The cached thumbnail, made first if needed; its JPEG bytes instead when the cache cannot be written
-        (disk full, read-only). Raises ImageDecodeError for a bad original."""
+        (disk full, read-only). Raises ImageDecodeError for a bad original, and ServerBusyError when making it
+        would wait more than `wait` seconds (None: as long as it takes) for a decode slot and memory."""
         if (target := self.cached(content_hash, size)) is not None:
             return target
-        with self._decoding:
+        deadline = None if wait is None else time.monotonic() + wait
+        if not self._decoding.acquire(timeout=wait):  # None: as long as it takes
+            raise ServerBusyError("the server is making other thumbnails; try again in a few seconds")
+        try:
             if (target := self.cached(content_hash, size)) is not None:  # made while this one waited
                 return target
-            return self._make(original, self.path_for(content_hash, size), size)
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            return self._make(original, self.path_for(content_hash, size), size, left)
+        finally:
+            self._decoding.release()
 
-    def _make(self, original: Path, target: Path, size: int) -> Path | bytes:
+    def _make(self, original: Path, target: Path, size: int, wait: float | None) -> Path | bytes:
         # decode_photo applies EXIF orientation and DCT-scales JPEGs, so big photos decode fast.
-        image = decode_photo(original, min_side=size).image
+        image = decode_photo(original, min_side=size, wait=wait).image
         image.thumbnail((size, size), Image.Resampling.LANCZOS, reducing_gap=2.0)
         encoded = io.BytesIO()
         image.save(encoded, "JPEG", quality=JPEG_QUALITY, optimize=True, progressive=True)

@@ -3,6 +3,7 @@ not UTF-8, and walk problems (loops, over-long paths) listed in the status. Tiny
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import threading
@@ -253,6 +254,29 @@ class TestLinksBetweenAlbums:
             (a / "secret").unlink()  # a link that is gone (not unplugged) lets go of what it led to
             assert lib.index().removed == 1
             assert ("A", "secret/h.jpg") not in rows_by_album(lib)
+        finally:
+            lib.close()
+
+    def test_a_link_whose_target_fails_to_read_keeps_what_it_led_to(
+            self, tmp_path: Path, tiny_bundle: Path, albums: tuple[Path, Path],
+            monkeypatch: pytest.MonkeyPatch) -> None:
+        # A drive yanked while still mounted answers EIO, not "no such file": not a reason to forget its photos.
+        a, b = albums
+        lib = Library.open(data_paths(tmp_path / "data"), model=tiny_bundle, roots=[str(a), str(b)])
+        try:
+            lib.index()
+            before = rows_by_album(lib)
+            realpath = os.path.realpath
+
+            def failing(path: str, *args: object, **kwargs: object) -> str:
+                if kwargs.get("strict") and str(path).endswith("secret"):
+                    raise OSError(errno.EIO, os.strerror(errno.EIO), path)
+                return realpath(path, *args, **kwargs)
+
+            monkeypatch.setattr(os.path, "realpath", failing)
+            assert lib.index().removed == 0
+            assert rows_by_album(lib) == before
+            assert "stays indexed" in problems(lib)["secret"]
         finally:
             lib.close()
 

@@ -200,3 +200,46 @@ class TestAnnIndex:
 
         assert recall(limit=0) < 0.95  # the graph misses some for queries unlike the photos...
         assert recall(limit=6000) >= 0.99  # ...the exact scan doesn't (f16 storage may swap near ties)
+
+
+class TestHotQueryPlans:
+    """The queries a search, a thumbnail or a status poll runs stay on the index meant for them: an index
+    added for one query once moved vector_rows from the primary key to a scan of every indexed photo."""
+
+    @pytest.fixture()
+    def filled(self, store: Store) -> Store:
+        root = store.add_root(Path("/album"))
+        vectors = unit(np.random.default_rng(1), 50)
+        changes = Changes()
+        changes.writes.extend((None, fields(root, f"{i}.jpg", vectors[i], taken_at=f"2020-01-{1 + i % 28:02d}T10:00:00",
+                                            content_hash=f"h{i}")) for i in range(50))
+        changes.writes.extend((None, fields(root, f"bad{i}.jpg", error="broken")) for i in range(5))
+        store.apply(changes)
+        return store
+
+    @staticmethod
+    def plans(store: Store, call) -> list[str]:
+        """EXPLAIN QUERY PLAN of every statement `call` runs on this thread's reader connection."""
+        statements: list[str] = []
+        con = store._reader
+        con.set_trace_callback(statements.append)  # the SQL with its parameters bound
+        try:
+            call()
+        finally:
+            con.set_trace_callback(None)
+        return [" | ".join(row[3] for row in con.execute(f"EXPLAIN QUERY PLAN {sql}")) for sql in statements]
+
+    def test_search_and_serving_read_photos_by_primary_key(self, filled: Store) -> None:
+        ids = list(range(1, 30))
+        for call in (lambda: filled.vector_rows(ids, "m1"), lambda: filled.taken_at(ids),
+                     lambda: filled.photo(7, "m1"), lambda: filled.vector(7)):
+            (plan,) = self.plans(filled, call)
+            assert "SEARCH p USING INTEGER PRIMARY KEY" in plan or "SEARCH photos USING INTEGER PRIMARY KEY" in plan, plan
+
+    def test_date_windows_and_status_use_their_indexes(self, filled: Store) -> None:
+        (plan,) = self.plans(filled, lambda: filled.count_taken_between("m1", "2020-01-05", "2020-01-09"))
+        assert "photos_by_model_taken" in plan, plan
+        (plan,) = self.plans(filled, lambda: filled.ids_taken_between("m1", "2020-01-05", "2020-01-09"))
+        assert "photos_by_model_taken" in plan, plan
+        (plan,) = self.plans(filled, lambda: filled.counts("m1"))
+        assert "COVERING INDEX photos_by_status_model" in plan, plan

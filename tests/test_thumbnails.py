@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from server.errors import ImageDecodeError, InvalidQueryError
+from server.decode_budget import DECODE_BUDGET
+from server.errors import ImageDecodeError, InvalidQueryError, ServerBusyError
 from server.thumbnails import (DEFAULT_SIZE, THUMBNAIL_SIZES, THUMBNAIL_VERSION, ThumbnailCache, snap_size,
                                thumbnail_etag)
 from tests.conftest import skimage_data_dir
@@ -110,6 +111,16 @@ class TestThumbnailCache:
         cache = ThumbnailCache(tmp_path)
         path = cache.path_for("../../etc/passwd", 128)
         assert path.parent.parent == tmp_path and ".." not in path.name
+
+    def test_a_thumbnail_waits_for_decode_memory_only_as_long_as_it_is_told(self, tmp_path: Path) -> None:
+        # A scan holding the whole budget must not keep a thumbnail (and the queue behind it) waiting forever.
+        original = skimage_data_dir() / "astronaut.png"
+        cache = ThumbnailCache(tmp_path)
+        with DECODE_BUDGET.reserve(DECODE_BUDGET.capacity):
+            with pytest.raises(ServerBusyError, match="try again"):
+                cache.get(original, _sha256(original), 256, wait=0.05)
+        assert cache.cached(_sha256(original), 256) is None
+        assert cache.get(original, _sha256(original), 256, wait=5.0).is_file()  # memory free again: made
 
 
 def test_etag_changes_with_content_and_size() -> None:
