@@ -21,10 +21,12 @@ T = TypeVar("T")
 # Search-by-photo uploads decoded at once (a second core stays free for text search), how many more may wait
 # (each holds its request body, spooled to disk beyond 1 MB, so a waiting upload costs at most ~1 MB of memory),
 # and how long one waits, for a slot and then for the process's decode budget together, before the API
-# answers 503 "try again". 8 waiting turned 25 of 477 uploads away with 50 clients (bench/load_mixed.py).
+# answers 503 "try again". With 50 clients (bench/load_mixed.py) uploads crawl (one low-priority decode
+# thread on a saturated CPU) and pile up: 8 waiting for 10 s turned 25 of 477 uploads away, 32 for 30 s
+# 19 of 420. A wait costs a coroutine and at most ~1 MB, so up to 64 wait, as long as thumbnails do.
 UPLOAD_DECODES = max(1, (os.cpu_count() or 2) // 2)
-UPLOAD_QUEUE = 32
-UPLOAD_WAIT_SECONDS = 10.0
+UPLOAD_QUEUE = 64
+UPLOAD_WAIT_SECONDS = 30.0
 
 # Upload decode threads run at this nice level: a 81 MP PNG takes ~0.4 s of a core, and at equal
 # priority it slowed the text encoder's threads beside it (text search p99 x3 while uploads ran).
