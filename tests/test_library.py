@@ -179,13 +179,8 @@ class TestDates:
 class TestStatusAndConcurrency:
 
     @staticmethod
-    def _visible(lib: Library) -> set[str]:
-        """What a search can find, by path."""
-        return {h.path for h in lib.search_text("a photo", k=200).results}
-
-    def test_photos_another_process_indexes_are_searchable_at_once_and_counted_alike(
-            self, library: Library, tiny_bundle: Path, sample_album: Path) -> None:
-        # `library` is the server's; `other` stands for a `clipalbum index` run beside it.
+    def _index_a_new_photo_elsewhere(library: Library, tiny_bundle: Path, sample_album: Path) -> None:
+        """new/cup.png, indexed by another Library on the same data directory (as `clipalbum index` would)."""
         (sample_album / "new").mkdir()
         Image.open(skimage_data_dir() / "coffee.png").rotate(90).save(sample_album / "new" / "cup.png")
         other = Library.open(library.paths, model=tiny_bundle)
@@ -193,6 +188,16 @@ class TestStatusAndConcurrency:
             assert other.index().added == 1
         finally:
             other.close()
+
+    @staticmethod
+    def _visible(lib: Library) -> set[str]:
+        """What a search can find, by path."""
+        return {h.path for h in lib.search_text("a photo", k=200).results}
+
+    def test_photos_another_process_indexes_are_searchable_at_once_and_counted_alike(
+            self, library: Library, tiny_bundle: Path, sample_album: Path) -> None:
+        # `library` is the server's; `other` stands for a `clipalbum index` run beside it.
+        self._index_a_new_photo_elsewhere(library, tiny_bundle, sample_album)
         library.follow_other_writers()  # the server's indexer thread does this about once a second
         assert "new/cup.png" in self._visible(library)
         assert library.status().indexed == len(self._visible(library)) == len(SAMPLE_PHOTOS) + 1
@@ -248,13 +253,7 @@ class TestStatusAndConcurrency:
     def test_searches_and_status_leave_the_catch_up_to_the_follow_step(
             self, library: Library, tiny_bundle: Path, sample_album: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         # A catch-up (a scan of every embedded id, at times an ANN rebuild) never runs inside a request.
-        (sample_album / "new").mkdir()
-        Image.open(skimage_data_dir() / "coffee.png").rotate(90).save(sample_album / "new" / "cup.png")
-        other = Library.open(library.paths, model=tiny_bundle)
-        try:
-            assert other.index().added == 1
-        finally:
-            other.close()
+        self._index_a_new_photo_elsewhere(library, tiny_bundle, sample_album)
         reads: list[int] = []
         generation = library.store.generation
         monkeypatch.setattr(library.store, "generation", lambda: reads.append(1) or generation())
