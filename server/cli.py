@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sqlite3
 import sys
 from contextlib import closing
@@ -64,20 +65,42 @@ def cmd_index(args: argparse.Namespace) -> int:
     return 0
 
 
+def _query_photo(name: str) -> Path:
+    """The photo file `search --image` names, or a ClipalbumError that says what is wrong with it."""
+    path = Path(name).expanduser()
+    if not path.exists():
+        raise ClipalbumError(f"{for_terminal(name)} does not exist; give the photo file to search by")
+    if path.is_dir():
+        raise ClipalbumError(f"{for_terminal(name)} is a folder; give one photo file to search by")
+    return path
+
+
 def cmd_search(args: argparse.Namespace) -> int:
+    given = [what for what, value in (("a text query", args.query), ("--similar", args.similar),
+                                      ("--image", args.image)) if value is not None]
+    if len(given) > 1:
+        raise ClipalbumError(f"search by one thing at a time: {' and '.join(given)} were both given")
+    query_photo = _query_photo(args.image) if args.image is not None else None
     with closing(_open_library(args)) as library:
         if args.similar is not None:
             response = library.similar(args.similar, k=args.k)
-        elif args.image:
-            response = library.search_image(Path(args.image).read_bytes(), k=args.k)
+        elif query_photo is not None:
+            try:
+                with open(query_photo, "rb") as photo:
+                    response = library.search_image(photo, k=args.k)
+            except OSError as exc:
+                raise ClipalbumError(f"cannot read {for_terminal(args.image)}: {exc.strerror or exc}") from exc
         else:
             response = library.search_text(args.query or "", k=args.k)
+        empty = not response.results and library.status(max_errors=0).indexed == 0
     if args.json:
         print(msgspec.json.encode(response).decode())
-        return 0
-    for hit in response.results:
-        print(f"{hit.score:6.3f}  {for_terminal(str(Path(hit.root) / hit.path))}")
-    print(f"{len(response.results)} results in {response.took_ms:.1f} ms", file=sys.stderr)
+    else:
+        for hit in response.results:  # the id first: `clipalbum search --similar ID` takes it
+            print(f"{hit.id:>7}  {hit.score:6.3f}  {for_terminal(str(Path(hit.root) / hit.path))}")
+        print(f"{len(response.results)} results in {response.took_ms:.1f} ms", file=sys.stderr)
+    if empty:
+        print("clipalbum: the index is empty; run `clipalbum index FOLDER` first", file=sys.stderr)
     return 0
 
 
@@ -271,6 +294,9 @@ def main(argv: list[str] | None = None) -> int:
     except ClipalbumError as exc:
         print(f"clipalbum: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # `clipalbum search ... | head`: the reader has all it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the exit's flush can't fail too
+        return 0
     except (OSError, sqlite3.Error) as exc:  # a full or read-only data directory: say so, no traceback
         if (problem := storage_problem(exc, data_paths(getattr(args, "data_dir", None)).root)) is None:
             raise

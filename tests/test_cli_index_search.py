@@ -34,7 +34,10 @@ def test_index_then_search_status_similar_and_by_image(cli, sample_album: Path) 
     code, out, err = cli("search", "a cat sitting", "--k", "3")
     lines = out.strip().splitlines()
     assert code == 0 and len(lines) == 3 and "3 results" in err
-    assert all(Path(line.split(maxsplit=1)[1]).is_file() for line in lines)  # score, then the full path
+    assert all(Path(line.split(maxsplit=2)[2]).is_file() for line in lines)  # id, score, then the full path
+    ids = [int(line.split()[0]) for line in lines]
+    code, out, _ = cli("search", "--similar", str(ids[0]), "--k", "3")  # the printed id is the one it takes
+    assert code == 0 and str(ids[0]) not in [line.split()[0] for line in out.splitlines()]
 
     code, out, _ = cli("search", "a rocket", "--k", "5", "--json")
     response = json.loads(out)
@@ -92,6 +95,38 @@ def test_bad_searches_exit_2_with_a_message(cli, sample_album: Path, args: tuple
 def test_a_missing_album_folder_exits_2_with_a_message(cli, tmp_path: Path) -> None:
     code, _, err = cli("index", str(tmp_path / "nowhere"))
     assert code == 2 and "does not exist" in err
+
+
+@pytest.mark.parametrize("args, message", [
+    (("search", "--image", "/nonexistent/query.jpg"), "does not exist"),
+    (("search", "--image", "/"), "is a folder"),
+    (("search", "cat", "--similar", "3"), "a text query and --similar were both given"),
+    (("search", "cat", "--image", "/x.jpg"), "a text query and --image were both given"),
+    (("search", "--similar", "3", "--image", "/x.jpg"), "--similar and --image were both given"),
+])
+def test_user_mistakes_end_in_one_line_and_exit_2(cli, args: tuple, message: str) -> None:
+    code, out, err = cli(*args)
+    assert code == 2 and message in err and out == ""
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_an_empty_index_says_to_run_index(cli) -> None:
+    code, out, err = cli("search", "a cat")
+    assert code == 0 and out == "" and "run `clipalbum index FOLDER` first" in err
+
+
+def test_a_reader_that_stops_early_is_no_error(tmp_path: Path, tiny_bundle: Path, sample_album: Path) -> None:
+    # `clipalbum search ... --json | head -c 1`: the pipe closes before the output is written.
+    import subprocess
+    import sys
+
+    base = [sys.executable, "-m", "server.cli", "--data-dir", str(tmp_path / "data"), "--model", str(tiny_bundle)]
+    assert main(["index", str(sample_album), "-q", *base[3:]]) == 0
+    proc = subprocess.Popen([*base[:3], "search", "a cat", "--json", *base[3:]], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, cwd=Path(__file__).resolve().parents[1])
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 0 and "Traceback" not in err and "BrokenPipe" not in err, err
 
 
 def test_a_non_image_query_file_exits_2(cli, sample_album: Path, tmp_path: Path) -> None:
