@@ -50,8 +50,12 @@ const statusPanel = new StatusPanel((status, previous) => {
   albumStatus = status;
   // A scan just finished: an empty page may now have answers.
   if (previous?.progress.running && !status.progress.running && grid.hits.length === 0 && hasQuery()) runSearch();
-  // The start page says whether there is anything to search yet.
-  if (!hasQuery() && (previous === null || (previous.indexed === 0) !== (status.indexed === 0))) showLanding();
+  // The start page says whether there is anything to search yet (without hiding an error shown meanwhile,
+  // e.g. a picked file that is no photo, when the first status arrives after it).
+  const landingShown = message.hidden || /\b(landing|empty)\b/.test(message.className);
+  if (!hasQuery() && landingShown && (previous === null || (previous.indexed === 0) !== (status.indexed === 0))) {
+    showLanding();
+  }
 });
 
 function hasQuery() {

@@ -192,6 +192,29 @@ class TestSearchByPhoto:
                                                       "buffer": b"not a jpeg"}])
         page.wait_for_function("() => /\\(4\\d\\d\\)/.test(document.getElementById('message').textContent)")
 
+    def test_the_first_status_does_not_hide_an_error_shown_before_it(self, page, album_server, tmp_path):
+        # The start page is drawn again when the first status arrives; a file picked before that (no photo)
+        # had its error replaced by the landing text.
+        notes = tmp_path / "notes.txt"
+        notes.write_text("shopping list: milk, eggs")
+        held, release = [], []
+
+        def hold_until_released(route) -> None:  # the first status polls wait until the error is up
+            if release:
+                route.continue_()
+            else:
+                held.append(route)
+
+        page.route("**/api/status*", hold_until_released)
+        page.goto(album_server.url + "/")
+        page.locator("#pick").set_input_files(str(notes))
+        page.locator("#message.error").wait_for()
+        release.append(True)
+        for route in held:
+            route.continue_()
+        page.wait_for_function("() => /indexed/.test(document.getElementById('counts').textContent)")
+        assert "notes.txt is not a photo" in page.locator("#message").inner_text()
+
     def test_dropping_a_photo_onto_the_page_finds_the_same_scene(self, page, album_server, tmp_path):
         upload = copy_source_photo("astronaut.png", tmp_path)
         page.goto(album_server.url + "/")
