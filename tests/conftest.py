@@ -93,5 +93,5 @@ def eventually(condition: Callable[[], bool], seconds: float = 20.0) -> bool:
     while time.monotonic() < deadline:
         if condition():
             return True
-        time.sleep(0.05)
+        time.sleep(0.01)
     return condition()

@@ -28,7 +28,7 @@ from server.library import Library
 from server.preprocess import MAX_PIXELS, decode_photo
 from server.settings import data_paths
 from server.upload_gate import UploadGate
-from tests.conftest import skimage_data_dir
+from tests.conftest import eventually, skimage_data_dir
 
 T = TypeVar("T")
 
@@ -54,15 +54,6 @@ def flat_png(width: int, height: int, mode: str = "1") -> bytes:
     Image.new(mode, (width, height)).save(buffer, "PNG")
     return buffer.getvalue()
 
-
-def wait_until(condition: Callable[[], bool]) -> None:
-    """Polls until `condition` holds (generous deadline: this orders threads, it times nothing)."""
-    done = threading.Event()
-    for _ in range(2000):
-        if condition():
-            return
-        done.wait(0.005)
-    raise AssertionError("condition not reached")
 
 
 class TestPixelLimit:
@@ -115,7 +106,7 @@ class TestDecodeBudget:
         with budget.reserve(60):
             waiter = threading.Thread(target=second)
             waiter.start()
-            wait_until(lambda: budget.waiting == 1)
+            assert eventually(lambda: budget.waiting == 1)
             assert not got_second.is_set() and budget.used == 60
         waiter.join(10)
         assert got_second.is_set() and budget.used == 0
@@ -147,7 +138,7 @@ class TestDecodeBudget:
                         order.append(name)
                 threads.append(threading.Thread(target=take))
                 threads[-1].start()
-                wait_until(lambda n=len(threads): budget.waiting == n)
+                assert eventually(lambda n=len(threads): budget.waiting == n)
         for t in threads:
             t.join(10)
         assert order == ["big", "small"]  # the small one did not overtake (no starving big photos)
@@ -212,7 +203,7 @@ class TestUploads:
             threads = [threading.Thread(target=upload) for _ in range(16)]
             for t in threads:
                 t.start()
-            wait_until(lambda: len(outcomes) == 16 - UPLOAD_GATE.slots)
+            assert eventually(lambda: len(outcomes) == 16 - UPLOAD_GATE.slots)
             release.set()
             for t in threads:
                 t.join(30)

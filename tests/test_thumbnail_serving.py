@@ -6,7 +6,7 @@ import errno
 import io
 import os
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -18,6 +18,7 @@ from server.app import create_app
 from server.decode_budget import DECODE_BUDGET
 from server.library import Library
 from server.thumbnails import THUMBNAIL_DECODES, THUMBNAIL_SIZES
+from tests.conftest import eventually
 from tests.test_api import _id_of, make_album, make_web_dir, open_indexed
 
 # asyncio's default executor, on which Litestar runs the API's sync handlers (text search among them).
@@ -37,15 +38,6 @@ def client(library: Library, tmp_path: Path) -> Iterator[TestClient]:
     with TestClient(app) as test_client:
         yield test_client
 
-
-def wait_until(condition: Callable[[], bool]) -> None:
-    """Polls until `condition` holds (generous deadline: this orders threads, it times nothing)."""
-    pause = threading.Event()
-    for _ in range(6000):
-        if condition():
-            return
-        pause.wait(0.005)
-    raise AssertionError("condition not reached")
 
 
 @pytest.mark.parametrize("code", [errno.ENOSPC, errno.EROFS])
@@ -85,8 +77,8 @@ def test_text_search_is_answered_while_thumbnails_wait_for_decode_memory(
         with DECODE_BUDGET.reserve(DECODE_BUDGET.capacity):  # as if big photos were being decoded
             thumbnails = [requests.submit(client.get, url) for url in urls]
             # Every request is in its handler, and the decodes that got that far wait for memory.
-            wait_until(lambda: len(looked_up) == len(urls)
-                       and DECODE_BUDGET.waiting == min(len(urls), THUMBNAIL_DECODES))
+            assert eventually(lambda: len(looked_up) == len(urls)
+                       and DECODE_BUDGET.waiting == min(len(urls), THUMBNAIL_DECODES), seconds=30)
             search = requests.submit(client.get, "/api/search", params={"q": "a cat", "k": 3})
             # (a generous bound, not a timing: without the fix the search waits until the budget is freed)
             answer = search.result(timeout=60)
