@@ -1,0 +1,172 @@
+"""The enhancer at serving time: ONNX Runtime on the CPU, the photo in overlapping tiles.
+
+One photo goes: thumbnail -> head (global correction, unless the caller set it) -> per tile: correction,
+noise map, DDIM steps of the UNet -> the restored core of each tile written into the result. Memory stays
+at the photo (uint8 in and out) plus one tile's tensors, whatever the photo's size.
+"""
+
+from __future__ import annotations
+
+import logging
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+from PIL import Image
+
+from server.encoders import make_session
+from server.enhance import ddim
+from server.enhance.color import CONTRAST_LOG_MAX, GlobalParams, correct, kelvin_log_gains
+from server.enhance.manifest import EnhancerManifest, Precision, read_enhancer_manifest
+from server.enhance.noise import estimate_sigma, noise_map
+
+log = logging.getLogger(__name__)
+
+
+class EnhanceCancelled(Exception):
+    """The caller's cancel check said stop; nothing was produced."""
+
+
+@dataclass(frozen=True)
+class EnhanceOptions:
+    """None means "auto" (the model decides)."""
+
+    denoise: float | None = None  # 0 (keep the noise) .. 1 (the model's full denoising)
+    exposure: float | None = None  # EV added in linear light
+    contrast: float | None = None  # 0 (as is) .. 1 (doubles contrast about the mean)
+    temperature: float | None = None  # the light's colour in kelvin, corrected to daylight
+    steps: int = 1
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class Tile:
+    core: tuple[int, int, int, int]  # top, left, bottom, right: the pixels this tile writes
+    context: tuple[int, int, int, int]  # the larger window it reads
+
+
+def plan_tiles(height: int, width: int, tile: int, overlap: int) -> list[Tile]:
+    tiles = []
+    for top in range(0, height, tile):
+        for left in range(0, width, tile):
+            bottom, right = min(top + tile, height), min(left + tile, width)
+            tiles.append(Tile((top, left, bottom, right),
+                              (max(0, top - overlap), max(0, left - overlap),
+                               min(height, bottom + overlap), min(width, right + overlap))))
+    return tiles
+
+
+def pixel_shuffle(x: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+    """(12, h, w) -> (3, 2h, 2w), torch's pixel_shuffle with factor 2."""
+    _, h, w = x.shape
+    return x.reshape(3, 2, 2, h, w).transpose(0, 3, 1, 4, 2).reshape(3, 2 * h, 2 * w)
+
+
+class Enhancer:
+    """Loads an exported enhancer (enhancer.json + ONNX files) for the CPU."""
+
+    def __init__(self, directory: Path, precision: Precision | None = None, threads: int | None = None,
+                 verify: bool = True) -> None:
+        self.directory = Path(directory)
+        self.manifest: EnhancerManifest = read_enhancer_manifest(self.directory, verify=verify)
+        self.precision: Precision = precision or self.manifest.default_precision
+        if self.precision not in self.manifest.unet:
+            raise ValueError(f"this enhancer has no {self.precision} UNet (it has {', '.join(self.manifest.unet)})")
+        self.unet = make_session(self.directory / self.manifest.unet[self.precision], threads)
+        self.head = make_session(self.directory / self.manifest.head, threads)
+        self.alphas = np.asarray(self.manifest.alphas_cumprod, dtype=np.float64)
+
+    @property
+    def embed_dim(self) -> int:
+        return self.manifest.embed_dim
+
+    def _vector(self, v: npt.NDArray[np.float32] | None) -> npt.NDArray[np.float32]:
+        if v is None:
+            return np.zeros((1, self.embed_dim), dtype=np.float32)
+        v = np.asarray(v, dtype=np.float32).reshape(1, -1)
+        if v.shape[1] != self.embed_dim:
+            raise ValueError(f"embedding has {v.shape[1]} dimensions, the enhancer takes {self.embed_dim}")
+        return v
+
+    def predict_params(self, photo: npt.NDArray[np.uint8], embedding: npt.NDArray[np.float32] | None = None,
+                       prompt: npt.NDArray[np.float32] | None = None) -> GlobalParams:
+        """The head's global correction for a (H, W, 3) uint8 photo."""
+        size = self.manifest.thumb
+        thumb = np.asarray(Image.fromarray(photo).resize((size, size), Image.Resampling.BOX), dtype=np.float32)
+        feed = {"thumb": (thumb / 255).transpose(2, 0, 1)[None], "embedding": self._vector(embedding),
+                "prompt": self._vector(prompt)}
+        return GlobalParams(*(float(v) for v in self.head.run(None, feed)[0][0]))
+
+    def resolve_params(self, photo: npt.NDArray[np.uint8], options: EnhanceOptions,
+                       embedding: npt.NDArray[np.float32] | None, prompt: npt.NDArray[np.float32] | None) -> GlobalParams:
+        """The head's prediction with the user's fixed values put in its place."""
+        auto = self.predict_params(photo, embedding, prompt)
+        red, blue = ((auto.log_gain_red, auto.log_gain_blue) if options.temperature is None
+                     else kelvin_log_gains(options.temperature))
+        return GlobalParams(
+            exposure_ev=auto.exposure_ev if options.exposure is None else float(options.exposure),
+            log_gain_red=red, log_gain_blue=blue,
+            contrast_log=auto.contrast_log if options.contrast is None else float(options.contrast) * CONTRAST_LOG_MAX,
+        )
+
+    def enhance(self, photo: npt.NDArray[np.uint8], options: EnhanceOptions = EnhanceOptions(),
+                embedding: npt.NDArray[np.float32] | None = None, prompt: npt.NDArray[np.float32] | None = None,
+                progress: Callable[[int, int], None] | None = None,
+                cancelled: Callable[[], bool] | None = None,
+                params: GlobalParams | None = None) -> tuple[npt.NDArray[np.uint8], GlobalParams]:
+        """(H, W, 3) uint8 in, the enhanced (H, W, 3) uint8 out, with the global correction it used.
+
+        progress(done, total) is called after each tile; cancelled() is checked before each."""
+        if photo.ndim != 3 or photo.shape[2] != 3 or photo.dtype != np.uint8:
+            raise ValueError(f"expected an (H, W, 3) uint8 photo, got {photo.shape} {photo.dtype}")
+        if not 0 <= (options.denoise if options.denoise is not None else 1.0) <= 1:
+            raise ValueError("denoise must be between 0 and 1")
+        params = params or self.resolve_params(photo, options, embedding, prompt)
+        strength = 1.0 if options.denoise is None else float(options.denoise)
+        pivot = np.float32(photo.mean(dtype=np.float64) / 255)
+        sigma = np.float32(estimate_sigma(photo.astype(np.float32) / 255, channel_axis=-1))
+        height, width = photo.shape[:2]
+        out = np.empty_like(photo)
+        tiles = plan_tiles(height, width, self.manifest.tile, self.manifest.overlap)
+        vector = self._vector(embedding)
+        for i, tile in enumerate(tiles):
+            if cancelled is not None and cancelled():
+                raise EnhanceCancelled()
+            self._tile(photo, out, tile, params, pivot, sigma, vector, strength, options)
+            if progress is not None:
+                progress(i + 1, len(tiles))
+        return out, params
+
+    def _tile(self, photo: npt.NDArray[np.uint8], out: npt.NDArray[np.uint8], tile: Tile, params: GlobalParams,
+              pivot: np.float32, sigma: np.float32, embedding: npt.NDArray[np.float32], strength: float,
+              options: EnhanceOptions) -> None:
+        top, left, bottom, right = tile.context
+        x = photo[top:bottom, left:right].astype(np.float32) / 255  # (h, w, 3)
+        m = self.manifest.multiple
+        h, w = x.shape[:2]
+        x = np.pad(x, ((0, (-h) % m), (0, (-w) % m), (0, 0)), mode="reflect" if min(h, w) > m else "edge")
+        x = x.transpose(2, 0, 1)[None]  # (1, 3, H, W)
+        applied = tuple(np.float32(v) for v in params)
+        corrected = correct(x, applied, pivot, channel_axis=1).astype(np.float32)
+        nmap = noise_map(x, applied, pivot, sigma, channel_axis=1).astype(np.float32)
+        residual = self._sample(corrected, nmap, embedding, options, tile)
+        result = corrected[0] + strength * pixel_shuffle(residual) / self.manifest.residual_scale
+        ct, cl, cb, cr = tile.core
+        core = result[:, ct - top:cb - top, cl - left:cr - left]
+        out[ct:cb, cl:cr] = (core.transpose(1, 2, 0).clip(0, 1) * 255 + 0.5).astype(np.uint8)
+
+    def _sample(self, corrected: npt.NDArray[np.float32], nmap: npt.NDArray[np.float32],
+                embedding: npt.NDArray[np.float32], options: EnhanceOptions, tile: Tile) -> npt.NDArray[np.float32]:
+        _, _, h, w = corrected.shape
+        # Each tile's starting noise depends on the seed and where the tile is, so results are reproducible.
+        rng = np.random.default_rng([options.seed, zlib.crc32(repr(tile.core).encode())])
+        x = rng.standard_normal((1, 12, h // 2, w // 2), dtype=np.float32)
+        steps = ddim.timesteps(options.steps, len(self.alphas))
+        for t in steps:
+            x0 = self.unet.run(None, {"x_t": x, "corrected": corrected, "noise_map": nmap,
+                                      "timestep": np.array([t], dtype=np.float32), "embedding": embedding})[0]
+            x = ddim.step(x0, t, x, self.alphas, options.steps)
+        return x[0]
