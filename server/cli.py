@@ -280,16 +280,22 @@ def build_parser() -> argparse.ArgumentParser:
 
     for name, (_, _, text) in DELEGATED.items():  # listed for --help; main() hands them their arguments
         sub.add_parser(name, help=text, add_help=False)
+    sub.add_parser("enhance", help="fix noisy, dark or badly lit photos (also: enhance eval|train|export)",
+                   add_help=False)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    delegated = bool(argv) and argv[0] in DELEGATED
+    delegated = bool(argv) and argv[0] in (*DELEGATED, "enhance")
     args = build_parser().parse_args(argv[:1] if delegated else argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     try:
+        if delegated and argv[0] == "enhance":
+            from server.enhance.cli import main as enhance_main
+
+            return enhance_main(argv[1:])
         return run_delegated(argv[0], argv[1:]) if delegated else args.func(args)
     except ClipalbumError as exc:
         print(f"clipalbum: {exc}", file=sys.stderr)

@@ -79,6 +79,14 @@ class Enhancer:
         self.head = make_session(self.directory / self.manifest.head, threads)
         self.alphas = np.asarray(self.manifest.alphas_cumprod, dtype=np.float64)
 
+    def use_providers(self, providers: list[str], precision: Precision) -> None:
+        """Moves both graphs onto other ONNX Runtime providers (int8 QDQ graphs are a CPU format)."""
+        import onnxruntime as ort
+
+        self.precision = precision
+        self.unet = ort.InferenceSession(str(self.directory / self.manifest.unet[precision]), providers=providers)
+        self.head = ort.InferenceSession(str(self.directory / self.manifest.head), providers=providers)
+
     @property
     def embed_dim(self) -> int:
         return self.manifest.embed_dim
@@ -170,3 +178,18 @@ class Enhancer:
                                       "timestep": np.array([t], dtype=np.float32), "embedding": embedding})[0]
             x = ddim.step(x0, t, x, self.alphas, options.steps)
         return x[0]
+
+
+def load_enhancer(directory: Path, device: str = "auto", precision: Precision | None = None,
+                  threads: int | None = None) -> Enhancer:
+    """The enhancer on the CPU. CUDA runs through onnxruntime's CUDA provider where that build is installed;
+    anything asked for that is not there falls back to the CPU with one warning."""
+    import onnxruntime as ort
+
+    enhancer = Enhancer(directory, precision=precision, threads=threads)
+    if device in ("auto", "cuda") and "CUDAExecutionProvider" in ort.get_available_providers():
+        enhancer.use_providers(["CUDAExecutionProvider", "CPUExecutionProvider"], precision="fp32")
+    elif device in ("cuda", "mps"):
+        log.warning("--device %s: not available to this install (onnxruntime has %s); using the CPU",
+                    device, ", ".join(ort.get_available_providers()))
+    return enhancer

@@ -1,0 +1,129 @@
+"""`clipalbum enhance eval`: degrade clean photos (fixed seed), restore them, and score the degraded input,
+the classical pipeline and the model side by side: PSNR, CIEDE2000 and the search bundle's embedding cosine."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import msgspec
+import numpy as np
+import numpy.typing as npt
+from PIL import Image
+from tqdm import tqdm
+
+from server.encoders import Encoders
+from server.enhance.cases import CASES, degrade_case
+from server.enhance.classical import classical_pipeline
+from server.enhance.runtime import EnhanceOptions, Enhancer
+from server.preprocess import PHOTO_SUFFIXES, decode_photo, to_model_input
+
+log = logging.getLogger(__name__)
+
+METHODS = ("degraded", "classical", "model")
+
+
+class MethodScore(msgspec.Struct):
+    psnr: float  # dB, 8-bit RGB, mean over photos
+    delta_e: float  # CIEDE2000, mean over pixels, then photos
+    cosine: float  # the search bundle's image embedding against the clean photo's
+
+
+class CaseReport(msgspec.Struct):
+    case: str
+    photos: int
+    scores: dict[str, MethodScore]  # method -> score
+    model_seconds_per_mp: float
+
+
+class EnhanceEvalReport(msgspec.Struct):
+    enhancer: str
+    precision: str
+    bundle: str
+    seed: int
+    steps: int
+    folders: list[str]
+    cases: list[CaseReport]
+    seconds: float
+
+    def describe(self) -> str:
+        lines = [f"enhancer {self.enhancer} ({self.precision}, {self.steps} step(s)), bundle {self.bundle}, "
+                 f"seed {self.seed}"]
+        for case in self.cases:
+            lines.append(f"{case.case} ({case.photos} photos, model {case.model_seconds_per_mp:.2f} s/MP):")
+            for method, s in case.scores.items():
+                lines.append(f"  {method:<10} PSNR {s.psnr:6.2f} dB  CIEDE2000 {s.delta_e:5.2f}  cosine {s.cosine:.4f}")
+        return "\n".join(lines)
+
+
+def psnr(a: npt.NDArray[np.uint8], b: npt.NDArray[np.uint8]) -> float:
+    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
+    return float("inf") if mse == 0 else float(10 * np.log10(255.0 ** 2 / mse))
+
+
+def ciede2000(a: npt.NDArray[np.uint8], b: npt.NDArray[np.uint8]) -> float:
+    from skimage.color import deltaE_ciede2000, rgb2lab
+
+    return float(deltaE_ciede2000(rgb2lab(a), rgb2lab(b)).mean())
+
+
+def clean_photos(folders: list[Path], limit: int | None = None) -> list[Path]:
+    files: list[Path] = []
+    for folder in folders:
+        if not folder.is_dir():
+            raise FileNotFoundError(f"{folder} is not a folder")
+        files += sorted(p for p in folder.iterdir() if p.suffix.lower() in PHOTO_SUFFIXES)
+    return files[:limit] if limit else files
+
+
+class _Embedder:
+    def __init__(self, encoders: Encoders) -> None:
+        self.encoders = encoders
+
+    def __call__(self, photo: npt.NDArray[np.uint8]) -> npt.NDArray[np.float32]:
+        pixels = to_model_input(Image.fromarray(photo), self.encoders.manifest.image)
+        return self.encoders.image.encode(pixels[None])[0]
+
+
+def evaluate_enhancer(enhancer: Enhancer, encoders: Encoders, folders: list[Path], cases: list[str], seed: int = 0,
+                      steps: int = 1, limit: int | None = None, progress: bool = True) -> EnhanceEvalReport:
+    started = time.perf_counter()
+    embed = _Embedder(encoders)
+    condition = encoders.manifest.model_id == enhancer.manifest.conditioning_model_id
+    if not condition:
+        log.warning("the enhancer was trained with %s embeddings, the bundle is %s: enhancing without them",
+                    enhancer.manifest.conditioning_model_id, encoders.manifest.model_id)
+    files = clean_photos(folders, limit)
+    if not files:
+        raise FileNotFoundError(f"no photos in {', '.join(map(str, folders))}")
+    photos = [(f, np.asarray(decode_photo(f, min_side=1 << 30).image)) for f in files]
+    reports = []
+    for case in cases:
+        rows: dict[str, list[tuple[float, float, float]]] = {m: [] for m in METHODS}
+        model_seconds, megapixels = 0.0, 0.0
+        for path, clean in tqdm(photos, desc=case, unit="photo", disable=not progress):
+            degraded = degrade_case(clean, case, seed, key=path.name)
+            clean_vec = embed(clean)
+            degraded_vec = embed(degraded)
+            start = time.perf_counter()
+            restored, _ = enhancer.enhance(degraded, EnhanceOptions(steps=steps),
+                                           embedding=degraded_vec if condition else None)
+            model_seconds += time.perf_counter() - start
+            megapixels += clean.shape[0] * clean.shape[1] / 1e6
+            for method, result in (("degraded", degraded), ("classical", classical_pipeline(degraded)),
+                                   ("model", restored)):
+                vec = degraded_vec if method == "degraded" else embed(result)
+                rows[method].append((psnr(result, clean), ciede2000(result, clean), float(vec @ clean_vec)))
+        scores = {m: MethodScore(*(round(float(v), 4) for v in np.mean(r, axis=0))) for m, r in rows.items()}
+        reports.append(CaseReport(case, len(photos), scores, round(model_seconds / megapixels, 3)))
+    return EnhanceEvalReport(enhancer.manifest.model_id, enhancer.precision, encoders.manifest.model_id, seed, steps,
+                             [str(f) for f in folders], reports, round(time.perf_counter() - started, 1))
+
+
+def expand_cases(case: str) -> list[str]:
+    if case == "all":
+        return list(CASES)
+    if case not in CASES:
+        raise ValueError(f"unknown case {case!r}; one of {', '.join(CASES)} or all")
+    return [case]
