@@ -8,7 +8,6 @@ at the photo (uint8 in and out) plus one tile's tensors, whatever the photo's si
 from __future__ import annotations
 
 import logging
-import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -65,6 +64,27 @@ def pixel_shuffle(x: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
     return x.reshape(3, 2, 2, h, w).transpose(0, 3, 1, 4, 2).reshape(3, 2 * h, 2 * w)
 
 
+def position_noise(seed: int, top: int, left: int, height: int, width: int) -> npt.NDArray[np.float32]:
+    """(1, 12, height, width) standard normal noise that depends only on the seed and each value's place in the
+    whole photo, so overlapping tiles start from the same noise where they overlap (a counter-based hash
+    through SplitMix64, then Box-Muller)."""
+    c, y, x = np.meshgrid(np.arange(12, dtype=np.uint64), np.arange(top, top + height, dtype=np.uint64),
+                          np.arange(left, left + width, dtype=np.uint64), indexing="ij")
+    key = (np.uint64(seed) << np.uint64(40)) ^ (c << np.uint64(36)) ^ (y << np.uint64(18)) ^ x
+    with np.errstate(over="ignore"):
+        first, second = _splitmix64(key * np.uint64(2)), _splitmix64(key * np.uint64(2) + np.uint64(1))
+    u1 = ((first >> np.uint64(11)).astype(np.float64) + 0.5) / 2.0 ** 53
+    u2 = (second >> np.uint64(11)).astype(np.float64) / 2.0 ** 53
+    return (np.sqrt(-2 * np.log(u1)) * np.cos(2 * np.pi * u2)).astype(np.float32)[None]
+
+
+def _splitmix64(z: npt.NDArray[np.uint64]) -> npt.NDArray[np.uint64]:
+    z = z + np.uint64(0x9E3779B97F4A7C15)
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return z ^ (z >> np.uint64(31))
+
+
 class Enhancer:
     """Loads an exported enhancer (enhancer.json + ONNX files) for the CPU."""
 
@@ -106,7 +126,8 @@ class Enhancer:
         thumb = np.asarray(Image.fromarray(photo).resize((size, size), Image.Resampling.BOX), dtype=np.float32)
         feed = {"thumb": (thumb / 255).transpose(2, 0, 1)[None], "embedding": self._vector(embedding),
                 "prompt": self._vector(prompt)}
-        return GlobalParams(*(float(v) for v in self.head.run(None, feed)[0][0]))
+        taken = {i.name for i in self.head.get_inputs()}  # a head that ignores the photo's embedding lacks it
+        return GlobalParams(*(float(v) for v in self.head.run(None, {k: v for k, v in feed.items() if k in taken})[0][0]))
 
     def resolve_params(self, photo: npt.NDArray[np.uint8], options: EnhanceOptions,
                        embedding: npt.NDArray[np.float32] | None, prompt: npt.NDArray[np.float32] | None) -> GlobalParams:
@@ -169,9 +190,8 @@ class Enhancer:
     def _sample(self, corrected: npt.NDArray[np.float32], nmap: npt.NDArray[np.float32],
                 embedding: npt.NDArray[np.float32], options: EnhanceOptions, tile: Tile) -> npt.NDArray[np.float32]:
         _, _, h, w = corrected.shape
-        # Each tile's starting noise depends on the seed and where the tile is, so results are reproducible.
-        rng = np.random.default_rng([options.seed, zlib.crc32(repr(tile.core).encode())])
-        x = rng.standard_normal((1, 12, h // 2, w // 2), dtype=np.float32)
+        top, left = tile.context[0] // 2, tile.context[1] // 2
+        x = position_noise(options.seed, top, left, h // 2, w // 2)
         steps = ddim.timesteps(options.steps, len(self.alphas))
         for t in steps:
             x0 = self.unet.run(None, {"x_t": x, "corrected": corrected, "noise_map": nmap,

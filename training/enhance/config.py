@@ -47,6 +47,8 @@ class TrainCfg:
     out_dir: str = "runs/enhance"
     steps: int = 20000
     minutes: float = 0.0  # a time budget instead: the schedule follows steps or minutes, whichever leads
+    parts: str = "all"  # "all" | "head": train only the global head (the UNet comes from init_unet)
+    init_unet: str = ""  # a run directory whose UNet weights start this run
     batch: int = 32
     seed: int = 0
     device: str = "auto"

@@ -130,6 +130,14 @@ class EnhanceTrainer:
             {"params": unet.parameters(), "lr": cfg.optim.lr, "base_lr": cfg.optim.lr},
             {"params": head.parameters(), "lr": cfg.optim.head_lr, "base_lr": cfg.optim.head_lr},
         ], weight_decay=cfg.optim.weight_decay)
+        if cfg.train.parts not in ("all", "head"):
+            raise ValueError(f"train.parts must be 'all' or 'head', not {cfg.train.parts!r}")
+        if cfg.train.init_unet:
+            source = Path(cfg.train.init_unet).expanduser()
+            load_model(unet, str((source / "last" if (source / "last").is_dir() else source) / UNET_WEIGHTS),
+                       device=str(self.device))
+        if cfg.train.parts == "head":
+            unet.requires_grad_(False)
         gen = torch.Generator(device=self.device).manual_seed(cfg.train.seed)
         cpu_gen = torch.Generator().manual_seed(cfg.train.seed + 1)
         start = self._resume(unet, head, optimizer, gen, cpu_gen)
@@ -162,7 +170,7 @@ class EnhanceTrainer:
             parts = {k: v.detach() for k, v in parts.items()}
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            torch.nn.utils.clip_grad_norm_([*unet.parameters(), *head.parameters()], 1.0)
+            torch.nn.utils.clip_grad_norm_([p for p in [*unet.parameters(), *head.parameters()] if p.requires_grad], 1.0)
             optimizer.step()
             for k, v in [*parts.items(), *self.metrics.items()]:
                 running[k] = running.get(k, 0.0) + float(v)
@@ -211,8 +219,12 @@ class EnhanceTrainer:
         deg = degrade(clean, cfg.degrade, gen)
         photo = deg.photo
         pivot = photo.mean(dim=(1, 2, 3), keepdim=True)
-        with torch.no_grad(), self.autocast():
-            embedding = guide.image(photo).float()
+        head_only = cfg.train.parts == "head"
+        if head_only and not cfg.head.use_image_embedding:
+            embedding = torch.zeros((b, guide.image.embed_dim), device=dev)  # not used: spare the encoder
+        else:
+            with torch.no_grad(), self.autocast():
+                embedding = guide.image(photo).float()
         keep = (torch.rand(b, 1, generator=gen, device=dev) >= cfg.loss.embed_dropout).float()
         embedding = embedding * keep
 
@@ -232,6 +244,10 @@ class EnhanceTrainer:
             "head_image": cfg.loss.head_image_weight * (thumb_out - thumb_target).abs().mean(),
             "head_param": cfg.loss.head_param_weight * F.smooth_l1_loss(predicted, target_params, beta=0.1),
         }
+
+        if head_only:
+            self.metrics = {}
+            return losses
 
         # The UNet: a window of the crop, corrected with a head-like error, restored towards the same
         # correction of the noise-free photo (the UNet restores detail; tone is the head's).
