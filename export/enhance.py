@@ -90,9 +90,11 @@ def quantize_unet(src: Path, dst: Path, feeds: list[dict[str, np.ndarray]]) -> N
 
 
 def export_enhancer(run: Path, out_dir: Path, photos: list[npt.NDArray[np.uint8]], model_id: str | None = None,
-                    description: str = "", tile: int = 512, overlap: int = 32, int8: bool = True) -> EnhancerManifest:
+                    description: str = "", tile: int = 512, overlap: int = 32, int8: bool = True,
+                    int8_only: bool = False) -> EnhancerManifest:
     """Writes out_dir (replacing it only once everything checks out). `photos`: (H, W, 3) uint8 clean photos
-    for the parity check and int8 calibration."""
+    for the parity check and int8 calibration. `int8_only` drops the fp32 UNet after measuring it (the
+    packaged enhancer, which must stay small), and refuses if int8 lost too much."""
     if not photos:
         raise ValueError("export needs at least one photo for the parity check")
     unet, head, cfg, meta = load_enhancer(run, "cpu")
@@ -124,6 +126,12 @@ def export_enhancer(run: Path, out_dir: Path, photos: list[npt.NDArray[np.uint8]
         if "int8_psnr_loss" in metrics and metrics["int8_psnr_loss"] <= MAX_INT8_PSNR_LOSS:
             manifest = EnhancerManifest(**{**_fields(manifest), "default_precision": "int8"})
         manifest = EnhancerManifest(**{**_fields(manifest), "metrics": metrics})
+        if int8_only:
+            if manifest.default_precision != "int8":
+                raise ParityError(f"the int8 UNet loses {metrics.get('int8_psnr_loss')} dB against fp32, over "
+                                  f"{MAX_INT8_PSNR_LOSS}: it cannot be the only one")
+            (work / unets.pop("fp32")).unlink()
+            manifest = EnhancerManifest(**{**_fields(manifest), "unet": unets})
         write_enhancer_manifest(work, manifest)
         _swap_into_place(work, out_dir)
     except BaseException:

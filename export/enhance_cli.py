@@ -17,6 +17,9 @@ def main(argv: list[str]) -> int:
     parser.add_argument("out", type=Path)
     parser.add_argument("--model-id", help="the enhancer's id (default: enhance-RUNNAME)")
     parser.add_argument("--no-int8", action="store_true", help="fp32 only")
+    parser.add_argument("--int8-only", action="store_true",
+                        help="keep only the int8 UNet (for the packaged enhancer); refused if it loses over 0.3 dB")
+    parser.add_argument("--description", default="", help="a line for the manifest")
     parser.add_argument("--tile", type=int, default=512, help="tile side in pixels (default 512)")
     args = parser.parse_args(argv[1:] if argv and argv[0] == "export" else argv)
     from export.enhance import ParityError, default_parity_photos, export_enhancer
@@ -27,7 +30,7 @@ def main(argv: list[str]) -> int:
     photos = default_parity_photos()
     try:
         manifest = export_enhancer(args.run, args.out, photos, model_id=args.model_id, tile=args.tile,
-                                   int8=not args.no_int8)
+                                   int8=not args.no_int8, int8_only=args.int8_only, description=args.description)
     except (FileNotFoundError, ValueError, ParityError) as exc:
         print(f"clipalbum enhance export: {exc}", file=sys.stderr)
         return 2

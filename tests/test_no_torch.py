@@ -9,7 +9,9 @@ import sys
 from tests.conftest import REPO
 
 FORBIDDEN = ("torch", "timm", "transformers", "torchvision", "diffusers", "optimum")
-SERVER_MODULES = ("server.app", "server.api", "server.cli", "server.library", "server.thumbnails", "server.demo")
+SERVER_MODULES = ("server.app", "server.api", "server.cli", "server.library", "server.thumbnails", "server.demo",
+                  "server.enhance.cli", "server.enhance.runtime", "server.enhance.evaluate", "server.enhance.photoio",
+                  "server.enhance.conditioning")
 
 
 def test_server_modules_import_without_torch() -> None:

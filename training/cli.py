@@ -13,36 +13,43 @@ from training.config import load_config
 CONFIGS = Path(__file__).parent / "configs"
 
 
-def _shipped_configs() -> str:
-    return ", ".join(sorted(p.stem for p in CONFIGS.glob("*.toml")))
+def shipped_configs(folder: Path = CONFIGS) -> str:
+    return ", ".join(sorted(p.stem for p in folder.glob("*.toml")))
 
 
-def _config_path(name: str) -> Path:
-    """A config file path, or the name of a config shipped in training/configs (with or without .toml)."""
+def config_path(name: str, folder: Path = CONFIGS) -> Path:
+    """A config file path, or the name of a config shipped in `folder` (with or without .toml)."""
     path = Path(name).expanduser()
     if path.is_file():
         return path
-    shipped = CONFIGS / (name if name.endswith(".toml") else f"{name}.toml")
+    shipped = folder / (name if name.endswith(".toml") else f"{name}.toml")
     if shipped.is_file():
         return shipped
-    raise FileNotFoundError(f"no config file {name!r} (shipped configs: {_shipped_configs()})")
+    raise FileNotFoundError(f"no config file {name!r} (shipped configs: {shipped_configs(folder)})")
+
+
+def add_run_arguments(parser: argparse.ArgumentParser, example: str) -> None:
+    """The options every training command takes: overrides, run directory, fresh start, printing, quiet."""
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help=f"override a config value, e.g. {example} (values are TOML; repeatable)")
+    parser.add_argument("--out", help="run directory (same as --set train.out_dir=...)")
+    parser.add_argument("--fresh", action="store_true", help="start over instead of resuming from OUT_DIR/last")
+    parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+
+
+def run_overrides(args: argparse.Namespace) -> list[str]:
+    return list(args.overrides) + ([f"train.out_dir={json.dumps(args.out)}"] if args.out else [])
 
 
 def _train(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="clipalbum train", description=(
         "Train a dual encoder. Running the same command again resumes from OUT_DIR/last after a crash."))
-    parser.add_argument("config", help=f"TOML config file, or a shipped config name: {_shipped_configs()}")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config value, e.g. --set train.epochs=3 --set image.freeze=true "
-                             "(values are TOML; repeatable)")
-    parser.add_argument("--out", help="run directory (same as --set train.out_dir=...)")
-    parser.add_argument("--fresh", action="store_true", help="start over instead of resuming from OUT_DIR/last")
-    parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
-    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    parser.add_argument("config", help=f"TOML config file, or a shipped config name: {shipped_configs()}")
+    add_run_arguments(parser, "--set train.epochs=3 --set image.freeze=true")
     args = parser.parse_args(argv)
-    overrides = list(args.overrides) + ([f"train.out_dir={json.dumps(args.out)}"] if args.out else [])
     try:
-        cfg = load_config(_config_path(args.config), overrides)
+        cfg = load_config(config_path(args.config), run_overrides(args))
     except (FileNotFoundError, ValueError) as exc:
         print(f"clipalbum train: {exc}", file=sys.stderr)
         return 2

@@ -131,36 +131,35 @@ class Config:
     train: TrainCfg = field(default_factory=TrainCfg)
 
 
-def _build(cls: type, values: dict[str, Any], where: str) -> Any:
-    """Builds dataclass `cls` from a dict, refusing unknown keys with the section that holds them."""
+def build_dataclass(cls: type, values: dict[str, Any], where: str,
+                    list_items: dict[str, type] | None = None) -> Any:
+    """Builds dataclass `cls` from a dict (as TOML gives it), refusing unknown keys with the section that holds
+    them. Nested sections build the type of their field's default; `list_items` names fields that hold lists
+    of dataclasses; TOML arrays become tuples and integers floats where the default is one."""
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = set(values) - set(fields)
     if unknown:
         raise ValueError(f"unknown config key(s) {sorted(unknown)} in [{where}]; known: {sorted(fields)}")
     kwargs: dict[str, Any] = {}
     for name, value in values.items():
-        hint = str(fields[name].type)
-        if name in ("sources", "val_sources"):
-            kwargs[name] = [_build(SourceCfg, dict(v), f"{where}.{name}") for v in value]
-        elif dataclasses.is_dataclass(_SECTIONS.get(name)) and isinstance(value, dict) and cls is Config:
-            kwargs[name] = _build(_SECTIONS[name], value, name)
-        elif hint.startswith("tuple") and isinstance(value, list):
+        f = fields[name]
+        default = (f.default if f.default is not dataclasses.MISSING
+                   else f.default_factory() if f.default_factory is not dataclasses.MISSING else None)
+        if list_items and name in list_items:
+            kwargs[name] = [build_dataclass(list_items[name], dict(v), f"{where}.{name}") for v in value]
+        elif dataclasses.is_dataclass(default) and isinstance(value, dict):
+            kwargs[name] = build_dataclass(type(default), value, name, list_items)
+        elif isinstance(default, tuple) and isinstance(value, list):
             kwargs[name] = tuple(value)
-        elif hint == "float" and isinstance(value, int) and not isinstance(value, bool):
+        elif isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
             kwargs[name] = float(value)
         else:
             kwargs[name] = value
     return cls(**kwargs)
 
 
-_SECTIONS: dict[str, type] = {
-    "image": ImageTowerCfg, "text": TextTowerCfg, "head": HeadCfg, "loss": LossCfg,
-    "optim": OptimCfg, "data": DataCfg, "train": TrainCfg,
-}
-
-
 def config_from_dict(values: dict[str, Any]) -> Config:
-    return _build(Config, values, "top level")
+    return build_dataclass(Config, values, "top level", list_items={"sources": SourceCfg, "val_sources": SourceCfg})
 
 
 def config_to_dict(cfg: Config) -> dict[str, Any]:

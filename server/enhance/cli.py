@@ -92,6 +92,8 @@ def eval_parser() -> argparse.ArgumentParser:
     p.add_argument("--enhancer")
     p.add_argument("--data-dir")
     p.add_argument("--model")
+    p.add_argument("--prompts", action="store_true",
+                   help="instead: how far each of a set of prompts moves warmth, brightness and contrast")
     p.add_argument("--json", action="store_true")
     p.add_argument("-q", "--quiet", action="store_true")
     return p
@@ -187,6 +189,17 @@ def cmd_eval(args: argparse.Namespace) -> int:
         raise ClipalbumError(str(exc)) from exc
     enhancer = Enhancer(enhancer_dir(args.enhancer), precision=args.precision)
     encoders = load_encoders(resolve_bundle(data_paths(args.data_dir), args.model, build_if_missing=False))
+    if args.prompts:
+        from server.enhance.evaluate import prompt_effects
+
+        effects = prompt_effects(enhancer, encoders, [Path(f).expanduser() for f in args.clean], limit=args.limit)
+        if args.json:
+            print(json.dumps(msgspec.to_builtins(effects), indent=2))
+        else:
+            print(f"{'prompt':<22} {'warmth':>8} {'brightness':>11} {'contrast':>9}")
+            for e in effects:
+                print(f"{e.prompt:<22} {e.warmth:+8.3f} {e.brightness:+11.3f} {e.contrast:+9.3f}")
+        return 0
     try:
         report = evaluate_enhancer(enhancer, encoders, [Path(f).expanduser() for f in args.clean], cases,
                                    seed=args.seed, steps=args.steps, limit=args.limit, progress=not args.quiet)

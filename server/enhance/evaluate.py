@@ -127,3 +127,45 @@ def expand_cases(case: str) -> list[str]:
     if case not in CASES:
         raise ValueError(f"unknown case {case!r}; one of {', '.join(CASES)} or all")
     return [case]
+
+
+# Prompts the head was trained on, and paraphrases it never saw (training/enhance/prompts.py has the former).
+PROMPTS = ("warm evening light", "cooler", "brighter", "darker", "more contrast", "soft and gentle",
+           "sunset glow", "cold winter light", "lighter please", "gloomy", "make it pop")
+
+
+class PromptEffect(msgspec.Struct):
+    prompt: str
+    warmth: float  # change of log(red / blue) of the mean linear light: > 0 is warmer
+    brightness: float  # change of mean luma (0..1)
+    contrast: float  # change of the luma standard deviation
+
+
+def prompt_effects(enhancer: Enhancer, encoders: Encoders, folders: list[Path], prompts: tuple[str, ...] = PROMPTS,
+                   limit: int | None = None) -> list[PromptEffect]:
+    """How far each prompt moves the global correction from the one without a prompt, averaged over clean
+    photos: the direction a prompt names should show in the sign of its change."""
+    from server.enhance.color import correct, luma, srgb_to_linear
+
+    def measures(x: npt.NDArray[np.float32]) -> tuple[float, float, float]:
+        lin = srgb_to_linear(x).reshape(-1, 3).mean(axis=0)
+        y = luma(x, -1)
+        return float(np.log(lin[0] / lin[2])), float(y.mean()), float(y.std())
+
+    embed = _Embedder(encoders)
+    texts = encoders.text.encode(list(prompts))
+    deltas = np.zeros((len(prompts), 3))
+    files = clean_photos(folders, limit)
+    for path in files:
+        image = decode_photo(path, min_side=256).image
+        image.thumbnail((512, 512))
+        photo = np.asarray(image)
+        x = photo.astype(np.float32) / 255
+        pivot = np.float32(x.mean())
+        vector = embed(photo)
+        base = measures(correct(x, tuple(np.float32(v) for v in enhancer.predict_params(photo, vector)), pivot, -1))
+        for i, text in enumerate(texts):
+            params = enhancer.predict_params(photo, vector, text)
+            deltas[i] += np.subtract(measures(correct(x, tuple(np.float32(v) for v in params), pivot, -1)), base)
+    deltas /= max(1, len(files))
+    return [PromptEffect(p, *(round(float(v), 4) for v in d)) for p, d in zip(prompts, deltas)]

@@ -25,6 +25,17 @@ from server.enhance.noise import estimate_sigma, noise_map
 log = logging.getLogger(__name__)
 
 
+# The noise estimate reads the photo's centre, this many pixels square at most: noise is much the same
+# everywhere in a photo, and a 12 MP photo in float32 would be 144 MB for one number.
+NOISE_SAMPLE_SIDE = 1536
+
+
+def _centre(photo: npt.NDArray[np.uint8], side: int) -> npt.NDArray[np.uint8]:
+    h, w = photo.shape[:2]
+    top, left = max(0, (h - side) // 2), max(0, (w - side) // 2)
+    return photo[top:top + side, left:left + side]
+
+
 class EnhanceCancelled(Exception):
     """The caller's cancel check said stop; nothing was produced."""
 
@@ -156,7 +167,7 @@ class Enhancer:
         params = params or self.resolve_params(photo, options, embedding, prompt)
         strength = 1.0 if options.denoise is None else float(options.denoise)
         pivot = np.float32(photo.mean(dtype=np.float64) / 255)
-        sigma = np.float32(estimate_sigma(photo.astype(np.float32) / 255, channel_axis=-1))
+        sigma = np.float32(estimate_sigma(_centre(photo, NOISE_SAMPLE_SIDE).astype(np.float32) / 255, channel_axis=-1))
         height, width = photo.shape[:2]
         out = np.empty_like(photo)
         tiles = plan_tiles(height, width, self.manifest.tile, self.manifest.overlap)

@@ -8,37 +8,21 @@ import logging
 import sys
 from pathlib import Path
 
+from training.cli import add_run_arguments, config_path, run_overrides, shipped_configs
 from training.enhance.config import config_to_dict, load_config
 
 CONFIGS = Path(__file__).parent / "configs"
-
-
-def _config_path(name: str) -> Path:
-    path = Path(name).expanduser()
-    if path.is_file():
-        return path
-    shipped = CONFIGS / (name if name.endswith(".toml") else f"{name}.toml")
-    if shipped.is_file():
-        return shipped
-    names = ", ".join(sorted(p.stem for p in CONFIGS.glob("*.toml")))
-    raise FileNotFoundError(f"no config file {name!r} (shipped enhancer configs: {names})")
 
 
 def train_main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="clipalbum enhance train", description=(
         "Train the enhancer on folders of clean photos (degradations are synthesised on the fly). "
         "Running the same command again resumes from OUT/last."))
-    parser.add_argument("config", help="TOML config file, or a shipped config name (tiny, default)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config value, e.g. --set data.folders='[\"~/Pictures\"]' (TOML; repeatable)")
-    parser.add_argument("--out", help="run directory (same as --set train.out_dir=...)")
-    parser.add_argument("--fresh", action="store_true", help="start over instead of resuming")
-    parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
-    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    parser.add_argument("config", help=f"TOML config file, or a shipped config name: {shipped_configs(CONFIGS)}")
+    add_run_arguments(parser, "--set data.folders='[\"~/Pictures\"]'")
     args = parser.parse_args(argv)
-    overrides = list(args.overrides) + ([f"train.out_dir={json.dumps(args.out)}"] if args.out else [])
     try:
-        cfg = load_config(_config_path(args.config), overrides)
+        cfg = load_config(config_path(args.config, CONFIGS), run_overrides(args))
     except (FileNotFoundError, ValueError) as exc:
         print(f"clipalbum enhance train: {exc}", file=sys.stderr)
         return 2

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from training.config import apply_overrides
+from training.config import apply_overrides, build_dataclass
 from training.enhance.degrade import DegradeCfg
 from training.enhance.model import HeadCfg, UNetCfg
 
@@ -71,28 +71,8 @@ class EnhanceConfig:
     train: TrainCfg = field(default_factory=TrainCfg)
 
 
-def _build(cls: type, values: dict[str, Any], where: str) -> Any:
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = set(values) - set(fields)
-    if unknown:
-        raise ValueError(f"unknown config key(s) {sorted(unknown)} in [{where}]; known: {sorted(fields)}")
-    kwargs: dict[str, Any] = {}
-    defaults = cls()
-    for name, value in values.items():
-        default = getattr(defaults, name)
-        if dataclasses.is_dataclass(default) and isinstance(value, dict):
-            kwargs[name] = _build(type(default), value, name)
-        elif isinstance(default, tuple) and isinstance(value, list):
-            kwargs[name] = tuple(value)
-        elif isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
-            kwargs[name] = float(value)
-        else:
-            kwargs[name] = value
-    return cls(**kwargs)
-
-
 def config_from_dict(values: dict[str, Any]) -> EnhanceConfig:
-    return _build(EnhanceConfig, values, "top level")
+    return build_dataclass(EnhanceConfig, values, "top level")
 
 
 def config_to_dict(cfg: EnhanceConfig) -> dict[str, Any]:

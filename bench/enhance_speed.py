@@ -1,0 +1,110 @@
+"""Enhancer speed on the CPU: seconds per megapixel for the fp32 and int8 UNets side by side, a 1600-px
+preview, and each run's peak resident memory with the search model loaded too (as the server holds it);
+prints JSON. Each measurement runs in a fresh child process so its peak memory is its own.
+
+    .venv/bin/python bench/enhance_speed.py [--enhancer DIR] [--model BUNDLE] [--megapixels 12] [--steps 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
+
+
+def write_test_photo(megapixels: float, path: Path) -> None:
+    """A real photo (scikit-image's astronaut) enlarged to the size asked for, with sigma-15 noise, saved as
+    a JPEG (made here, so that its making does not count towards the measured process's memory)."""
+    import numpy as np
+    from PIL import Image
+
+    from server.demo import skimage_data_dir
+
+    height = int((megapixels * 1e6 * 3 / 4) ** 0.5)
+    width = int(height * 4 / 3)
+    base = Image.open(skimage_data_dir() / "astronaut.png").convert("RGB").resize((width, height), Image.Resampling.BICUBIC)
+    rng = np.random.default_rng(0)
+    noisy = np.asarray(base, dtype=np.float32) + rng.normal(0, 15, (height, width, 3)).astype(np.float32)
+    Image.fromarray(noisy.clip(0, 255).astype(np.uint8)).save(path, quality=95)
+
+
+def child(args: argparse.Namespace) -> None:
+    import numpy as np
+    from PIL import Image
+
+    from server.encoders import load_encoders
+    from server.enhance.conditioning import Conditioner
+    from server.enhance.runtime import EnhanceOptions, Enhancer
+
+    from server.enhance.photoio import read_photo
+
+    photo = read_photo(Path(args.photo)).pixels
+    encoders = load_encoders(Path(args.model))
+    enhancer = Enhancer(Path(args.enhancer), precision=args.precision)
+    conditioner = Conditioner(encoders, enhancer.manifest.conditioning_model_id)
+    start = time.perf_counter()
+    if args.preview:
+        image = Image.fromarray(photo)
+        image.thumbnail((args.preview, args.preview), Image.Resampling.BICUBIC, reducing_gap=3.0)
+        photo = np.asarray(image)
+    enhancer.enhance(photo, EnhanceOptions(steps=args.steps), embedding=conditioner.image(photo))
+    seconds = time.perf_counter() - start
+    print(json.dumps({"seconds": round(seconds, 2), "pixels": photo.shape[0] * photo.shape[1],
+                      "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}))
+
+
+def run(args: argparse.Namespace, precision: str, preview: int = 0) -> dict:
+    command = [sys.executable, __file__, "--child", "--photo", args.photo, "--enhancer", args.enhancer, "--model", args.model,
+               "--megapixels", str(args.megapixels), "--steps", str(args.steps), "--precision", precision,
+               "--preview", str(preview)]
+    out = subprocess.run(command, check=True, capture_output=True, text=True).stdout
+    result = json.loads(out.strip().splitlines()[-1])
+    megapixels = result["pixels"] / 1e6
+    return {"precision": precision, "megapixels": round(megapixels, 2), "seconds": result["seconds"],
+            "seconds_per_mp": round(result["seconds"] / megapixels, 3), "peak_rss_mb": result["peak_rss_mb"]}
+
+
+def main() -> int:
+    from serving import load_average, resolve_model
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--enhancer", default=str(REPO / "server" / "enhance" / "model"))
+    parser.add_argument("--model")
+    parser.add_argument("--megapixels", type=float, default=12.0)
+    parser.add_argument("--steps", type=int, default=1)
+    parser.add_argument("--precision", default="int8")
+    parser.add_argument("--preview", type=int, default=0)
+    parser.add_argument("--child", action="store_true")
+    parser.add_argument("--photo", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    args.model = str(resolve_model(args.model))
+    if args.child:
+        child(args)
+        return 0
+    load = load_average()
+    with tempfile.TemporaryDirectory() as tmp:
+        args.photo = str(Path(tmp) / "photo.jpg")
+        write_test_photo(args.megapixels, Path(args.photo))
+        int8, fp32 = run(args, "int8"), run(args, "fp32")
+        preview = run(args, "int8", preview=1600)
+    print(json.dumps({
+        "bench": "enhance_speed", "cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
+        "load_average_at_start": load, "steps": args.steps, "int8": int8, "fp32": fp32,
+        "int8_speedup": round(fp32["seconds"] / int8["seconds"], 2), "preview_1600px_int8": preview,
+    }, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
