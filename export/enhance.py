@@ -32,6 +32,10 @@ MAX_INT8_PSNR_LOSS = 0.3
 MAX_PARITY_ERROR = 2e-3
 
 
+# Parts of the UNet kept in fp32 inside the int8 graph (see quantize_unet).
+FP32_PARTS = ("down_blocks.0/", "up_blocks.2/")
+
+
 class ParityError(RuntimeError):
     """The exported graphs do not reproduce torch closely enough."""
 
@@ -66,10 +70,12 @@ def _calibration_feeds(photos: list[npt.NDArray[np.uint8]], size: int) -> list[d
 
 
 def quantize_unet(src: Path, dst: Path, feeds: list[dict[str, np.ndarray]]) -> None:
-    """Static int8 (QDQ, per-channel weights) calibrated on real photos; the first and last convolutions and
-    the embedding layers stay fp32, where int8 costs the most accuracy for the least size."""
+    """Static int8 (QDQ, per-channel weights) calibrated on real photos; the first and last convolutions, the
+    full-resolution level and the embedding layers stay fp32, where int8 costs the most accuracy."""
     import onnx
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
+                                          quantize_static)
+
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     class Reader(CalibrationDataReader):
@@ -83,9 +89,15 @@ def quantize_unet(src: Path, dst: Path, feeds: list[dict[str, np.ndarray]]) -> N
     quant_pre_process(str(src), str(prepared), skip_symbolic_shape=True)
     graph = onnx.load(str(prepared)).graph
     convs = [n.name for n in graph.node if n.op_type == "Conv"]
-    keep_fp32 = [convs[0], convs[-1]] + [n.name for n in graph.node if n.op_type in ("Gemm", "MatMul")]
+    # Only convolutions are quantized (int8 on the adds, concatenations and activations between them cost
+    # 0.33 dB), and the full-resolution level's (first down block, last up block) stay fp32: they carry the
+    # fine detail int8 rounds away. Measured on the shipped model: all int8 lost 0.63 dB, convolutions only
+    # 0.33, convolutions but the full-resolution ones 0.02.
+    sensitive = [name for name in convs if any(part in name for part in FP32_PARTS)]
+    keep_fp32 = [convs[0], convs[-1], *sensitive] + [n.name for n in graph.node if n.op_type in ("Gemm", "MatMul")]
     quantize_static(str(prepared), str(dst), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, nodes_to_exclude=keep_fp32)
+                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, nodes_to_exclude=keep_fp32,
+                    calibrate_method=CalibrationMethod.MinMax, op_types_to_quantize=["Conv"])
     prepared.unlink(missing_ok=True)
 
 
@@ -133,6 +145,7 @@ def export_enhancer(run: Path, out_dir: Path, photos: list[npt.NDArray[np.uint8]
             (work / unets.pop("fp32")).unlink()
             manifest = EnhancerManifest(**{**_fields(manifest), "unet": unets})
         write_enhancer_manifest(work, manifest)
+        work.chmod(0o755)  # mkdtemp made it private; an installed enhancer is read by whoever serves
         _swap_into_place(work, out_dir)
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)

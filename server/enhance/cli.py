@@ -92,6 +92,8 @@ def eval_parser() -> argparse.ArgumentParser:
     p.add_argument("--enhancer")
     p.add_argument("--data-dir")
     p.add_argument("--model")
+    p.add_argument("--denoise-only", action="store_true",
+                   help="fix the global corrections to none (exposure 0, daylight, contrast as is): the UNet alone")
     p.add_argument("--prompts", action="store_true",
                    help="instead: how far each of a set of prompts moves warmth, brightness and contrast")
     p.add_argument("--json", action="store_true")
@@ -201,8 +203,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
                 print(f"{e.prompt:<22} {e.warmth:+8.3f} {e.brightness:+11.3f} {e.contrast:+9.3f}")
         return 0
     try:
+        from server.enhance.runtime import EnhanceOptions
+
+        options = EnhanceOptions(steps=args.steps, **(dict(exposure=0.0, contrast=0.0, temperature=6500.0)
+                                                      if args.denoise_only else {}))
         report = evaluate_enhancer(enhancer, encoders, [Path(f).expanduser() for f in args.clean], cases,
-                                   seed=args.seed, steps=args.steps, limit=args.limit, progress=not args.quiet)
+                                   seed=args.seed, limit=args.limit, progress=not args.quiet, options=options)
     except (FileNotFoundError, ImportError) as exc:
         raise ClipalbumError(f"{exc}" + (" (pip install 'clipalbum[enhance-eval]')" if isinstance(exc, ImportError) else "")) from exc
     print(json.dumps(msgspec.to_builtins(report), indent=2) if args.json else report.describe())

@@ -15,13 +15,14 @@ from tqdm import tqdm
 
 from server.encoders import Encoders
 from server.enhance.cases import CASES, degrade_case
-from server.enhance.classical import classical_pipeline
+from server.enhance.classical import classical_pipeline, to_uint8, wavelet_denoise
 from server.enhance.runtime import EnhanceOptions, Enhancer
 from server.preprocess import PHOTO_SUFFIXES, decode_photo, to_model_input
 
 log = logging.getLogger(__name__)
 
-METHODS = ("degraded", "classical", "model")
+# "wavelet" is the classical pipeline's first step alone: its denoising without the global corrections.
+METHODS = ("degraded", "wavelet", "classical", "model")
 
 
 class MethodScore(msgspec.Struct):
@@ -46,10 +47,11 @@ class EnhanceEvalReport(msgspec.Struct):
     folders: list[str]
     cases: list[CaseReport]
     seconds: float
+    denoise_only: bool = False  # global corrections fixed to none
 
     def describe(self) -> str:
-        lines = [f"enhancer {self.enhancer} ({self.precision}, {self.steps} step(s)), bundle {self.bundle}, "
-                 f"seed {self.seed}"]
+        lines = [f"enhancer {self.enhancer} ({self.precision}, {self.steps} step(s)"
+                 f"{', denoising only' if self.denoise_only else ''}), bundle {self.bundle}, seed {self.seed}"]
         for case in self.cases:
             lines.append(f"{case.case} ({case.photos} photos, model {case.model_seconds_per_mp:.2f} s/MP):")
             for method, s in case.scores.items():
@@ -87,7 +89,10 @@ class _Embedder:
 
 
 def evaluate_enhancer(enhancer: Enhancer, encoders: Encoders, folders: list[Path], cases: list[str], seed: int = 0,
-                      steps: int = 1, limit: int | None = None, progress: bool = True) -> EnhanceEvalReport:
+                      steps: int = 1, limit: int | None = None, progress: bool = True,
+                      options: EnhanceOptions | None = None) -> EnhanceEvalReport:
+    """`options` fixes corrections (e.g. none: denoising alone); by default everything is the model's choice."""
+    options = EnhanceOptions(steps=steps) if options is None else options
     started = time.perf_counter()
     embed = _Embedder(encoders)
     condition = encoders.manifest.model_id == enhancer.manifest.conditioning_model_id
@@ -107,18 +112,20 @@ def evaluate_enhancer(enhancer: Enhancer, encoders: Encoders, folders: list[Path
             clean_vec = embed(clean)
             degraded_vec = embed(degraded)
             start = time.perf_counter()
-            restored, _ = enhancer.enhance(degraded, EnhanceOptions(steps=steps),
+            restored, _ = enhancer.enhance(degraded, options,
                                            embedding=degraded_vec if condition else None)
             model_seconds += time.perf_counter() - start
             megapixels += clean.shape[0] * clean.shape[1] / 1e6
-            for method, result in (("degraded", degraded), ("classical", classical_pipeline(degraded)),
-                                   ("model", restored)):
+            denoised = wavelet_denoise(degraded)
+            for method, result in (("degraded", degraded), ("wavelet", to_uint8(denoised)),
+                                   ("classical", classical_pipeline(degraded, denoised)), ("model", restored)):
                 vec = degraded_vec if method == "degraded" else embed(result)
                 rows[method].append((psnr(result, clean), ciede2000(result, clean), float(vec @ clean_vec)))
         scores = {m: MethodScore(*(round(float(v), 4) for v in np.mean(r, axis=0))) for m, r in rows.items()}
         reports.append(CaseReport(case, len(photos), scores, round(model_seconds / megapixels, 3)))
-    return EnhanceEvalReport(enhancer.manifest.model_id, enhancer.precision, encoders.manifest.model_id, seed, steps,
-                             [str(f) for f in folders], reports, round(time.perf_counter() - started, 1))
+    return EnhanceEvalReport(enhancer.manifest.model_id, enhancer.precision, encoders.manifest.model_id, seed,
+                             options.steps, [str(f) for f in folders], reports, round(time.perf_counter() - started, 1),
+                             denoise_only=options.exposure == 0 and options.contrast == 0)
 
 
 def expand_cases(case: str) -> list[str]:

@@ -24,7 +24,7 @@ class DataCfg:
 
 @dataclass
 class LossCfg:
-    clip_weight: float = 0.05  # 1 - cos(CLIP(enhanced), CLIP(clean)): keeps the photo's meaning
+    clip_weight: float = 0.0  # 1 - cos(CLIP(enhanced), CLIP(clean)); 0.05 measured worse (see MODEL_CARD.md)
     head_image_weight: float = 1.0  # L1 of the head's corrected thumbnail against the clean one
     head_param_weight: float = 0.2  # smooth L1 of the predicted correction against the true one
     embed_dropout: float = 0.15  # the CLIP embedding is zeroed this often (an unknown search bundle)

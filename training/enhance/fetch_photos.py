@@ -52,12 +52,18 @@ def fetch(out_dir: Path) -> list[Path]:
             target = out_dir / f"{photo['name']}{source.suffix.lower()}"
             shutil.copyfile(source, target)
             written.append(target)
-    lines = ["# Photos and their terms", "", "| file | what | author | licence | from |", "| --- | --- | --- | --- | --- |"]
-    for photo, path in zip(photos, written):
-        lines.append(f"| {path.name} | {photo['what']} | {photo['author']} | {photo['licence']} | "
-                     f"{photo['package']} {photo['version']} |")
-    (out_dir / "NOTICE.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    write_notice(out_dir / "NOTICE.md", photos)
     return written
+
+
+def write_notice(path: Path, photos: list[dict[str, str]] | None = None) -> None:
+    """Who made each photo and under which terms: travels with the photos and with weights trained on them."""
+    lines = ["# The training photos and their terms", "",
+             "| photo | what | author | licence | from |", "| --- | --- | --- | --- | --- |"]
+    for photo in photos or read_list():
+        lines.append(f"| {photo['name']} | {photo['what']} | {photo['author']} | {photo['licence']} | "
+                     f"{photo['package']} {photo['version']} |")
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The GPU session that trained the shipped enhancer (and its ablation without the CLIP loss), run from the
-# repository root on a CUDA machine with torch, timm, onnxruntime and transformers; diffusers and msgspec
+# The GPU session that trained the shipped enhancer's UNet ("default") beside the same run with the CLIP
+# loss ("clip", measured worse: see server/enhance/model/MODEL_CARD.md), run from the repository root on a CUDA machine with torch, timm, onnxruntime and transformers; diffusers and msgspec
 # may come as wheels in .whl/. PHOTOS holds the photos of free_photos.toml (fetch_photos.py), GUIDE_CACHE
 # the cached CLIP guide (training/enhance/guide.py builds it where the packaged towers are installed).
 #   PHOTOS=.devpack/free GUIDE_CACHE=.cache/enhance MINUTES=7 OUT=/tmp/out bash training/enhance/gpu_session.sh
@@ -27,16 +27,16 @@ train() {  # name, extra overrides...
     --set "data.folders=[\"$PHOTOS\"]" --set "train.cache_dir=\"$GUIDE_CACHE\"" \
     --set "train.minutes=$MINUTES" --set "train.steps=$STEPS" $EXTRA "$@" > "$OUT/$name.log" 2>&1
 }
-train ship &
-ship=$!
-train noclip --set loss.clip_weight=0.0 &
-noclip=$!
+train default &
+default=$!
+train clip --set loss.clip_weight=0.05 &
+clip=$!
 status=0
-wait $ship || status=$?
-wait $noclip || status=$?
-tail -n 3 "$OUT/ship.log" "$OUT/noclip.log"
-"$PY" bench/enhance_torch_speed.py /tmp/runs/ship --device "$BENCH_DEVICE" --megapixels "$BENCH_MP" | tee "$OUT/cuda_speed.json" || status=$?
-for name in ship noclip; do
+wait $default || status=$?
+wait $clip || status=$?
+tail -n 3 "$OUT/default.log" "$OUT/clip.log"
+"$PY" bench/enhance_torch_speed.py /tmp/runs/default --device "$BENCH_DEVICE" --megapixels "$BENCH_MP" | tee "$OUT/cuda_speed.json" || status=$?
+for name in default clip; do
   tar -C "/tmp/runs/$name" -cf "$OUT/run-$name.tar" last/unet.safetensors last/head.safetensors last/checkpoint.json log.jsonl
 done
 exit $status
