@@ -198,9 +198,8 @@ def check_export(directory: Path, unet: nn.Module, head: nn.Module, photos: list
 
 def default_parity_photos() -> list[npt.NDArray[np.uint8]]:
     """Real photos that scikit-image ships (the export extra installs it)."""
-    from PIL import Image
-
     from export.default_bundle import parity_photos
+    from server.preprocess import decode_photo
 
-    return [np.asarray(Image.open(p).convert("RGB")) for p in parity_photos()]
+    return [np.asarray(decode_photo(p, min_side=1 << 30).image) for p in parity_photos()]
 
