@@ -135,3 +135,18 @@ def test_cli_refuses_bad_requests_in_one_line(enhancer_dir: Path, tmp_path: Path
         run_cli(str(album), "--out", str(tmp_path / "o"), "--denoise", "2", *common)
     assert "between 0" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+def test_progress_counts_tiles_and_a_cancel_stops_before_the_next(tiny_enhancer_run: Path, tmp_path: Path) -> None:
+    from export.enhance_cli import main as export_main
+    from server.enhance.runtime import EnhanceCancelled
+
+    small = tmp_path / "small"
+    assert export_main(["export", str(tiny_enhancer_run), str(small), "--tile", "64", "--no-int8"]) == 0
+    enhancer, photo, seen = Enhancer(small), real_photo()[:100, :150], []
+    enhancer.enhance(photo, progress=lambda done, total: seen.append((done, total)))
+    assert seen == [(i, 6) for i in range(1, 7)]  # 2 rows x 3 columns of 64-px tiles
+    calls: list[int] = []
+    with pytest.raises(EnhanceCancelled):
+        enhancer.enhance(photo, progress=lambda done, total: calls.append(done), cancelled=lambda: len(calls) >= 2)
+    assert calls == [1, 2]
