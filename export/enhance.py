@@ -17,6 +17,7 @@ from torch import nn
 
 from export.onnx_export import OPSET, _swap_into_place
 from server.enhance.cases import degrade_case
+from server.enhance.evaluate import psnr
 from server.enhance.manifest import ENHANCER_FORMAT_VERSION, EnhancerManifest, write_enhancer_manifest
 from server.enhance.runtime import EnhanceOptions, Enhancer
 from training.enhance.model import RESIDUAL_SCALE, train_scheduler
@@ -46,11 +47,6 @@ def _export(module: nn.Module, args: tuple[torch.Tensor, ...], path: Path, names
         warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
         torch.onnx.export(module, args, str(path), input_names=names, output_names=[output], dynamic_axes=dynamic,
                           opset_version=OPSET, do_constant_folding=True, dynamo=False)
-
-
-def psnr(a: npt.NDArray[np.uint8], b: npt.NDArray[np.uint8]) -> float:
-    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
-    return float("inf") if mse == 0 else float(10 * np.log10(255.0 ** 2 / mse))
 
 
 def _calibration_feeds(photos: list[npt.NDArray[np.uint8]], size: int) -> list[dict[str, np.ndarray]]:

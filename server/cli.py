@@ -192,11 +192,16 @@ DELEGATED = {
 
 def run_delegated(command: str, rest: list[str]) -> int:
     module, extra, _ = DELEGATED[command]
+    return delegate(module, extra, command, rest)
+
+
+def delegate(module: str, extra: str, command: str, argv: list[str]) -> int:
+    """Runs `module.main(argv)`, a command that needs torch: a missing extra is a one-line error."""
     try:
         target = importlib.import_module(module)
     except ImportError as exc:
         raise ClipalbumError(f"'{command}' needs the {extra} extras ({exc}); pip install 'clipalbum[{extra}]'") from exc
-    return int(target.main(rest) or 0)
+    return int(target.main(argv) or 0)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -4,7 +4,6 @@ and `enhance export`, which this module hands to training/ and export/."""
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import logging
 import os
@@ -218,13 +217,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def main(argv: list[str]) -> int:
     """Entry point for `clipalbum enhance ...` (server/cli.py hands it the arguments after `enhance`)."""
     if argv and argv[0] in DELEGATED:
+        from server.cli import delegate
+
         module, extra = DELEGATED[argv[0]]
-        try:
-            target = importlib.import_module(module)
-        except ImportError as exc:
-            raise ClipalbumError(f"'enhance {argv[0]}' needs the {extra} extras ({exc}); "
-                                 f"pip install 'clipalbum[{extra}]'") from exc
-        return int(target.main(argv) or 0)
+        return delegate(module, extra, f"enhance {argv[0]}", argv)
     if argv and argv[0] == "eval":
         return cmd_eval(eval_parser().parse_args(argv[1:]))
     return cmd_enhance(photo_parser().parse_args(argv))

@@ -16,6 +16,12 @@ from server.preprocess import to_model_input
 log = logging.getLogger(__name__)
 
 
+def embed_photo(encoders: Encoders, photo: npt.NDArray[np.uint8]) -> npt.NDArray[np.float32]:
+    """The search bundle's image embedding of an (H, W, 3) uint8 photo."""
+    pixels = to_model_input(Image.fromarray(photo), encoders.manifest.image)
+    return encoders.image.encode(pixels[None])[0]
+
+
 class Conditioner:
     def __init__(self, encoders: Encoders | None, conditioning_model_id: str) -> None:
         self.encoders = encoders
@@ -25,10 +31,7 @@ class Conditioner:
                         "CLIP conditioning", conditioning_model_id, encoders.manifest.model_id)
 
     def image(self, photo: npt.NDArray[np.uint8]) -> npt.NDArray[np.float32] | None:
-        if not self.usable:
-            return None
-        pixels = to_model_input(Image.fromarray(photo), self.encoders.manifest.image)
-        return self.encoders.image.encode(pixels[None])[0]
+        return embed_photo(self.encoders, photo) if self.usable else None
 
     def text(self, prompt: str) -> npt.NDArray[np.float32]:
         if not self.usable:

@@ -5,19 +5,20 @@ from __future__ import annotations
 
 import logging
 import time
+from functools import partial
 from pathlib import Path
 
 import msgspec
 import numpy as np
 import numpy.typing as npt
-from PIL import Image
 from tqdm import tqdm
 
 from server.encoders import Encoders
 from server.enhance.cases import CASES, degrade_case
+from server.enhance.conditioning import embed_photo
 from server.enhance.classical import classical_pipeline, to_uint8, wavelet_denoise
 from server.enhance.runtime import EnhanceOptions, Enhancer
-from server.preprocess import PHOTO_SUFFIXES, decode_photo, to_model_input
+from server.preprocess import PHOTO_SUFFIXES, decode_photo
 
 log = logging.getLogger(__name__)
 
@@ -79,22 +80,13 @@ def clean_photos(folders: list[Path], limit: int | None = None) -> list[Path]:
     return files[:limit] if limit else files
 
 
-class _Embedder:
-    def __init__(self, encoders: Encoders) -> None:
-        self.encoders = encoders
-
-    def __call__(self, photo: npt.NDArray[np.uint8]) -> npt.NDArray[np.float32]:
-        pixels = to_model_input(Image.fromarray(photo), self.encoders.manifest.image)
-        return self.encoders.image.encode(pixels[None])[0]
-
-
 def evaluate_enhancer(enhancer: Enhancer, encoders: Encoders, folders: list[Path], cases: list[str], seed: int = 0,
                       steps: int = 1, limit: int | None = None, progress: bool = True,
                       options: EnhanceOptions | None = None) -> EnhanceEvalReport:
     """`options` fixes corrections (e.g. none: denoising alone); by default everything is the model's choice."""
     options = EnhanceOptions(steps=steps) if options is None else options
     started = time.perf_counter()
-    embed = _Embedder(encoders)
+    embed = partial(embed_photo, encoders)
     condition = encoders.manifest.model_id == enhancer.manifest.conditioning_model_id
     if not condition:
         log.warning("the enhancer was trained with %s embeddings, the bundle is %s: enhancing without them",
@@ -159,7 +151,7 @@ def prompt_effects(enhancer: Enhancer, encoders: Encoders, folders: list[Path], 
         y = luma(x, -1)
         return float(np.log(lin[0] / lin[2])), float(y.mean()), float(y.std())
 
-    embed = _Embedder(encoders)
+    embed = partial(embed_photo, encoders)
     texts = encoders.text.encode(list(prompts))
     deltas = np.zeros((len(prompts), 3))
     files = clean_photos(folders, limit)

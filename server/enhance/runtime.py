@@ -100,23 +100,17 @@ class Enhancer:
     """Loads an exported enhancer (enhancer.json + ONNX files) for the CPU."""
 
     def __init__(self, directory: Path, precision: Precision | None = None, threads: int | None = None,
-                 verify: bool = True) -> None:
+                 verify: bool = True, providers: list[str] | None = None) -> None:
+        """`providers`: ONNX Runtime providers other than the CPU's (e.g. CUDA), for both graphs."""
         self.directory = Path(directory)
         self.manifest: EnhancerManifest = read_enhancer_manifest(self.directory, verify=verify)
         self.precision: Precision = precision or self.manifest.default_precision
         if self.precision not in self.manifest.unet:
             raise ValueError(f"this enhancer has no {self.precision} UNet (it has {', '.join(self.manifest.unet)})")
-        self.unet = make_session(self.directory / self.manifest.unet[self.precision], threads)
-        self.head = make_session(self.directory / self.manifest.head, threads)
+        self.unet = make_session(self.directory / self.manifest.unet[self.precision], threads, providers)
+        self.head = make_session(self.directory / self.manifest.head, threads, providers)
+        self.head_inputs = {i.name for i in self.head.get_inputs()}  # a head that ignores the photo's embedding lacks it
         self.alphas = np.asarray(self.manifest.alphas_cumprod, dtype=np.float64)
-
-    def use_providers(self, providers: list[str], precision: Precision) -> None:
-        """Moves both graphs onto other ONNX Runtime providers (int8 QDQ graphs are a CPU format)."""
-        import onnxruntime as ort
-
-        self.precision = precision
-        self.unet = ort.InferenceSession(str(self.directory / self.manifest.unet[precision]), providers=providers)
-        self.head = ort.InferenceSession(str(self.directory / self.manifest.head), providers=providers)
 
     @property
     def embed_dim(self) -> int:
@@ -137,8 +131,8 @@ class Enhancer:
         thumb = np.asarray(Image.fromarray(photo).resize((size, size), Image.Resampling.BOX), dtype=np.float32)
         feed = {"thumb": (thumb / 255).transpose(2, 0, 1)[None], "embedding": self._vector(embedding),
                 "prompt": self._vector(prompt)}
-        taken = {i.name for i in self.head.get_inputs()}  # a head that ignores the photo's embedding lacks it
-        return GlobalParams(*(float(v) for v in self.head.run(None, {k: v for k, v in feed.items() if k in taken})[0][0]))
+        feed = {k: v for k, v in feed.items() if k in self.head_inputs}
+        return GlobalParams(*(float(v) for v in self.head.run(None, feed)[0][0]))
 
     def resolve_params(self, photo: npt.NDArray[np.uint8], options: EnhanceOptions,
                        embedding: npt.NDArray[np.float32] | None, prompt: npt.NDArray[np.float32] | None) -> GlobalParams:
@@ -217,10 +211,10 @@ def load_enhancer(directory: Path, device: str = "auto", precision: Precision | 
     anything asked for that is not there falls back to the CPU with one warning."""
     import onnxruntime as ort
 
-    enhancer = Enhancer(directory, precision=precision, threads=threads)
     if device in ("auto", "cuda") and "CUDAExecutionProvider" in ort.get_available_providers():
-        enhancer.use_providers(["CUDAExecutionProvider", "CPUExecutionProvider"], precision="fp32")
-    elif device in ("cuda", "mps"):
+        # int8 QDQ graphs are a CPU format: a GPU runs the fp32 UNet.
+        return Enhancer(directory, precision="fp32", threads=threads, providers=["CUDAExecutionProvider"])
+    if device in ("cuda", "mps"):
         log.warning("--device %s: not available to this install (onnxruntime has %s); using the CPU",
                     device, ", ".join(ort.get_available_providers()))
-    return enhancer
+    return Enhancer(directory, precision=precision, threads=threads)
