@@ -19,8 +19,8 @@ from server.demo import skimage_data_dir  # noqa: E402
 from server.encoders import load_encoders  # noqa: E402
 from server.enhance.cases import degrade_case  # noqa: E402
 from server.enhance.classical import classical_pipeline  # noqa: E402
-from server.enhance.cli import PACKAGED_ENHANCER  # noqa: E402
 from server.enhance.conditioning import Conditioner  # noqa: E402
+from server.enhance.manifest import PACKAGED_ENHANCER  # noqa: E402
 from server.enhance.runtime import Enhancer  # noqa: E402
 
 PHOTOS = ("coffee.png", "chelsea.png", "astronaut.png")

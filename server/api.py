@@ -70,21 +70,22 @@ ThumbnailSize = Annotated[int | None, QueryParameter(
                 f"cached size up: {', '.join(map(str, THUMBNAIL_SIZES))}", ge=1, le=THUMBNAIL_SIZES[-1])]
 
 
-def _error(description: str) -> ResponseSpec:
+def error_spec(description: str) -> ResponseSpec:
+    """An error response for the OpenAPI schema: the body {"detail": message}."""
     return ResponseSpec(data_container=ErrorBody, description=description, generate_examples=False)
 
 
 # The error responses each operation can give, all with the body {"detail": message}.
-BAD_QUERY = {400: _error("a parameter out of range or malformed; `detail` names it")}
-NOT_FOUND = {404: _error("no photo with this id, or its file is gone")}
-NO_VECTOR = {409: _error("the photo is not embedded yet, or could not be read: nothing to compare with")}
-UNREADABLE = {422: _error("the original cannot be decoded (its error is in the photo's metadata)")}
+BAD_QUERY = {400: error_spec("a parameter out of range or malformed; `detail` names it")}
+NOT_FOUND = {404: error_spec("no photo with this id, or its file is gone")}
+NO_VECTOR = {409: error_spec("the photo is not embedded yet, or could not be read: nothing to compare with")}
+UNREADABLE = {422: error_spec("the original cannot be decoded (its error is in the photo's metadata)")}
 NOT_MODIFIED = {304: ResponseSpec(data_container=None, description="If-None-Match holds the current ETag")}
-UPLOAD_ERRORS = {413: _error(f"the upload is over {MAX_UPLOAD_BYTES // (1024 * 1024)} MB"),
-                 422: _error("the upload is not a readable photo (or too many pixels)")}
-NO_MODEL = {503: _error("the model bundle cannot be used; `detail` says how to fix it")}
-THUMBNAIL_BUSY = {503: _error("busy making other thumbnails; try again after Retry-After seconds")}
-UPLOAD_BUSY = {503: _error("busy decoding other uploads (try again after Retry-After seconds), or the model "
+UPLOAD_ERRORS = {413: error_spec(f"the upload is over {MAX_UPLOAD_BYTES // (1024 * 1024)} MB"),
+                 422: error_spec("the upload is not a readable photo (or too many pixels)")}
+NO_MODEL = {503: error_spec("the model bundle cannot be used; `detail` says how to fix it")}
+THUMBNAIL_BUSY = {503: error_spec("busy making other thumbnails; try again after Retry-After seconds")}
+UPLOAD_BUSY = {503: error_spec("busy decoding other uploads (try again after Retry-After seconds), or the model "
                            "bundle cannot be used; `detail` says which")}
 
 

@@ -24,6 +24,8 @@ from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 from server.api import ImagesController, IndexController, SearchController, etag_matches, health
 from server.background import BackgroundIndexer
+from server.enhance.api import EnhanceController, JobsController, document_strict_bodies, enhance_jobs
+from server.enhance.jobs import JobNotReadyError, PromptUnsupportedError
 from server.errors import (BundleError, ClipalbumError, ImageDecodeError, InvalidQueryError, NotFoundError,
                            NoVectorError, ServerBusyError)
 from server.library import IndexBusyError
@@ -67,6 +69,8 @@ ERROR_STATUS: dict[type[ClipalbumError], int] = {
     IndexBusyError: 409,
     NotFoundError: 404,
     NoVectorError: 409,  # the photo exists, but its state (pending, unreadable) allows no "more like this"
+    JobNotReadyError: 409,  # an enhancement job's result, asked for before it is done
+    PromptUnsupportedError: 409,  # the server's search model is not the one the enhancer was trained with
     ImageDecodeError: 422,
     BundleError: 503,
     ServerBusyError: 503,
@@ -148,7 +152,8 @@ def not_modified_middleware(app: ASGIApp) -> ASGIApp:
 
 def create_app(library: "Library", web_dir: Path | None = None, background_index: bool = True,
                rescan_minutes: float = 30, thumbnails_dir: Path | None = None,
-               access: AccessPolicy | None = None) -> Litestar:
+               access: AccessPolicy | None = None, enhancer: Path | None = None,
+               enhance_device: str = "auto") -> Litestar:
     """Builds the app around an open Library; the caller closes the Library after the app stops.
 
     Args:
@@ -158,11 +163,14 @@ def create_app(library: "Library", web_dir: Path | None = None, background_index
         rescan_minutes: period of the automatic rescans.
         thumbnails_dir: thumbnail cache (default: the data directory's).
         access: who may call it (default: a server on loopback: no token, Host and cross-site checks on).
+        enhancer: the enhancer for /api/.../enhance (default: $CLIPALBUM_ENHANCER, else the packaged one).
+        enhance_device: auto, cpu, cuda or mps, as `clipalbum enhance --device`.
     """
     web_dir = Path(web_dir) if web_dir is not None else Path(os.environ.get("CLIPALBUM_WEB_DIR", DEFAULT_WEB_DIR))
     indexer = BackgroundIndexer(library, rescan_minutes=rescan_minutes if background_index else 0,
                                 initial_scan=background_index)
     thumbnails = ThumbnailCache(thumbnails_dir or library.paths.thumbnails)
+    jobs = enhance_jobs(library, enhancer, enhance_device)
 
     @asynccontextmanager
     async def run_indexer(app: Litestar) -> AsyncIterator[None]:
@@ -173,8 +181,11 @@ def create_app(library: "Library", web_dir: Path | None = None, background_index
             if indexer.scanning:
                 print(f"clipalbum: waiting up to {STOP_TIMEOUT_S:.0f} s for the running scan", flush=True)
             indexer.stop(STOP_TIMEOUT_S)
+            if jobs is not None:
+                jobs.close(STOP_TIMEOUT_S)
 
-    handlers: list[Any] = [SearchController, ImagesController, IndexController, SessionController, health]
+    handlers: list[Any] = [SearchController, ImagesController, IndexController, EnhanceController, JobsController,
+                           SessionController, health]
     has_web_client = (web_dir / "index.html").is_file()
     policy = (access or AccessPolicy()).with_web_dir(web_dir if has_web_client else None)
     if has_web_client:
@@ -190,7 +201,8 @@ def create_app(library: "Library", web_dir: Path | None = None, background_index
         route_handlers=handlers,
         # Bodies beyond this are refused before they are read (only the photo upload allows more).
         request_max_body_size=MAX_PLAIN_BODY_BYTES,
-        state=State({"library": library, "indexer": indexer, "thumbnails": thumbnails, "access": policy}),
+        state=State({"library": library, "indexer": indexer, "thumbnails": thumbnails, "access": policy,
+                     "enhance_jobs": jobs}),
         lifespan=[run_indexer],
         exception_handlers={**{cls: _error_response for cls in ERROR_STATUS}, ValidationException: _validation_error,
                             HTTP_500_INTERNAL_SERVER_ERROR: _internal_error},
@@ -200,8 +212,9 @@ def create_app(library: "Library", web_dir: Path | None = None, background_index
             description="Find photos in your album by describing them. Errors are JSON {\"detail\": message}."),
         # Browsers may call the API from other origins only when the owner names them (--cors-origin).
         cors_config=CORSConfig(allow_origins=list(policy.cors_origins), allow_headers=["Authorization", "Content-Type"],
-                               allow_methods=["GET", "POST", "HEAD", "OPTIONS"]) if policy.cors_origins else None,
+                               allow_methods=["GET", "POST", "DELETE", "HEAD", "OPTIONS"]) if policy.cors_origins else None,
     )
+    document_strict_bodies(app)
     # Outermost, around Litestar's own handler: every route, the static client, the schema and even 404s
     # pass the access policy, so no route can be left out of it.
     app.asgi_handler = access_middleware(app.asgi_handler, policy)

@@ -47,8 +47,9 @@ PHOTO_SUFFIXES = frozenset(
     | ({".heic", ".heif"} if HEIF_SUPPORTED else set())
 )
 
-# PIL's messages for in-memory data include the buffer's repr, which tells a person nothing.
-_FILE_OBJECT_REPR = re.compile(r" ?<_io\.\w+ object at 0x[0-9a-fA-F]+>")
+# PIL's messages for file objects include their repr, which tells a person nothing (and an open file's names
+# a path on the server, which a client must not read).
+_FILE_OBJECT_REPR = re.compile(r""" ?<_io\.\w+ (?:object at 0x[0-9a-fA-F]+|name=(?:'[^']*'|"[^"]*"|\d+))>""")
 
 _PIL_PIXELS = re.compile(r"\((\d+) pixels\)")
 # Bytes per pixel in PIL's memory (RGB takes 4), and for the modes that must widen before reducing.

@@ -34,6 +34,9 @@ def base_url(tmp_path_factory: pytest.TempPathFactory, tiny_bundle: Path) -> Ite
     root = tmp_path_factory.mktemp("conformance")
     library = open_indexed(root / "data", tiny_bundle, make_album(root / "album"))
     app = create_app(library, web_dir=make_web_dir(root / "web"), background_index=False)
+    # The fuzzer asks for hundreds of enhancement jobs within seconds; a full queue answers 503 (try again),
+    # which it would count as a server error. Enough room for all of them, as for a patient user.
+    app.state.enhance_jobs.max_waiting = 100_000
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]

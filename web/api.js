@@ -1,24 +1,35 @@
 // Calls to the clipalbum JSON API; every failure becomes an ApiError with a message a person can read.
 
 export class ApiError extends Error {
-  constructor(message, status) {
+  constructor(message, status, detail = null) {
     super(message);
     this.name = "ApiError";
     this.status = status; // HTTP status, or 0 when the server could not be reached
+    this.detail = detail; // the server's own reason ({"detail": ...}), for messages that add their context
   }
 }
 
 /** Fired on window when the server wants its access token (a server shared on the network). */
 export const UNAUTHORIZED_EVENT = "clipalbum:unauthorized";
 
-async function request(path, { quietUnauthorized = false, ...options } = {}) {
-  let response;
+async function send(path, options) {
   try {
-    response = await fetch(path, { headers: { Accept: "application/json" }, ...options });
+    return await fetch(path, options);
   } catch (error) {
     if (error.name === "AbortError") throw error;
     throw new ApiError("Cannot reach the clipalbum server. Is it still running?", 0);
   }
+}
+
+function refusal(response, body) {
+  const detail = body && typeof body.detail === "string" ? body.detail : null;
+  const prefix = response.status >= 500 ? "The server failed" : "The server refused the request";
+  return new ApiError(`${prefix} (${response.status}): ${detail || response.statusText || "no details"}`,
+    response.status, detail);
+}
+
+async function request(path, { quietUnauthorized = false, ...options } = {}) {
+  const response = await send(path, { headers: { Accept: "application/json" }, ...options });
   let body = null;
   try {
     body = await response.json();
@@ -26,11 +37,7 @@ async function request(path, { quietUnauthorized = false, ...options } = {}) {
     body = null;
   }
   if (response.status === 401 && !quietUnauthorized) window.dispatchEvent(new Event(UNAUTHORIZED_EVENT));
-  if (!response.ok) {
-    const detail = body && typeof body.detail === "string" ? body.detail : response.statusText;
-    const prefix = response.status >= 500 ? "The server failed" : "The server refused the request";
-    throw new ApiError(`${prefix} (${response.status}): ${detail || "no details"}`, response.status);
-  }
+  if (!response.ok) throw refusal(response, body);
   if (body === null) throw new ApiError("The server sent an answer that is not JSON.", response.status);
   return body;
 }
@@ -97,4 +104,43 @@ export function thumbnailUrl(id, size) {
 
 export function originalUrl(id) {
   return `api/images/${id}/file`;
+}
+
+// ---- enhancement jobs (server/enhance/api.py): start one, poll it, fetch or download its result, cancel it ----
+
+/** Starts enhancing an indexed photo; `options` as the server's EnhanceBody (a field left out: the model's
+ * choice). Answers the job (state "queued"). */
+export function enhancePhoto(id, options) {
+  return request(`api/images/${id}/enhance`, {
+    method: "POST", body: JSON.stringify(options),
+    headers: { Accept: "application/json", "Content-Type": "application/json" },
+  });
+}
+
+/** A job's state and progress (never cached: it changes while it runs). */
+export function enhanceJob(jobId) {
+  return request(`api/jobs/${jobId}`, { cache: "no-store" });
+}
+
+/** Cancels a queued or running job, or makes the server forget a finished one (and delete its result). */
+export function cancelEnhanceJob(jobId) {
+  return request(`api/jobs/${jobId}`, { method: "DELETE" });
+}
+
+/** A finished job's result, relative like every URL here (the server gives it from its root: "/api/..."),
+ * so that a page served under a path prefix still reaches it. */
+export function jobResultUrl(job) {
+  return job.result_url.replace(/^\/+/, "");
+}
+
+/** A finished job's result image as a Blob (for the screen; the full size is downloaded via jobResultUrl). */
+export async function jobResult(job) {
+  const response = await send(jobResultUrl(job), { cache: "no-store" });
+  if (!response.ok) {
+    let body = null;
+    try { body = await response.json(); } catch { body = null; }
+    if (response.status === 401) window.dispatchEvent(new Event(UNAUTHORIZED_EVENT));
+    throw refusal(response, body);
+  }
+  return response.blob();
 }

@@ -1,9 +1,12 @@
-// The photo viewer: a modal dialog with a larger image, its details, "more like this", and arrow-key paging.
+// The photo viewer: a modal dialog with a larger image, its details, "more like this", enhancing, and arrow-key
+// paging.
 
 import { originalUrl, thumbnailUrl } from "./api.js";
+import { EnhancePanel } from "./enhance.js";
 import { altText, captureDate, fileName, folderOf, pixelSize } from "./format.js";
 
 const VIEW_SIZE = 1024; // px on the long side (the largest thumbnail the server makes): sharp on a laptop, far lighter than originals
+// (enhance.js's PREVIEW_SIDE is the same, so that its before and after line up)
 
 export class Viewer {
   /**
@@ -24,16 +27,21 @@ export class Viewer {
     this.prevButton.addEventListener("click", () => this.step(-1));
     this.nextButton.addEventListener("click", () => this.step(1));
     document.getElementById("viewer-close").addEventListener("click", () => this.dialog.close());
+    const enhanceButton = document.getElementById("viewer-enhance");
+    this.enhance = new EnhancePanel(enhanceButton);
+    enhanceButton.addEventListener("click", () => { if (this.hit) this.enhance.toggle(this.hit); });
     document.getElementById("viewer-similar").addEventListener("click", () => {
       const hit = this.hit;
       this.dialog.close();
       if (hit) this.hooks.similar(hit);
     });
     this.dialog.addEventListener("keydown", (event) => {
+      if (event.target.closest("input, select, textarea")) return; // the arrows move a slider or the caret there
       if (event.key === "ArrowRight") { event.preventDefault(); this.step(1); }
       else if (event.key === "ArrowLeft") { event.preventDefault(); this.step(-1); }
     });
     this.dialog.addEventListener("close", () => {
+      this.enhance.reset(); // cancels its jobs: nobody is looking at them any more
       this.hit = null;
       this.img.removeAttribute("src");
       this.hooks.changed(null);
@@ -42,8 +50,10 @@ export class Viewer {
     this.dialog.addEventListener("click", (event) => { if (event.target === this.dialog) this.dialog.close(); });
     // Swipe left/right on a touch screen pages like the arrow keys.
     let touchX = null;
-    this.img.parentElement.addEventListener("touchstart", (event) => { touchX = event.touches[0].clientX; },
-      { passive: true });
+    this.img.parentElement.addEventListener("touchstart", (event) => {
+      // Not on the before/after divider: dragging it must not page.
+      touchX = event.target.closest(".compare") ? null : event.touches[0].clientX;
+    }, { passive: true });
     this.img.parentElement.addEventListener("touchend", (event) => {
       if (touchX === null) return;
       const dx = event.changedTouches[0].clientX - touchX;
@@ -59,6 +69,7 @@ export class Viewer {
 
   /** Shows result `index` (or a lone photo when index is -1). */
   show(hit, index) {
+    if (hit.id !== this.hit?.id) this.enhance.reset(); // its preview and jobs were for the photo before
     this.index = index;
     this.hit = hit;
     this.img.src = thumbnailUrl(hit.id, VIEW_SIZE);

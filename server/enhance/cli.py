@@ -6,32 +6,20 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
 from pathlib import Path
 
 import msgspec
 from tqdm import tqdm
 
+from server.enhance.manifest import enhancer_dir
 from server.errors import BundleError, ClipalbumError, ImageDecodeError
 from server.pathnames import for_terminal
 from server.preprocess import PHOTO_SUFFIXES
 
 log = logging.getLogger(__name__)
 
-# The enhancer that ships inside the package (export writes this layout).
-PACKAGED_ENHANCER = Path(__file__).parent / "model"
 DELEGATED = {"train": ("training.enhance.cli", "train"), "export": ("export.enhance_cli", "export")}
-
-
-def enhancer_dir(given: str | None) -> Path:
-    """--enhancer, else $CLIPALBUM_ENHANCER, else the packaged one."""
-    chosen = given or os.environ.get("CLIPALBUM_ENHANCER")
-    path = Path(chosen).expanduser() if chosen else PACKAGED_ENHANCER
-    if not (path / "enhancer.json").is_file():
-        where = "this clipalbum has no packaged enhancer" if not chosen else f"{for_terminal(str(path))} holds no enhancer"
-        raise ClipalbumError(f"{where}; pass --enhancer DIR (made by `clipalbum enhance export RUN DIR`)")
-    return path
 
 
 def _auto_or_float(low: float | None, high: float | None, what: str):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Literal
 
@@ -10,11 +11,14 @@ import msgspec
 
 from server.bundle import file_sha256
 from server.errors import BundleError
+from server.pathnames import for_terminal
 
 ENHANCER_FORMAT_VERSION = 1
 MANIFEST_NAME = "enhancer.json"
 
 Precision = Literal["fp32", "int8"]
+# The enhancer that ships inside the package (export writes this layout).
+PACKAGED_ENHANCER = Path(__file__).parent / "model"
 
 
 class EnhancerManifest(msgspec.Struct, frozen=True):
@@ -61,3 +65,13 @@ def write_enhancer_manifest(directory: Path, manifest: EnhancerManifest) -> None
     manifest = msgspec.structs.replace(manifest, sha256={f: file_sha256(Path(directory) / f) for f in files})
     data = json.loads(msgspec.json.encode(manifest))
     (Path(directory) / MANIFEST_NAME).write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
+
+
+def enhancer_dir(given: str | None) -> Path:
+    """--enhancer, else $CLIPALBUM_ENHANCER, else the packaged one."""
+    chosen = given or os.environ.get("CLIPALBUM_ENHANCER")
+    path = Path(chosen).expanduser() if chosen else PACKAGED_ENHANCER
+    if not (path / MANIFEST_NAME).is_file():
+        where = "this clipalbum has no packaged enhancer" if not chosen else f"{for_terminal(str(path))} holds no enhancer"
+        raise BundleError(f"{where}; pass --enhancer DIR (made by `clipalbum enhance export RUN DIR`)")
+    return path

@@ -4,6 +4,7 @@ unless asked."""
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,8 +13,8 @@ import numpy as np
 import numpy.typing as npt
 from PIL import Image, ImageOps
 
-from server.errors import ClipalbumError
-from server.preprocess import _decode_errors, decode_photo, open_photo
+from server.errors import ClipalbumError, ImageDecodeError
+from server.preprocess import DecodedPhoto, _decode_errors, decode_photo, open_photo
 
 # Formats written as themselves with `--format same`; anything else (GIF, HEIC, ...) becomes PNG or JPEG.
 WRITABLE = {"JPEG": ".jpg", "PNG": ".png", "WEBP": ".webp", "TIFF": ".tif", "BMP": ".bmp"}
@@ -30,23 +31,49 @@ class SourcePhoto:
     icc: bytes | None
 
 
-def read_photo(path: Path) -> SourcePhoto:
-    """Raises ImageDecodeError (a ClipalbumError) with the reason for anything that is not a readable photo."""
-    header = open_photo(path, prefix=f"{path}: ")
-    fmt, mode = header.format or "PNG", header.mode
-    icc = header.info.get("icc_profile")
-    exif = header.getexif()
-    if _ORIENTATION in exif:
-        exif[_ORIENTATION] = 1
-    exif_bytes = exif.tobytes() if len(exif) else None
-    alpha = None
-    if mode in ("RGBA", "LA", "PA") or (mode == "P" and "transparency" in header.info):
-        with _decode_errors(f"{path}: "):
-            alpha = np.asarray(ImageOps.exif_transpose(header.convert("RGBA")).getchannel("A"))
-    header.close()
-    decoded = decode_photo(path, min_side=1 << 30)  # no reduction: full size
+def read_photo(path: Path, label: str | None = None) -> SourcePhoto:
+    """Raises ImageDecodeError (a ClipalbumError) with the reason for anything that is not a readable photo,
+    after `label` (default: the path; an uploaded file's name, so that no server path reaches a client)."""
+    prefix = f"{label or path}: "
+    with open(path, "rb") as data, open_photo(data, prefix=prefix) as header:
+        fmt, mode = header.format or "PNG", header.mode
+        icc = header.info.get("icc_profile")
+        exif = header.getexif()
+        if _ORIENTATION in exif:
+            exif[_ORIENTATION] = 1
+        exif_bytes = exif.tobytes() if len(exif) else None
+        alpha = None
+        if mode in ("RGBA", "LA", "PA") or (mode == "P" and "transparency" in header.info):
+            with _decode_errors(prefix):
+                alpha = np.asarray(ImageOps.exif_transpose(header.convert("RGBA")).getchannel("A"))
+    decoded = _decode(path, prefix, min_side=1 << 30)  # no reduction: full size
     return SourcePhoto(np.asarray(decoded.image), fmt, mode in ("L", "LA", "I", "I;16", "I;16B", "I;16L", "1"),
                        alpha, exif_bytes, icc if isinstance(icc, bytes) else None)
+
+
+def read_preview(path: Path, long_side: int, label: str | None = None) -> SourcePhoto:
+    """The photo at most `long_side` pixels on its long side, upright RGB, for a screen: JPEGs decode at a
+    reduced DCT scale, so a 12 MP original costs a fraction of a full decode. Transparency and EXIF are
+    dropped (a preview is shown, not saved); the ICC profile is kept, so that colours show right."""
+    prefix = f"{label or path}: "
+    with open(path, "rb") as data, open_photo(data, prefix=prefix) as header:
+        short, long = sorted(header.size)
+        icc = header.info.get("icc_profile")
+    decoded = _decode(path, prefix, min_side=math.ceil(long_side * short / long))
+    image = decoded.image
+    if max(image.size) > long_side:
+        image.thumbnail((long_side, long_side), Image.Resampling.BICUBIC, reducing_gap=3.0)
+    return SourcePhoto(np.asarray(image), "JPEG", False, None, None, icc if isinstance(icc, bytes) else None)
+
+
+def _decode(path: Path, prefix: str, min_side: int) -> DecodedPhoto:
+    """decode_photo's errors carry `prefix` rather than the path (an upload's path is the server's business):
+    the file is opened here and handed over, so no message names it."""
+    with open(path, "rb") as data:
+        try:
+            return decode_photo(data, min_side=min_side)
+        except ImageDecodeError as exc:
+            raise ImageDecodeError(f"{prefix}{exc}") from exc
 
 
 def output_format(source_format: str, requested: str, has_alpha: bool) -> tuple[str, str]:

@@ -161,7 +161,8 @@ class Enhancer:
         params = params or self.resolve_params(photo, options, embedding, prompt)
         strength = 1.0 if options.denoise is None else float(options.denoise)
         pivot = np.float32(photo.mean(dtype=np.float64) / 255)
-        sigma = np.float32(estimate_sigma(_centre(photo, NOISE_SAMPLE_SIDE).astype(np.float32) / 255, channel_axis=-1))
+        sigma = (np.float32(estimate_sigma(_centre(photo, NOISE_SAMPLE_SIDE).astype(np.float32) / 255, channel_axis=-1))
+                 if min(photo.shape[:2]) >= 2 else np.float32(0))  # one pixel wide: no 2x2 block to measure
         height, width = photo.shape[:2]
         out = np.empty_like(photo)
         tiles = plan_tiles(height, width, self.manifest.tile, self.manifest.overlap)
@@ -212,8 +213,15 @@ def load_enhancer(directory: Path, device: str = "auto", precision: Precision | 
     import onnxruntime as ort
 
     if device in ("auto", "cuda") and "CUDAExecutionProvider" in ort.get_available_providers():
-        # int8 QDQ graphs are a CPU format: a GPU runs the fp32 UNet.
-        return Enhancer(directory, precision="fp32", threads=threads, providers=["CUDAExecutionProvider"])
+        # int8 QDQ graphs are a CPU format: a GPU runs the fp32 UNet where the enhancer has one (the packaged
+        # default ships int8 only, to stay small).
+        manifest = read_enhancer_manifest(Path(directory), verify=False)
+        gpu_precision: Precision = precision or ("fp32" if "fp32" in manifest.unet else manifest.default_precision)
+        try:
+            return Enhancer(directory, precision=gpu_precision, threads=threads, providers=["CUDAExecutionProvider"])
+        except Exception as error:  # a broken CUDA install: the CPU still works
+            log.warning("--device %s: CUDA failed to start (%s); using the CPU", device, error)
+            return Enhancer(directory, precision=precision, threads=threads)
     if device in ("cuda", "mps"):
         log.warning("--device %s: not available to this install (onnxruntime has %s); using the CPU",
                     device, ", ".join(ort.get_available_providers()))

@@ -11,9 +11,8 @@ from PIL import Image
 
 from server.cli import main
 from server.enhance.cases import degrade_case
-from server.enhance.cli import PACKAGED_ENHANCER
 from server.enhance.evaluate import psnr
-from server.enhance.manifest import read_enhancer_manifest
+from server.enhance.manifest import PACKAGED_ENHANCER, read_enhancer_manifest
 from tests.conftest import skimage_data_dir
 
 pytestmark = pytest.mark.skipif(not (PACKAGED_ENHANCER / "enhancer.json").is_file(),
