@@ -1,5 +1,5 @@
-"""Enhancer speed on the CPU: seconds per megapixel for the fp32 and int8 UNets side by side, a 1600-px
-preview, and each run's peak resident memory with the search model loaded too (as the server holds it);
+"""Enhancer speed on the CPU: seconds per megapixel for the fp32 and int8 UNets side by side, 1024- and 1600-px
+previews (read as the server's preview jobs read them, decoding included), and each run's peak resident memory with the search model loaded too (as the server holds it);
 prints JSON. Each measurement runs in a fresh child process so its peak memory is its own.
 
     .venv/bin/python bench/enhance_speed.py [--enhancer DIR] [--model BUNDLE] [--megapixels 12] [--steps 1]
@@ -40,24 +40,19 @@ def write_test_photo(megapixels: float, path: Path) -> None:
 
 
 def child(args: argparse.Namespace) -> None:
-    import numpy as np
-    from PIL import Image
-
     from server.encoders import load_encoders
     from server.enhance.conditioning import Conditioner
+    from server.enhance.photoio import read_photo, read_preview
     from server.enhance.runtime import EnhanceOptions, Enhancer
 
-    from server.enhance.photoio import read_photo
-
-    photo = read_photo(Path(args.photo)).pixels
     encoders = load_encoders(Path(args.model))
     enhancer = Enhancer(Path(args.enhancer), precision=args.precision)
     conditioner = Conditioner(encoders, enhancer.manifest.conditioning_model_id)
+    if not args.preview:
+        photo = read_photo(Path(args.photo)).pixels
     start = time.perf_counter()
-    if args.preview:
-        image = Image.fromarray(photo)
-        image.thumbnail((args.preview, args.preview), Image.Resampling.BICUBIC, reducing_gap=3.0)
-        photo = np.asarray(image)
+    if args.preview:  # as the server's preview jobs read it (a reduced JPEG decode), decoding included
+        photo = read_preview(Path(args.photo), args.preview).pixels
     enhancer.enhance(photo, EnhanceOptions(steps=args.steps), embedding=conditioner.image(photo))
     seconds = time.perf_counter() - start
     print(json.dumps({"seconds": round(seconds, 2), "pixels": photo.shape[0] * photo.shape[1],
@@ -110,12 +105,12 @@ def main() -> int:
         # The packaged enhancer keeps only int8: an export with both (`clipalbum enhance export RUN DIR`) compares.
         has_fp32 = "fp32" in read_enhancer_manifest(Path(args.enhancer), verify=False).unet
         int8, fp32 = run(args, "int8"), (run(args, "fp32") if has_fp32 else None)
-        preview = run(args, "int8", preview=1600)
+        previews = {f"preview_{side}px_int8": run(args, "int8", preview=side) for side in (1024, 1600)}
     print(json.dumps({
         "bench": "enhance_speed", "cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
         "load_average_at_start": load, "steps": args.steps, "int8": int8, "fp32": fp32,
         "int8_speedup": round(fp32["seconds"] / int8["seconds"], 2) if fp32 else None,
-        "preview_1600px_int8": preview, "enhancer": args.enhancer,
+        **previews, "enhancer": args.enhancer,
     }, indent=2))
     return 0
 

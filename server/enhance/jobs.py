@@ -17,20 +17,9 @@ from typing import BinaryIO, Literal
 
 from server.enhance.color import GlobalParams
 from server.enhance.conditioning import Conditioner
-from server.enhance.photoio import (
-    output_format,
-    read_photo,
-    read_preview,
-    to_image,
-    write_photo,
-)
+from server.enhance.photoio import output_format, read_photo, read_preview, to_image, write_photo
 from server.enhance.runtime import EnhanceCancelled, EnhanceOptions, Enhancer
-from server.errors import (
-    ClipalbumError,
-    InvalidQueryError,
-    NotFoundError,
-    ServerBusyError,
-)
+from server.errors import ClipalbumError, NotFoundError, ServerBusyError
 from server.malloc import return_free_memory
 from server.preprocess import open_photo
 
