@@ -23,15 +23,17 @@ def default_threads() -> int:
     return int(os.environ.get("CLIPALBUM_THREADS", "0")) or (os.cpu_count() or 1)
 
 
-def make_session(path: Path, threads: int | None = None, providers: list[str] | None = None) -> ort.InferenceSession:
+def make_session(path: Path, threads: int | None = None, providers: list[str] | None = None,
+                 spinning: bool = False) -> ort.InferenceSession:
     """An ONNX Runtime session on the CPU, or on `providers` first (the CPU stays as the fallback)."""
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads or default_threads()
     options.inter_op_num_threads = 1
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    # Idle worker threads sleep instead of spinning: spinning doubled the server's CPU per text query
-    # (~10 ms vs ~5 ms) and its HTTP p99 on 2 busy cores, and gained no image-encoder throughput.
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    # By default idle worker threads sleep instead of spinning: spinning doubled the server's CPU per text
+    # query (~10 ms vs ~5 ms) and its HTTP p99 on 2 busy cores, and gained no image-encoder throughput. The
+    # enhancer's UNet (hundreds of small ops per tile, on a thread at low priority in the server) asks for it.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
     try:
         return ort.InferenceSession(str(path), sess_options=options,
                                     providers=[*(providers or []), "CPUExecutionProvider"])
