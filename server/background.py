@@ -74,7 +74,8 @@ class BackgroundIndexer:
         return False
 
     def stop(self, timeout: float = 10.0) -> bool:
-        """Stops after the current scan (waiting at most `timeout` seconds); True when the thread ended."""
+        """Stops the running scan after the photo in hand (what it did is kept, the next start goes on), waiting
+        at most `timeout` seconds; True when the thread ended."""
         self._stopping.set()
         self._wake.set()
         if self._thread is None:
@@ -114,7 +115,7 @@ class BackgroundIndexer:
             self._wake.clear()
             self._scanning = True
         try:
-            summary = self.library.index(progress=False)
+            summary = self.library.index(progress=False, should_stop=self._stopping.is_set)
             self.last_error = None
             log.info("scan finished: %s", summary)
         except IndexBusyError as exc:  # `clipalbum index` runs on the same data directory: not an error

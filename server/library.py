@@ -11,7 +11,7 @@ import re
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import date
 from pathlib import Path
@@ -217,8 +217,10 @@ class Library:
 
     # -- indexing ------------------------------------------------------------------------------------------
 
-    def index(self, progress: bool = False, reembed: bool = False) -> IndexSummary:
+    def index(self, progress: bool = False, reembed: bool = False,
+              should_stop: Callable[[], bool] = lambda: False) -> IndexSummary:
         """Scans every album folder and brings the index up to date (blocking; searches keep working).
+        `should_stop()`, asked after each photo, ends it early with what it has done (a server stopping).
 
         Raises IndexBusyError when a scan is already running.
         """
@@ -234,7 +236,7 @@ class Library:
                     self._catch_up(self.ann, since=self._ann_generation)
                 scan = Scan(self.store, self.ann, self.encoders, batch_size=self.batch_size or BATCH_SIZE,
                             infer_batch=self.infer_batch or INFER_BATCH, decode_threads=self.decode_threads,
-                            on_progress=self._set_progress, checkpoint=self._save_ann)
+                            on_progress=self._set_progress, checkpoint=self._save_ann, should_stop=should_stop)
                 try:
                     summary = scan.run(self.store.roots(), reembed=reembed,
                                        skip=frozenset({os.path.realpath(self.paths.root)}), bar=progress,

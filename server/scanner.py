@@ -56,12 +56,13 @@ class IndexSummary(msgspec.Struct):
     failed: int = 0  # files that could not be read as photos in this scan
     embedded: int = 0  # photos run through the image encoder
     seconds: float = 0.0
+    stopped: bool = False  # ended early when asked to (the server stopping): the next scan does the rest
 
     def describe(self) -> str:
         rate = f" ({self.embedded / self.seconds:.1f} photos/s)" if self.embedded and self.seconds > 0 else ""
         return (f"scanned {self.scanned} photos in {self.seconds:.1f} s: {self.added} added, {self.updated} updated, "
                 f"{self.moved} moved, {self.removed} removed, {self.failed} failed, {self.unchanged} unchanged; "
-                f"{self.embedded} embedded{rate}")
+                f"{self.embedded} embedded{rate}" + ("; stopped early, the next scan goes on" if self.stopped else ""))
 
 
 @dataclass(frozen=True)
@@ -371,8 +372,12 @@ class Scan:
     def __init__(self, store: Store, ann: AnnIndex, encoders: Encoders, *, batch_size: int = BATCH_SIZE,
                  infer_batch: int = INFER_BATCH, decode_threads: int | None = None,
                  on_progress: Callable[[ScanProgress], None] = lambda p: None,
-                 checkpoint: Callable[[], None] = lambda: None) -> None:
+                 checkpoint: Callable[[], None] = lambda: None,
+                 should_stop: Callable[[], bool] = lambda: False) -> None:
+        """`should_stop()` is asked after each photo: True ends the scan early, keeping what it has done
+        (the next scan picks up the rest)."""
         self.store, self.ann, self.encoders = store, ann, encoders
+        self.should_stop = should_stop
         self.model_id = encoders.manifest.model_id
         self.embed_dim = encoders.manifest.embed_dim
         self.batch_size = batch_size
@@ -417,13 +422,16 @@ class Scan:
                     self._take(prepared, spec)
                     pbar.update(1)
                     self._report(done=self.progress.done + 1, failed=self.summary.failed)
+                    if self.should_stop():
+                        self.summary.stopped = True
+                        break
                 self._embed_batch()  # the last, partial batch
                 self._flush()
             finally:
                 pool.shutdown(wait=True, cancel_futures=True)
 
         gone = [photo_id for photo_id in self._missing if photo_id not in self._deleted]
-        if gone:
+        if gone and not self.summary.stopped:  # (a stopped scan may not have met a moved file's new place)
             self._changes.deletes.extend(gone)
             self.summary.removed += len(gone)
             self._flush()

@@ -458,3 +458,40 @@ def test_a_kept_alive_connection_idle_for_a_while_is_still_served(tmp_path: Path
                 assert response.status == 200 and response.read()
         finally:
             connection.close()
+
+
+def test_sigterm_mid_scan_stops_within_seconds_keeps_the_work_and_the_next_start_goes_on(
+        tmp_path: Path, bundle224: Path) -> None:
+    from server.app import STOP_TIMEOUT_S
+
+    album, data = tmp_path / "album", tmp_path / "data"
+    write_variants(skimage_data_dir(), list(SAMPLE_PHOTOS), album, 1500, side=480)
+    before = snapshot(album)
+    log_file = tmp_path / "serve.log"
+    with serving(album, data, bundle224, log_file) as (proc, base):
+        wait_health(proc, base, log_file)
+        deadline = time.monotonic() + 120
+        while True:
+            progress = httpx.get(f"{base}/api/status", timeout=30).json()["progress"]
+            if progress["phase"] == "embedding" and progress["done"] >= 100:
+                break
+            assert progress["phase"] != "done" and time.monotonic() < deadline, progress  # still scanning
+            time.sleep(0.05)
+        assert progress["done"] < progress["total"] - 300, progress  # far from the end
+        sent = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0, log_file.read_text(errors="replace")
+        took = time.monotonic() - sent
+    log = log_file.read_text(errors="replace")
+    # The scan stopped itself (the server did not give up waiting for it), so the index was closed cleanly.
+    assert "still running after" not in log and "Traceback" not in log, log
+    assert took < STOP_TIMEOUT_S, f"{took:.1f} s from SIGTERM to exit"
+    kept = photo_count(data_paths(data).database)
+    assert 100 <= kept < 1500, kept  # what it embedded before the signal is kept
+    with serving(album, data, bundle224, tmp_path / "serve2.log") as (proc, base):
+        wait_health(proc, base, tmp_path / "serve2.log")
+        with httpx.Client(base_url=base, timeout=30) as client:
+            wait_scan(client, lambda status: status["indexed"] == 1500, timeout=300)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0
+    assert_sound_index(data, bundle224, album, before)
