@@ -7,6 +7,7 @@ import os
 import signal
 import socket
 import sys
+import time
 from importlib import metadata
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -178,11 +179,14 @@ def create_app(library: "Library", web_dir: Path | None = None, background_index
         try:
             yield
         finally:
+            if jobs is not None:
+                jobs.stop()  # first, so that the running job stops while the scan does
             if indexer.scanning:
                 print(f"clipalbum: waiting up to {STOP_TIMEOUT_S:.0f} s for the running scan", flush=True)
+            started = time.monotonic()
             indexer.stop(STOP_TIMEOUT_S)
             if jobs is not None:
-                jobs.close(STOP_TIMEOUT_S)
+                jobs.close(max(0.5, STOP_TIMEOUT_S - (time.monotonic() - started)))
 
     handlers: list[Any] = [SearchController, ImagesController, IndexController, EnhanceController, JobsController,
                            SessionController, health]

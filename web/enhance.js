@@ -247,8 +247,7 @@ export class EnhancePanel {
         this.cancel(job); // forgets it: the page keeps the image, the server need not
       }
       if (!current()) return;
-      await this.showAfter(blob);
-      if (!current()) return;
+      if (!(await this.showAfter(blob, current))) return;
       for (const control of this.controls) {
         const chosen = control.reported && job.applied ? job.applied[control.reported] : null;
         if (control.auto.checked && typeof chosen === "number") {
@@ -267,8 +266,9 @@ export class EnhancePanel {
     }
   }
 
-  /** Puts a preview over the photo; the previous one stays until this one is decoded, so nothing flickers. */
-  async showAfter(blob) {
+  /** Puts a preview over the photo; the previous one stays until this one is decoded, so nothing flickers.
+   * False (and nothing shown) when `current()` turned false meanwhile: another photo, or the viewer closed. */
+  async showAfter(blob, current) {
     const url = URL.createObjectURL(blob);
     const probe = new Image();
     probe.src = url;
@@ -278,10 +278,15 @@ export class EnhancePanel {
       URL.revokeObjectURL(url);
       throw new Error("the enhanced preview is not an image the browser can show");
     }
+    if (!current()) {
+      URL.revokeObjectURL(url);
+      return false;
+    }
     if (this.afterUrl) URL.revokeObjectURL(this.afterUrl);
     this.afterUrl = url;
     this.after.src = url;
     this.compare.hidden = false;
+    return true;
   }
 
   setSaving(on) {
@@ -298,6 +303,8 @@ export class EnhancePanel {
     const photo = this.photo;
     const current = () => run === this.saveRun && this.photo === photo;
     const options = this.options();
+    if (this.saveJob) this.cancel(this.saveJob); // one left running by a save whose polling failed
+    this.saveJob = null;
     this.setSaving(true);
     this.showError(null);
     this.say(this.saveStatus, "Enhancing the full-size photo…");
@@ -323,6 +330,8 @@ export class EnhancePanel {
       }
     } catch (error) {
       if (!current()) return;
+      if (this.saveJob) this.cancel(this.saveJob); // its progress is unknown now: don't leave it holding the queue
+      this.saveJob = null;
       this.setSaving(false);
       this.say(this.saveStatus, "");
       this.showError(explain(error, options));

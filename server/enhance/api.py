@@ -3,6 +3,7 @@ image, and cancelling it. Jobs run one at a time on a low-priority thread (serve
 
 from __future__ import annotations
 
+import logging
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
@@ -26,6 +27,8 @@ from server.enhance.runtime import EnhanceOptions, load_enhancer
 from server.errors import BundleError, InvalidQueryError
 from server.library import MAX_QUERY_CHARS, MAX_UPLOAD_BYTES
 from server.pathnames import display
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from server.library import Library
@@ -136,13 +139,14 @@ def _time(seconds: float | None) -> str | None:
     return None if seconds is None else datetime.fromtimestamp(seconds, tz=timezone.utc).isoformat(timespec="seconds")
 
 
-def job_info(job: Job, queue_position: int | None) -> JobInfo:
+def job_info(job: Job, queue_position: int | None, forgotten: bool = False) -> JobInfo:
+    """`forgotten`: the job was just deleted, so it has no result to fetch any more."""
     applied = job.applied
     return JobInfo(
         id=job.id, state=job.state, progress=round(job.progress, 4), queue_position=queue_position, name=job.name,
         photo_id=job.photo_id, preview=job.request.preview, created_at=_time(job.created) or "",
         started_at=_time(job.started), finished_at=_time(job.finished), error=job.error,
-        result_url=f"/api/jobs/{job.id}/result" if job.state == "done" else None, width=job.width, height=job.height,
+        result_url=f"/api/jobs/{job.id}/result" if job.state == "done" and not forgotten else None, width=job.width, height=job.height,
         applied=None if applied is None else AppliedCorrection(
             exposure=round(applied.exposure_ev, 3), contrast=round(applied.contrast_log / CONTRAST_LOG_MAX, 3),
             red_gain=round(2.0 ** applied.log_gain_red, 4), blue_gain=round(2.0 ** applied.log_gain_blue, 4)))
@@ -156,9 +160,13 @@ def enhance_jobs(library: "Library", directory: Path | None = None, device: str 
         manifest = read_enhancer_manifest(chosen, verify=False)
     except BundleError:
         return None
+    try:
+        folder = jobs_folder(library.paths.root / "enhance-jobs")
+    except OSError as exc:  # a read-only or full data directory: search still works, enhancing does not
+        log.warning("enhancing is off: no room for its results in the data directory (%s)", exc)
+        return None
     conditioner = Conditioner(library.encoders, manifest.conditioning_model_id)
-    return EnhanceJobs(jobs_folder(library.paths.root / "enhance-jobs"),
-                       lambda: load_enhancer(chosen, device=device), conditioner)
+    return EnhanceJobs(folder, lambda: load_enhancer(chosen, device=device), conditioner)
 
 
 def _jobs(state: State) -> EnhanceJobs:
@@ -228,7 +236,7 @@ class JobsController(Controller):
     @delete(status_code=200, summary="Cancel a job and forget it (a finished one's result is deleted)",
             responses={**BAD_QUERY, **UNKNOWN_JOB})
     async def cancel(self, state: State, job_id: JobId) -> JobInfo:
-        return job_info(_jobs(state).cancel(job_id), None)
+        return job_info(_jobs(state).cancel(job_id), None, forgotten=True)
 
     # Litestar 2.25 answers OPTIONS on a path with a GET and a DELETE handler with the methods of only one of
     # them (the Allow header is made before the two are merged); this says both.

@@ -19,7 +19,7 @@ from server.enhance.color import GlobalParams
 from server.enhance.conditioning import Conditioner
 from server.enhance.photoio import output_format, read_photo, read_preview, to_image, write_photo
 from server.enhance.runtime import EnhanceCancelled, EnhanceOptions, Enhancer
-from server.errors import ClipalbumError, NotFoundError, ServerBusyError
+from server.errors import BundleError, ClipalbumError, NotFoundError, ServerBusyError
 from server.malloc import return_free_memory
 from server.preprocess import open_photo
 
@@ -87,6 +87,13 @@ def _lower_priority() -> None:
         log.debug("the enhance worker keeps normal priority: %s", exc)
 
 
+def _remove(path: Path) -> None:
+    try:
+        path.unlink(missing_ok=True)
+    except OSError as exc:  # a read-only or failing disk: the worker must go on
+        log.warning("could not remove %s: %s", path, exc)
+
+
 def check_photo(path: Path, name: str) -> None:
     """Not a photo, or too many pixels: refused when the job is asked for (422), not later. From its header
     alone, opened here so that the message names `name`, not a path on the server."""
@@ -150,6 +157,8 @@ class EnhanceJobs:
         """A job for an uploaded photo: its bytes are saved in the jobs folder first (the request's spooled
         file is gone when the request ends)."""
         self._check_prompt(request.prompt)
+        with self._changed:
+            self._check_room()  # before 25 MB go to disk, not only after
         job_id = uuid.uuid4().hex
         saved = self.folder / f"{job_id}.upload"
         try:
@@ -203,13 +212,17 @@ class EnhanceJobs:
             raise JobNotReadyError(f"job {job_id} is {job.state}{detail}; its result exists once it is done")
         return job
 
-    def close(self, timeout: float = 5.0) -> None:
-        """Cancels every job, waits up to `timeout` s for the running one, deletes the jobs folder."""
+    def stop(self) -> None:
+        """Cancels every job and refuses new ones, without waiting (the server's shutdown, first thing)."""
         with self._changed:
             self._stopping = True
             for job in self._jobs.values():
                 job.cancel.set()
             self._changed.notify_all()
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Stops (as `stop`), waits up to `timeout` s for the running job, deletes the jobs folder."""
+        self.stop()
         if self._worker is not None:
             self._worker.join(timeout)
         if self._worker is None or not self._worker.is_alive():
@@ -228,30 +241,36 @@ class EnhanceJobs:
 
     def _enqueue(self, job: Job) -> Job:
         with self._changed:
-            if self._stopping:
-                raise ServerBusyError("the server is stopping")
-            self._forget_old()
-            if len(self._queue) >= self.max_waiting:
+            try:
+                self._check_room()
+            except ServerBusyError:
                 if job.owns_source:
                     job.source.unlink(missing_ok=True)
-                raise ServerBusyError(f"{len(self._queue)} enhancement jobs are waiting already; try again later")
+                raise
             self._jobs[job.id] = job
             self._queue.append(job)
-            if self._worker is None:
+            if self._worker is None or not self._worker.is_alive():  # (a worker never dies, but if it did)
                 self._worker = threading.Thread(target=self._work, name="enhance-worker", daemon=True)
                 self._worker.start()
             self._changed.notify_all()
             return replace(job)
 
+    def _check_room(self) -> None:
+        if self._stopping:
+            raise ServerBusyError("the server is stopping")
+        self._forget_old()
+        if len(self._queue) >= self.max_waiting:
+            raise ServerBusyError(f"{len(self._queue)} enhancement jobs are waiting already; try again later")
+
     def _finish(self, job: Job, state: JobState, error: str | None = None) -> None:
         job.state, job.error, job.finished = state, error, time.time()
         if job.owns_source:
-            job.source.unlink(missing_ok=True)
+            _remove(job.source)
 
     def _drop(self, job: Job) -> None:
         self._jobs.pop(job.id, None)
         if job.result is not None:
-            job.result.unlink(missing_ok=True)
+            _remove(job.result)
 
     def _forget_old(self) -> None:
         finished = sorted((job for job in self._jobs.values() if job.state in FINISHED),
@@ -277,7 +296,10 @@ class EnhanceJobs:
                 state, error = "done", None
             except EnhanceCancelled:
                 state, error = "cancelled", None
-            except (ClipalbumError, FileExistsError) as exc:
+            except BundleError as exc:  # its message names files on the server: the log gets it, not the client
+                log.error("enhancement job %s: %s", job.id, exc)
+                state, error = "failed", "the enhancer could not be loaded; see the server log"
+            except ClipalbumError as exc:  # (decode errors name the photo by its file name only)
                 state, error = "failed", str(exc)
             except Exception as exc:  # the worker must outlive any one job
                 log.error("enhancement job %s (%s) failed", job.id, job.name, exc_info=exc)
@@ -289,7 +311,7 @@ class EnhanceJobs:
                     state = "cancelled"
                 self._finish(job, state, error)
                 if state == "cancelled" and job.result is not None:
-                    job.result.unlink(missing_ok=True)
+                    _remove(job.result)
                     job.result = None
 
     def _run(self, job: Job) -> None:

@@ -98,6 +98,13 @@ def to_image(result: npt.NDArray[np.uint8], source: SourcePhoto, fmt: str) -> Im
     return image
 
 
+def icc_fits(icc: bytes, mode: str) -> bool:
+    """The profile describes the colour space of an image in `mode` (its header's data colour space): a CMYK
+    original's profile on the RGB result, or a grey one's on an RGB preview, would misrender it."""
+    space = icc[16:20]
+    return space == (b"GRAY" if mode in ("L", "LA") else b"RGB ")
+
+
 def write_photo(image: Image.Image, source: SourcePhoto, target: Path, fmt: str, overwrite: bool) -> None:
     """Writes to a hidden file beside `target`, then moves it into place: an interrupted run leaves no
     half-written photo, and an existing file stays unless `overwrite`."""
@@ -106,7 +113,7 @@ def write_photo(image: Image.Image, source: SourcePhoto, target: Path, fmt: str,
     target.parent.mkdir(parents=True, exist_ok=True)
     partial = target.with_name(f".{target.name}.partial-{os.getpid()}")
     options: dict[str, object] = {}
-    if source.icc and fmt in ("JPEG", "PNG", "WEBP", "TIFF"):
+    if source.icc and fmt in ("JPEG", "PNG", "WEBP", "TIFF") and icc_fits(source.icc, image.mode):
         options["icc_profile"] = source.icc
     if source.exif and fmt in ("JPEG", "PNG", "WEBP", "TIFF"):
         options["exif"] = source.exif

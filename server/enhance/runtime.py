@@ -154,7 +154,7 @@ class Enhancer:
                 params: GlobalParams | None = None) -> tuple[npt.NDArray[np.uint8], GlobalParams]:
         """(H, W, 3) uint8 in, the enhanced (H, W, 3) uint8 out, with the global correction it used.
 
-        progress(done, total) is called after each tile; cancelled() is checked before each."""
+        progress(done, total) is called after each tile; cancelled() is checked before each tile and each further diffusion step."""
         if photo.ndim != 3 or photo.shape[2] != 3 or photo.dtype != np.uint8:
             raise ValueError(f"expected an (H, W, 3) uint8 photo, got {photo.shape} {photo.dtype}")
         if not 0 <= (options.denoise if options.denoise is not None else 1.0) <= 1:
@@ -171,14 +171,14 @@ class Enhancer:
         for i, tile in enumerate(tiles):
             if cancelled is not None and cancelled():
                 raise EnhanceCancelled()
-            self._tile(photo, out, tile, params, pivot, sigma, vector, strength, options)
+            self._tile(photo, out, tile, params, pivot, sigma, vector, strength, options, cancelled)
             if progress is not None:
                 progress(i + 1, len(tiles))
         return out, params
 
     def _tile(self, photo: npt.NDArray[np.uint8], out: npt.NDArray[np.uint8], tile: Tile, params: GlobalParams,
               pivot: np.float32, sigma: np.float32, embedding: npt.NDArray[np.float32], strength: float,
-              options: EnhanceOptions) -> None:
+              options: EnhanceOptions, cancelled: Callable[[], bool] | None = None) -> None:
         top, left, bottom, right = tile.context
         x = photo[top:bottom, left:right].astype(np.float32) / 255  # (h, w, 3)
         m = self.manifest.multiple
@@ -188,19 +188,22 @@ class Enhancer:
         applied = tuple(np.float32(v) for v in params)
         corrected = correct(x, applied, pivot, channel_axis=1).astype(np.float32)
         nmap = noise_map(x, applied, pivot, sigma, channel_axis=1).astype(np.float32)
-        residual = self._sample(corrected, nmap, embedding, options, tile)
+        residual = self._sample(corrected, nmap, embedding, options, tile, cancelled)
         result = corrected[0] + strength * pixel_shuffle(residual) / self.manifest.residual_scale
         ct, cl, cb, cr = tile.core
         core = result[:, ct - top:cb - top, cl - left:cr - left]
         out[ct:cb, cl:cr] = (core.transpose(1, 2, 0).clip(0, 1) * 255 + 0.5).astype(np.uint8)
 
     def _sample(self, corrected: npt.NDArray[np.float32], nmap: npt.NDArray[np.float32],
-                embedding: npt.NDArray[np.float32], options: EnhanceOptions, tile: Tile) -> npt.NDArray[np.float32]:
+                embedding: npt.NDArray[np.float32], options: EnhanceOptions, tile: Tile,
+                cancelled: Callable[[], bool] | None = None) -> npt.NDArray[np.float32]:
         _, _, h, w = corrected.shape
         top, left = tile.context[0] // 2, tile.context[1] // 2
         x = position_noise(options.seed, top, left, h // 2, w // 2)
         steps = ddim.timesteps(options.steps, len(self.alphas))
-        for t in steps:
+        for i, t in enumerate(steps):
+            if i and cancelled is not None and cancelled():  # several steps: a tile takes seconds
+                raise EnhanceCancelled()
             x0 = self.unet.run(None, {"x_t": x, "corrected": corrected, "noise_map": nmap,
                                       "timestep": np.array([t], dtype=np.float32), "embedding": embedding})[0]
             x = ddim.step(x0, t, x, self.alphas, options.steps)

@@ -139,7 +139,8 @@ def test_cancelling_a_running_and_a_queued_job(client: httpx.Client, library: Li
     left = [p.name for p in (library.paths.root / "enhance-jobs").rglob("*") if p.is_file()]
     assert not [name for name in left if name.startswith((running["id"], queued["id"]))], left
     # A finished job is forgotten on DELETE: its result goes with it.
-    assert client.delete(f"/api/jobs/{after['id']}").json()["state"] == "done"
+    forgotten = client.delete(f"/api/jobs/{after['id']}").json()
+    assert forgotten["state"] == "done" and forgotten["result_url"] is None
     assert client.get(f"/api/jobs/{after['id']}").status_code == 404
     assert not [p for p in (library.paths.root / "enhance-jobs").rglob(f"{after['id']}*")]
 
@@ -206,13 +207,16 @@ def test_the_queue_is_bounded_and_close_cleans_up(tmp_path: Path, library: Libra
     while jobs.get(first.id).state == "queued":  # the worker took it and waits in slow_load
         assert time.monotonic() < deadline
         time.sleep(0.01)
+    with pytest.raises(ImageDecodeError):
+        jobs.submit_upload(io.BytesIO(b"GIF89a broken"), "e.gif", JobRequest())
+    assert list(folder.iterdir()) == []  # the refused upload was not kept
     jobs.submit_photo(source, "b.png", JobRequest(), photo_id=1)
     jobs.submit_photo(source, "c.png", JobRequest(), photo_id=1)
     with pytest.raises(ServerBusyError):
         jobs.submit_photo(source, "d.png", JobRequest(), photo_id=1)
-    with pytest.raises(ImageDecodeError):
-        jobs.submit_upload(io.BytesIO(b"GIF89a broken"), "e.gif", JobRequest())
-    assert [p for p in folder.iterdir()] == []  # the refused upload was not kept
+    with pytest.raises(ServerBusyError):  # refused before its bytes go to disk
+        jobs.submit_upload(io.BytesIO(source.read_bytes()), "f.png", JobRequest())
+    assert list(folder.iterdir()) == []
     release.set()
     jobs.close(timeout=JOB_TIMEOUT_S)
     assert not folder.exists()
@@ -225,3 +229,20 @@ def test_a_killed_servers_jobs_folder_is_removed_at_the_next_start(tmp_path: Pat
     (stale / "x.jpg").write_bytes(b"result")
     fresh = jobs_folder(parent)
     assert not stale.exists() and fresh.is_dir()
+
+
+def test_a_colour_profile_is_kept_only_for_the_colour_space_it_describes(tmp_path: Path) -> None:
+    from PIL import ImageCms
+
+    from server.enhance.photoio import SourcePhoto, write_photo
+
+    srgb = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    cmyk = srgb[:16] + b"CMYK" + srgb[20:]  # what a CMYK original carries, as far as the header says
+    for profile, kept in ((srgb, True), (cmyk, False)):
+        source = SourcePhoto(CLEAN, "JPEG", False, None, None, profile)
+        target = tmp_path / f"{kept}.jpg"
+        write_photo(Image.fromarray(CLEAN), source, target, "JPEG", overwrite=False)
+        assert (Image.open(target).info.get("icc_profile") == profile) is kept
+        grey = tmp_path / f"{kept}-grey.png"  # an RGB profile on a grey result would misrender it too
+        write_photo(Image.fromarray(CLEAN).convert("L"), source, grey, "PNG", overwrite=False)
+        assert Image.open(grey).info.get("icc_profile") is None
