@@ -326,6 +326,9 @@ def _prefetch(pool: ThreadPoolExecutor, fn: Callable[[WorkItem], Prepared], item
         yield pending.popleft().result()
 
 
+STOP_CHECK_FILES = 256  # files listed between two checks of a scan's stop request while it walks the folders
+
+
 @dataclass
 class ScanPlan:
     work: list[WorkItem] = field(default_factory=list)
@@ -333,11 +336,14 @@ class ScanPlan:
     scanned: int = 0
     unchanged: int = 0
     problems: list[tuple[str, str]] = field(default_factory=list)  # (path, what) met walking the folders
+    stopped: bool = False  # the walk was cut short when asked to: `missing` and `problems` are not known
 
 
 def plan_scan(store: Store, roots: list[tuple[int, Path]], model_id: str, reembed: bool,
-              skip: frozenset[str], follow_links_outside: bool = False) -> ScanPlan:
-    """Compares the folders with the index: unchanged files (size + mtime) are not opened."""
+              skip: frozenset[str], follow_links_outside: bool = False,
+              should_stop: Callable[[], bool] = lambda: False) -> ScanPlan:
+    """Compares the folders with the index: unchanged files (size + mtime) are not opened. A long walk (a
+    big album on a network drive) asks `should_stop()` every STOP_CHECK_FILES files."""
     plan = ScanPlan()
     present = [(root_id, root) for root_id, root in roots if root.is_dir()]
     # Every album folder is allowed, an unplugged one too: a link into it is then kept, not gone.
@@ -348,6 +354,9 @@ def plan_scan(store: Store, roots: list[tuple[int, Path]], model_id: str, reembe
             walk.problem(str(root), "the album folder is not there; its photos stay indexed until it is back")
     known = {root_id: store.file_states(root_id) for root_id, _ in present}
     for root_id, found in walk.files(present):
+        if plan.scanned % STOP_CHECK_FILES == 0 and should_stop():
+            plan.stopped = True
+            return plan
         plan.scanned += 1
         state = known[root_id].pop(found.rel_path, None)
         if (state is not None and not reembed and state.size == found.size
@@ -403,7 +412,11 @@ class Scan:
         started = time.monotonic()
         self._report(running=True, phase="scanning", total=0, done=0, failed=0, started_at=time.time(),
                      finished_at=None, message="looking for new and changed photos")
-        plan = plan_scan(self.store, roots, self.model_id, reembed, skip, follow_links_outside)
+        plan = plan_scan(self.store, roots, self.model_id, reembed, skip, follow_links_outside, self.should_stop)
+        if plan.stopped:  # nothing changed yet: the next scan walks the folders again
+            self.summary.stopped = True
+            self._report(running=False, phase="done", finished_at=time.time(), message=self.summary.describe())
+            return self.summary
         self.store.set_walk_problems(plan.problems)  # this scan's, replacing the last one's (if they differ)
         self.summary.scanned, self.summary.unchanged = plan.scanned, plan.unchanged
         self._missing = dict(plan.missing)

@@ -446,3 +446,23 @@ class TestQuality:
         finally:
             lib.close()
 
+
+
+def test_a_scan_asked_to_stop_keeps_what_it_did_and_removes_nothing(tmp_path: Path, tiny_bundle: Path) -> None:
+    album = tmp_path / "album"
+    write_variants(skimage_data_dir(), list(SAMPLE_PHOTOS), album / "first", 20)
+    library = Library.open(data_paths(tmp_path / "data"), model=tiny_bundle, roots=[str(album)])
+    try:
+        stopped = library.index(should_stop=lambda: True)  # asked while it walks the folders
+        assert stopped.stopped and library.status().indexed == 0
+        assert library.index().added == 20
+        next(album.rglob("*.jpg")).unlink()  # gone: but a scan stopped early has not seen every folder
+        write_variants(skimage_data_dir(), list(SAMPLE_PHOTOS), album / "second", 30, side=150)
+        asked = iter(range(10_000))
+        stopped = library.index(should_stop=lambda: next(asked) >= 6)  # one check in the walk, then per photo
+        assert stopped.stopped and stopped.removed == 0, stopped
+        assert 20 + 5 <= library.status().indexed < 20 + 30  # what it embedded is kept
+        finished = library.index()
+        assert not finished.stopped and finished.removed == 1 and library.status().indexed == 49
+    finally:
+        library.close()
