@@ -49,8 +49,11 @@ ORIGINAL_CACHE_CONTROL = "private, max-age=3600"
 # Query parameters shared by the three searches, with the bounds the Library enforces, so that the OpenAPI
 # schema states them and Litestar refuses what is outside them (400) before any handler runs.
 QueryText = Annotated[str, QueryParameter(
-    description=f"what the photo shows, 1 to {MAX_QUERY_CHARS} characters, not only spaces",
+    description=f"what the photo shows, 1 to {MAX_QUERY_CHARS} characters, not only spaces; quoted descriptions "
+                'joined by + and - add and subtract them: "beach" + "sunset" - "people"',
     min_length=1, max_length=MAX_QUERY_CHARS, pattern=r"\S")]
+MinScoreParam = Annotated[float | None, QueryParameter(
+    description="leave out results scoring below this (cosine similarity, -1 to 1)", ge=-1, le=1)]
 KParam = Annotated[int, QueryParameter(description=f"how many results, 1 to {MAX_K}", ge=1, le=MAX_K)]
 OffsetParam = Annotated[int, QueryParameter(description=f"skip this many results (paging), 0 to {MAX_OFFSET}",
                                             ge=0, le=MAX_OFFSET)]
@@ -169,23 +172,26 @@ class SearchController(Controller):
 
     @get(sync_to_thread=True, summary="Photos that match a text description", responses={**BAD_QUERY, **NO_MODEL})
     def by_text(self, state: State, q: QueryText, k: KParam = 20, offset: OffsetParam = 0,
-                sort: SortParam = "relevance", date_from: FromParam = None, date_to: ToParam = None) -> SearchResponse:
+                sort: SortParam = "relevance", date_from: FromParam = None, date_to: ToParam = None,
+                min_score: MinScoreParam = None) -> SearchResponse:
         library: Library = state.library
-        return library.search_text(q, k=k, offset=offset, date_from=date_from, date_to=date_to, sort=sort)
+        return library.search_text(q, k=k, offset=offset, date_from=date_from, date_to=date_to, sort=sort,
+                                   min_score=min_score)
 
     @post("/image", status_code=200, request_max_body_size=MAX_REQUEST_BYTES,
           summary="Photos like an uploaded photo (multipart field 'file')",
           responses={**BAD_QUERY, **UPLOAD_ERRORS, **UPLOAD_BUSY})
     async def by_image(self, state: State, data: MultipartBody[ImageUpload],
                        k: KParam = 20, offset: OffsetParam = 0, sort: SortParam = "relevance",
-                       date_from: FromParam = None, date_to: ToParam = None) -> SearchResponse:
+                       date_from: FromParam = None, date_to: ToParam = None,
+                       min_score: MinScoreParam = None) -> SearchResponse:
         library: Library = state.library
         # On a decode thread of UPLOAD_GATE's, once it has one free; waiting for it happens on the event loop,
         # so the worker threads that text searches run on stay free. The gate's one wait covers the decode
         # budget's too: an upload waits at most UPLOAD_GATE.wait_s in all before its 503.
         deadline = time.monotonic() + UPLOAD_GATE.wait_s
         return await UPLOAD_GATE.run(partial(_search_upload, library, data.file.file, deadline, k=k, offset=offset,
-                                             date_from=date_from, date_to=date_to, sort=sort))
+                                             date_from=date_from, date_to=date_to, sort=sort, min_score=min_score))
 
 
 def _search_upload(library: "Library", upload: BinaryIO, deadline: float, **query: Any) -> SearchResponse:
@@ -214,9 +220,11 @@ class ImagesController(Controller):
     @get("/similar", sync_to_thread=True, summary="More like this indexed photo (its stored vector)",
          responses={**BAD_QUERY, **NOT_FOUND, **NO_VECTOR})
     def similar(self, state: State, photo_id: PhotoId, k: KParam = 20, offset: OffsetParam = 0,
-                sort: SortParam = "relevance", date_from: FromParam = None, date_to: ToParam = None) -> SearchResponse:
+                sort: SortParam = "relevance", date_from: FromParam = None, date_to: ToParam = None,
+                min_score: MinScoreParam = None) -> SearchResponse:
         library: Library = state.library
-        return library.similar(photo_id, k=k, offset=offset, date_from=date_from, date_to=date_to, sort=sort)
+        return library.similar(photo_id, k=k, offset=offset, date_from=date_from, date_to=date_to, sort=sort,
+                               min_score=min_score)
 
     @get("/thumbnail", summary="A JPEG thumbnail (long side `size` px, snapped up to a cached size)",
          responses={200: ResponseSpec(data_container=bytes, media_type="image/jpeg", generate_examples=False,

@@ -75,7 +75,24 @@ def _query_photo(name: str) -> Path:
     return path
 
 
+def query_text(words: list[str]) -> str | None:
+    """The search's words as one query: `kids playing + beach - people` (the shell's split of rclip-style
+    arithmetic) becomes '"kids playing" + "beach" - "people"'; anything else is joined with spaces."""
+    if not words:
+        return None
+    if len(words) > 1 and any(w in ("+", "-") for w in words):
+        parts: list[str] = []
+        for word in words:  # consecutive words are one description: kids playing + beach
+            if word in ("+", "-") or not parts or parts[-1] in ("+", "-"):
+                parts.append(word)
+            else:
+                parts[-1] += f" {word}"
+        return " ".join(p if p in ("+", "-") else f'"{p.strip(chr(34))}"' for p in parts)
+    return " ".join(words)
+
+
 def cmd_search(args: argparse.Namespace) -> int:
+    args.query = query_text(args.query)
     given = [what for what, value in (("a text query", args.query), ("--similar", args.similar),
                                       ("--image", args.image)) if value is not None]
     if len(given) > 1:
@@ -83,15 +100,15 @@ def cmd_search(args: argparse.Namespace) -> int:
     query_photo = _query_photo(args.image) if args.image is not None else None
     with closing(_open_library(args)) as library:
         if args.similar is not None:
-            response = library.similar(args.similar, k=args.k)
+            response = library.similar(args.similar, k=args.k, min_score=args.min_score)
         elif query_photo is not None:
             try:
                 with open(query_photo, "rb") as photo:
-                    response = library.search_image(photo, k=args.k)
+                    response = library.search_image(photo, k=args.k, min_score=args.min_score)
             except OSError as exc:
                 raise ClipalbumError(f"cannot read {for_terminal(args.image)}: {exc.strerror or exc}") from exc
         else:
-            response = library.search_text(args.query or "", k=args.k)
+            response = library.search_text(args.query or "", k=args.k, min_score=args.min_score)
         empty = not response.results and library.status(max_errors=0).indexed == 0
     if args.json:
         print(msgspec.json.encode(response).decode())
@@ -231,10 +248,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     search = sub.add_parser("search", help="search the index by text, by an indexed photo, or by a photo file")
     _add_common(search)
-    search.add_argument("query", nargs="?", help="what the photo shows, in plain English")
+    search.add_argument("query", nargs="*", help="what the photo shows, in plain English; descriptions joined "
+                        "by + and - are added and subtracted: clipalbum search beach + sunset - people")
     search.add_argument("--similar", type=int, metavar="ID", help="photos like the indexed photo ID")
     search.add_argument("--image", metavar="FILE", help="photos like this photo file")
     search.add_argument("--k", type=int, default=20, help="how many results (default 20)")
+    search.add_argument("--min-score", type=float, metavar="S",
+                        help="leave out results scoring below S (cosine similarity, -1 to 1; default: none)")
     search.add_argument("--json", action="store_true")
     search.set_defaults(func=cmd_search)
 

@@ -28,6 +28,7 @@ from server.errors import ClipalbumError, InvalidQueryError, NotFoundError, NoVe
 from server.model_resolver import resolve_bundle
 from server.pathnames import display
 from server.preprocess import load_model_input
+from server.query_terms import parse_terms
 from server.scanner import BATCH_SIZE, INFER_BATCH, IndexSummary, Scan
 from server.schemas import FailedFile, Hit, ScanProgress, SearchResponse, StatusResponse
 from server.settings import DataPaths
@@ -302,33 +303,48 @@ class Library:
     # -- searching -----------------------------------------------------------------------------------------
 
     def search_text(self, q: str, k: int = 20, offset: int = 0, date_from: str | None = None,
-                    date_to: str | None = None, sort: SortOrder = "relevance") -> SearchResponse:
-        """Photos that match a plain-English description, best first (or newest first with sort="date")."""
+                    date_to: str | None = None, sort: SortOrder = "relevance",
+                    min_score: float | None = None) -> SearchResponse:
+        """Photos that match a plain-English description, best first (or newest first with sort="date").
+        Query arithmetic (`"beach" + "sunset" - "people"`) adds and subtracts descriptions; `min_score` leaves
+        out weaker matches (every search takes it)."""
         started = time.perf_counter()
         if not isinstance(q, str) or not q.strip():
             raise InvalidQueryError("the query is empty; describe the photo you are looking for")
         if len(q) > MAX_QUERY_CHARS:
             raise InvalidQueryError(f"the query is {len(q)} characters long; the limit is {MAX_QUERY_CHARS}")
-        window = _validate(k, offset, date_from, date_to, sort)
-        vector = self.encoders.text.encode([q.strip()])[0]
-        return self._respond(vector, k, offset, window, sort, started, query=q.strip())
+        window = _validate(k, offset, date_from, date_to, sort, min_score)
+        vector = self._text_vector(q.strip())
+        return self._respond(vector, k, offset, window, sort, started, query=q.strip(), min_score=min_score)
+
+    def _text_vector(self, q: str) -> npt.NDArray[np.float32]:
+        terms = parse_terms(q)
+        vectors = self.encoders.text.encode([words for _, words in terms])
+        if len(terms) == 1:
+            return vectors[0]
+        combined = sum((weight * v for (weight, _), v in zip(terms, vectors)), np.zeros_like(vectors[0]))
+        norm = float(np.linalg.norm(combined))
+        if norm < 1e-4:
+            raise InvalidQueryError("the descriptions in the query cancel each other out")
+        return (combined / norm).astype(np.float32)
 
     def similar(self, photo_id: int, k: int = 20, offset: int = 0, date_from: str | None = None,
-                date_to: str | None = None, sort: SortOrder = "relevance") -> SearchResponse:
+                date_to: str | None = None, sort: SortOrder = "relevance",
+                min_score: float | None = None) -> SearchResponse:
         """Photos like an indexed one (its stored vector; the photo itself is left out)."""
         started = time.perf_counter()
-        window = _validate(k, offset, date_from, date_to, sort)
+        window = _validate(k, offset, date_from, date_to, sort, min_score)
         row_model, vector = self.store.vector(_known_id(photo_id))
         if vector is None or row_model != self.model_id:
             record = self.photo(photo_id)  # NotFoundError for an unknown id
             why = f"could not be read ({record.error})" if record.status == "failed" else "is not embedded yet"
             raise NoVectorError(f"photo {photo_id} {why}; it has no vector to compare with")
         return self._respond(vector, k, offset, window, sort, started, query=f"similar:{photo_id}",
-                             exclude=photo_id)
+                             exclude=photo_id, min_score=min_score)
 
     def search_image(self, data: bytes | BinaryIO, k: int = 20, offset: int = 0, date_from: str | None = None,
-                     date_to: str | None = None, sort: SortOrder = "relevance", wait: float | None = None
-                     ) -> SearchResponse:
+                     date_to: str | None = None, sort: SortOrder = "relevance", wait: float | None = None,
+                     min_score: float | None = None) -> SearchResponse:
         """Photos like an uploaded photo (its bytes, or a file object holding them, read in place).
 
         Raises ImageDecodeError when it is not a readable image, ServerBusyError when the process's decode
@@ -336,7 +352,7 @@ class Library:
         that budget whoever calls; how many uploads decode at once is the API's to bound (its UploadGate
         keeps the waiting off worker threads), and a CLI search decodes one."""
         started = time.perf_counter()
-        window = _validate(k, offset, date_from, date_to, sort)
+        window = _validate(k, offset, date_from, date_to, sort, min_score)
         if isinstance(data, bytes):
             size = len(data)
         else:  # (tell(), not seek()'s result: SpooledTemporaryFile.seek returns None before Python 3.11)
@@ -351,15 +367,19 @@ class Library:
             data.seek(0)
         pixels = load_model_input(data, self.encoders.manifest.image, wait=wait)
         vector = self.encoders.image.encode(pixels[None])[0]
-        return self._respond(vector, k, offset, window, sort, started, query="image")
+        return self._respond(vector, k, offset, window, sort, started, query="image", min_score=min_score)
 
     def _respond(self, vector: npt.NDArray[np.float32], k: int, offset: int, window: tuple[str | None, str | None],
-                 sort: SortOrder, started: float, query: str, exclude: int | None = None) -> SearchResponse:
+                 sort: SortOrder, started: float, query: str, exclude: int | None = None,
+                 min_score: float | None = None) -> SearchResponse:
         if sort == "date":
-            rows, scores = self._newest_relevant(vector, k, offset, window, exclude)
+            rows, scores = self._newest_relevant(vector, k, offset, window, exclude, min_score)
         else:
             rows, scores = self._most_relevant(vector, offset + k, window, exclude)
             rows, scores = rows[offset:offset + k], scores[offset:offset + k]
+            if min_score is not None:  # best first: the weak ones are a tail
+                strong = [i for i, score in enumerate(scores) if score >= min_score]
+                rows, scores = [rows[i] for i in strong], [scores[i] for i in strong]
         hits = [Hit(id=row.id, path=display(row.rel_path), root=display(row.root), score=round(float(score), 6),
                     width=row.width, height=row.height, taken_at=row.taken_at) for row, score in zip(rows, scores)]
         return SearchResponse(results=hits, took_ms=round((time.perf_counter() - started) * 1000, 3),
@@ -372,10 +392,14 @@ class Library:
         return rerank(self.store.vector_rows(ids, self.model_id), vector, need)
 
     def _newest_relevant(self, vector: npt.NDArray[np.float32], k: int, offset: int,
-                         window: tuple[str | None, str | None], exclude: int | None
+                         window: tuple[str | None, str | None], exclude: int | None, min_score: float | None = None
                          ) -> tuple[list[VectorRow], list[float]]:
-        """A page of the DATE_SORT_POOL most relevant photos, newest first (undated last, ties by score)."""
+        """A page of the DATE_SORT_POOL most relevant photos (those scoring at least `min_score`), newest first
+        (undated last, ties by score)."""
         ids, approx = self._candidates(vector, DATE_SORT_POOL, window, exclude)
+        if min_score is not None:
+            strong = [i for i, score in enumerate(approx) if score >= min_score]
+            ids, approx = [ids[i] for i in strong], [approx[i] for i in strong]
         taken = self.store.taken_at(ids)
         order = sorted(range(len(ids)), key=lambda i: (taken.get(ids[i]) is not None, taken.get(ids[i]) or "",
                                                        approx[i]), reverse=True)
@@ -457,8 +481,12 @@ def _known_id(photo_id: int) -> int:
 
 
 def _validate(k: int, offset: int, date_from: str | None, date_to: str | None,
-              sort: str) -> tuple[str | None, str | None]:
-    """Checks paging, dates and sort; returns the capture-time window as ISO bounds [start, end)."""
+              sort: str, min_score: float | None = None) -> tuple[str | None, str | None]:
+    """Checks paging, dates, sort and the score cut-off; returns the capture-time window as ISO bounds
+    [start, end)."""
+    if min_score is not None and (isinstance(min_score, bool) or not isinstance(min_score, (int, float))
+                                  or not -1.0 <= min_score <= 1.0):
+        raise InvalidQueryError(f"min_score must be between -1 and 1 (a cosine similarity), got {min_score!r}")
     if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= MAX_K:
         raise InvalidQueryError(f"k must be between 1 and {MAX_K}, got {k!r}")
     if isinstance(offset, bool) or not isinstance(offset, int) or not 0 <= offset <= MAX_OFFSET:
