@@ -158,11 +158,24 @@ def _non_negative(text: str) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    from server.serve_config import ServeConfig, find_config, read_config, to_toml, with_overrides
+
+    paths = data_paths(args.data_dir)
+    source = find_config(paths.root, args.config)
+    config = with_overrides(read_config(source) if source else ServeConfig(), {
+        "albums": args.album, "host": args.host, "port": args.port, "rescan_minutes": args.rescan_minutes,
+        "allowed_hosts": args.allowed_host, "cors_origins": args.cors_origin,
+        "require_token": True if args.require_token else None, "model": args.model,
+        "follow_links_outside": args.follow_links_outside})
+    if args.print_config:
+        origin = f"from {for_terminal(str(source))} and the command line" if source else "no config file; defaults and the command line"
+        print(f"# clipalbum serve settings ({origin})\n{to_toml(config)}", end="")
+        return 0
     from server.app import serve
 
-    serve(data_paths(args.data_dir), model=args.model, albums=args.album, host=args.host, port=args.port,
-          rescan_minutes=args.rescan_minutes, allowed_hosts=args.allowed_host, cors_origins=args.cors_origin,
-          require_token=args.require_token, follow_links_outside=args.follow_links_outside)
+    serve(paths, model=config.model, albums=config.albums, host=config.host, port=config.port,
+          rescan_minutes=config.rescan_minutes, allowed_hosts=config.allowed_hosts, cors_origins=config.cors_origins,
+          require_token=config.require_token, follow_links_outside=config.follow_links_outside)
     return 0
 
 
@@ -268,9 +281,14 @@ def build_parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="run the web server (indexes in the background)")
     _add_common(serve)
     serve.add_argument("--album", action="append", default=[], help="album folder (repeatable)")
-    serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=int, default=8000)
-    serve.add_argument("--rescan-minutes", type=float, default=30.0, help="periodic rescan (0: never)")
+    serve.add_argument("--host", help="address to listen on (default 127.0.0.1; 0.0.0.0: every interface)")
+    serve.add_argument("--port", type=int, help="default 8000")
+    serve.add_argument("--rescan-minutes", type=float, help="periodic rescan (0: never; default 30)")
+    serve.add_argument("--config", metavar="FILE", help="settings file (default: $CLIPALBUM_CONFIG, else "
+                       "clipalbum.toml in the data directory, else in $XDG_CONFIG_HOME/clipalbum); options given "
+                       "here override it")
+    serve.add_argument("--print-config", action="store_true",
+                       help="print the settings serve would run with (file and options merged) as TOML, and exit")
     serve.add_argument("--allowed-host", action="append", default=[], metavar="NAME",
                        help="also answer requests for this host name, e.g. behind a reverse proxy (repeatable; "
                             "turns on the access token)")
