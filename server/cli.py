@@ -179,6 +179,29 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_service(args: argparse.Namespace) -> int:
+    from server import service
+
+    if args.action == "uninstall":
+        removed = service.uninstall()
+        if removed is None:
+            print(f"clipalbum: no {service.UNIT_NAME} in {for_terminal(str(service.unit_dir()))}; nothing to remove")
+            return 0
+        print(f"removed {for_terminal(str(removed))}\nthen: systemctl --user disable --now {service.UNIT_NAME}; "
+              "systemctl --user daemon-reload")
+        return 0
+    config = Path(args.config).expanduser() if args.config else None
+    if config is not None and not config.is_file():
+        raise ClipalbumError(f"no config file at {for_terminal(args.config)}")
+    unit = service.install(data_paths(args.data_dir).root, config)
+    print(f"wrote {for_terminal(str(unit))}\n"
+          f"start it now and at every boot:\n"
+          f"  systemctl --user daemon-reload && systemctl --user enable --now {service.UNIT_NAME}\n"
+          f"  loginctl enable-linger $USER     # start at boot, before you log in\n"
+          f"its log: journalctl --user -u clipalbum -f")
+    return 0
+
+
 def cmd_token(args: argparse.Namespace) -> int:
     from server.security import TokenStore
 
@@ -298,6 +321,14 @@ def build_parser() -> argparse.ArgumentParser:
                        help="require the access token even on loopback (a reverse proxy in front)")
     _add_follow_links(serve)
     serve.set_defaults(func=cmd_serve)
+
+    svc = sub.add_parser("service", help="install (or uninstall) a systemd user unit that runs serve at boot")
+    svc.add_argument("action", choices=["install", "uninstall"])
+    svc.add_argument("--data-dir", help="the data directory serve uses (default: $CLIPALBUM_DATA_DIR or "
+                     "$XDG_DATA_HOME/clipalbum)")
+    svc.add_argument("--config", metavar="FILE", help="settings file for serve (default: the clipalbum.toml serve "
+                     "finds at each start; see serve --config)")
+    svc.set_defaults(func=cmd_service)
 
     token = sub.add_parser("token", help="show (or --rotate) the access token for serving beyond loopback")
     token.add_argument("--data-dir", help="data directory (default: $CLIPALBUM_DATA_DIR or $XDG_DATA_HOME/clipalbum)")
