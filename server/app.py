@@ -201,8 +201,18 @@ def create_app(library: "Library", web_dir: Path | None = None, background_index
     else:
         log.warning("no web client at %s (index.html missing): serving the API only", web_dir)
 
+    schema_done: list[bool] = []
+
+    async def complete_schema(request: Request[Any, Any, Any]) -> None:
+        # Made when first asked for, not at start-up: generating the schema costs 0.3 s of the 2 s a start
+        # may take (bench/startup.py).
+        if not schema_done and request.url.path.startswith(OPENAPI_PATH):
+            document_strict_bodies(request.app)
+            schema_done.append(True)
+
     app = Litestar(
         route_handlers=handlers,
+        before_request=complete_schema,
         # Bodies beyond this are refused before they are read (only the photo upload allows more).
         request_max_body_size=MAX_PLAIN_BODY_BYTES,
         state=State({"library": library, "indexer": indexer, "thumbnails": thumbnails, "access": policy,
@@ -218,7 +228,6 @@ def create_app(library: "Library", web_dir: Path | None = None, background_index
         cors_config=CORSConfig(allow_origins=list(policy.cors_origins), allow_headers=["Authorization", "Content-Type"],
                                allow_methods=["GET", "POST", "DELETE", "HEAD", "OPTIONS"]) if policy.cors_origins else None,
     )
-    document_strict_bodies(app)
     # Outermost, around Litestar's own handler: every route, the static client, the schema and even 404s
     # pass the access policy, so no route can be left out of it.
     app.asgi_handler = access_middleware(app.asgi_handler, policy)
