@@ -80,6 +80,18 @@ def sample_album(tmp_path: Path) -> Path:
     return copy_sample_photos(tmp_path / "album")
 
 
+@pytest.fixture()
+def library(tmp_path: Path, tiny_bundle: Path, sample_album: Path) -> Iterator:
+    """The sample album indexed with the tiny bundle (a module may define its own `library`)."""
+    from server.library import Library
+    from server.settings import data_paths
+
+    lib = Library.open(data_paths(tmp_path / "data"), model=tiny_bundle, roots=[str(sample_album)])
+    lib.index()
+    yield lib
+    lib.close()
+
+
 @pytest.fixture(scope="session")
 def flickr8k_dev() -> Path:
     if not (FLICKR8K_DEV / "captions.csv").is_file():

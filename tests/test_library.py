@@ -20,14 +20,6 @@ from tests.conftest import SAMPLE_PHOTOS, eventually, skimage_data_dir
 
 
 @pytest.fixture()
-def library(tmp_path: Path, tiny_bundle: Path, sample_album: Path):
-    lib = Library.open(data_paths(tmp_path / "data"), model=tiny_bundle, roots=[str(sample_album)])
-    lib.index()
-    yield lib
-    lib.close()
-
-
-@pytest.fixture()
 def dated_library(tmp_path: Path, tiny_bundle: Path):
     """Six photos taken on known days (and one without a capture time)."""
     album = tmp_path / "dated"

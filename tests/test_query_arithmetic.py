@@ -15,16 +15,7 @@ from server.cli import main, query_text
 from server.errors import InvalidQueryError
 from server.library import Library
 from server.query_terms import parse_terms
-from server.settings import data_paths
 from tests.conftest import SAMPLE_PHOTOS
-
-
-@pytest.fixture()
-def library(tmp_path: Path, tiny_bundle: Path, sample_album: Path):
-    lib = Library.open(data_paths(tmp_path / "data"), model=tiny_bundle, roots=[str(sample_album)])
-    lib.index()
-    yield lib
-    lib.close()
 
 
 @pytest.mark.parametrize(("query", "terms"), [
