@@ -30,6 +30,7 @@ FINISHED: frozenset[str] = frozenset({"done", "failed", "cancelled"})
 MAX_WAITING = 8  # jobs queued behind the running one; more are refused (503, try again)
 KEEP_SECONDS = 3600.0  # a finished job, and its result file, is forgotten this long after it ended
 MAX_FINISHED = 32  # and the oldest finished jobs beyond this many go first
+MAX_RESULT_BYTES = 1_000_000_000  # and the oldest results beyond this much disk (a 100 MP PNG is ~200 MB)
 ENHANCE_NICE = 10  # the worker's nice level: search requests (nice 0) take the CPU first
 PREVIEW_FORMAT = "jpeg"  # previews are for the screen
 
@@ -67,6 +68,7 @@ class Job:
     error: str | None = None
     result: Path | None = None
     result_name: str | None = None
+    result_bytes: int = 0
     media_type: str | None = None
     width: int | None = None
     height: int | None = None
@@ -133,11 +135,13 @@ class EnhanceJobs:
 
     def __init__(self, folder: Path, load: Callable[[], Enhancer], conditioner: Conditioner,
                  max_waiting: int = MAX_WAITING, keep_seconds: float = KEEP_SECONDS,
-                 max_finished: int = MAX_FINISHED) -> None:
+                 max_finished: int = MAX_FINISHED, max_result_bytes: int = MAX_RESULT_BYTES) -> None:
         self.folder = folder
         self._load = load
         self.conditioner = conditioner
         self.max_waiting, self.keep_seconds, self.max_finished = max_waiting, keep_seconds, max_finished
+        self.max_result_bytes = max_result_bytes
+        self._busy = False  # the worker has a job in hand (one cancelled meanwhile too: it still finishes a step)
         self._jobs: dict[str, Job] = {}
         self._queue: deque[Job] = deque()
         self._changed = threading.Condition()
@@ -189,7 +193,7 @@ class EnhanceJobs:
             job = self._job(job_id)
             if job.state != "queued":
                 return None
-            return next(i for i, queued in enumerate(self._queue) if queued is job) + (self._running() is not None)
+            return next(i for i, queued in enumerate(self._queue) if queued is job) + self._busy
 
     def cancel(self, job_id: str) -> Job:
         """Cancels a queued or running job (a running one stops before its next tile) and forgets it; a
@@ -236,9 +240,6 @@ class EnhanceJobs:
             raise NotFoundError(f"no enhancement job {job_id} (unknown, or finished over an hour ago)")
         return job
 
-    def _running(self) -> Job | None:
-        return next((job for job in self._jobs.values() if job.state == "running"), None)
-
     def _enqueue(self, job: Job) -> Job:
         with self._changed:
             try:
@@ -276,9 +277,14 @@ class EnhanceJobs:
         finished = sorted((job for job in self._jobs.values() if job.state in FINISHED),
                           key=lambda job: job.finished or 0.0)
         too_old = time.time() - self.keep_seconds
-        for i, job in enumerate(finished):
-            if (job.finished or 0.0) < too_old or i < len(finished) - self.max_finished:
+        kept_bytes = 0
+        for i in range(len(finished) - 1, -1, -1):  # newest first: the oldest go when over the budgets
+            job = finished[i]
+            kept_bytes += job.result_bytes
+            over_budget = kept_bytes > self.max_result_bytes and i < len(finished) - 1  # the newest stays
+            if (job.finished or 0.0) < too_old or i < len(finished) - self.max_finished or over_budget:
                 self._drop(job)
+                kept_bytes -= job.result_bytes
 
     # --- the worker ---
 
@@ -291,6 +297,7 @@ class EnhanceJobs:
                     return
                 job = self._queue.popleft()
                 job.state, job.started = "running", time.time()
+                self._busy = True
             try:
                 self._run(job)
                 state, error = "done", None
@@ -307,6 +314,7 @@ class EnhanceJobs:
             finally:
                 return_free_memory()  # a 12 MP photo and its result are ~70 MB; don't keep them
             with self._changed:
+                self._busy = False
                 if job.cancel.is_set() and state == "done":  # cancelled after its last tile: honour it
                     state = "cancelled"
                 self._finish(job, state, error)
@@ -336,6 +344,7 @@ class EnhanceJobs:
         target = self.folder / f"{job.id}{suffix}"
         write_photo(to_image(result, source, fmt), source, target, fmt, overwrite=True)
         job.result, job.media_type = target, f"image/{'jpeg' if fmt == 'JPEG' else fmt.lower()}"
+        job.result_bytes = target.stat().st_size
         job.result_name = f"{Path(job.name).stem}-enhanced{'-preview' if request.preview else ''}{suffix}"
         job.height, job.width = result.shape[:2]
 

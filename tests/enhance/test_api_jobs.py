@@ -21,7 +21,7 @@ from server.enhance.evaluate import psnr
 from server.enhance.jobs import EnhanceJobs, JobRequest, jobs_folder
 from server.enhance.manifest import PACKAGED_ENHANCER
 from server.enhance.runtime import Enhancer
-from server.errors import ImageDecodeError, ServerBusyError
+from server.errors import ImageDecodeError, NotFoundError, ServerBusyError
 from server.library import Library
 from tests.test_api import make_album, open_indexed
 from tests.test_paths import rows, uvicorn_serving
@@ -246,3 +246,25 @@ def test_a_colour_profile_is_kept_only_for_the_colour_space_it_describes(tmp_pat
         grey = tmp_path / f"{kept}-grey.png"  # an RGB profile on a grey result would misrender it too
         write_photo(Image.fromarray(CLEAN).convert("L"), source, grey, "PNG", overwrite=False)
         assert Image.open(grey).info.get("icc_profile") is None
+
+
+def test_finished_results_are_kept_within_a_disk_budget_the_newest_always(tmp_path: Path, library: Library) -> None:
+    template = enhance_jobs(library)
+    assert template is not None
+    template.close()
+    jobs = EnhanceJobs(jobs_folder(tmp_path / "jobs"), lambda: Enhancer(PACKAGED_ENHANCER), template.conditioner,
+                       max_result_bytes=1)  # less than any result: only the newest is ever kept
+    source = library.original_path(photo_id(library, "dim-noisy.png"))
+    finished = []
+    for name in ("a.png", "b.png", "c.png"):
+        job = jobs.submit_photo(source, name, JobRequest(preview=64), photo_id=1)
+        deadline = time.monotonic() + JOB_TIMEOUT_S
+        while jobs.get(job.id).state != "done":
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        finished.append(job.id)
+        assert jobs.result(job.id).result_bytes > 1  # the newest, over the budget on its own, stays
+    with pytest.raises(NotFoundError):
+        jobs.get(finished[0])
+    assert [p.name.split(".")[0] for p in jobs.folder.iterdir()] == [finished[-1]]
+    jobs.close()
