@@ -20,10 +20,9 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from enhance_speed import write_test_photo  # noqa: E402
 from serving import REPO, queries, resolve_model  # noqa: E402
 
 sys.path.insert(0, str(REPO))
@@ -34,14 +33,6 @@ from server.enhance.api import enhance_jobs  # noqa: E402
 from server.enhance.jobs import EnhanceJobs, JobRequest  # noqa: E402
 from server.library import Library  # noqa: E402
 from server.settings import data_paths  # noqa: E402
-
-
-def big_photo(path: Path, megapixels: float) -> None:
-    height = int((megapixels * 1e6 * 3 / 4) ** 0.5)
-    width = int(height * 4 / 3)
-    base = Image.open(skimage_data_dir() / "astronaut.png").convert("RGB").resize((width, height), Image.Resampling.BICUBIC)
-    noisy = np.asarray(base, dtype=np.float32) + np.random.default_rng(0).normal(0, 15, (height, width, 3))
-    Image.fromarray(noisy.clip(0, 255).astype(np.uint8)).save(path, quality=92)
 
 
 def latencies(library: Library, texts: list[str]) -> list[float]:
@@ -82,7 +73,7 @@ def main() -> int:
         for name in ("astronaut.png", "coffee.png", "chelsea.png", "rocket.jpg"):
             (album / name).write_bytes((skimage_data_dir() / name).read_bytes())
         photo = Path(tmp) / "big.jpg"
-        big_photo(photo, args.megapixels)
+        write_test_photo(args.megapixels, photo)
         library = Library.open(data_paths(Path(tmp) / "data"), model=resolve_model(args.model), roots=[str(album)])
         library.index()
         latencies(library, texts[:10])  # warm-up

@@ -353,18 +353,7 @@ class Library:
         keeps the waiting off worker threads), and a CLI search decodes one."""
         started = time.perf_counter()
         window = _validate(k, offset, date_from, date_to, sort, min_score)
-        if isinstance(data, bytes):
-            size = len(data)
-        else:  # (tell(), not seek()'s result: SpooledTemporaryFile.seek returns None before Python 3.11)
-            data.seek(0, os.SEEK_END)
-            size = data.tell()
-        if not size:
-            raise InvalidQueryError("the uploaded file is empty")
-        if size > MAX_UPLOAD_BYTES:
-            raise InvalidQueryError(f"the uploaded file is {size / 1e6:.1f} MB; the limit is "
-                                    f"{MAX_UPLOAD_BYTES / 1e6:.0f} MB")
-        if not isinstance(data, bytes):
-            data.seek(0)
+        check_upload_size(data)
         pixels = load_model_input(data, self.encoders.manifest.image, wait=wait)
         vector = self.encoders.image.encode(pixels[None])[0]
         return self._respond(vector, k, offset, window, sort, started, query="image", min_score=min_score)
@@ -478,6 +467,21 @@ def _known_id(photo_id: int) -> int:
     if not 1 <= value <= MAX_PHOTO_ID:
         raise NotFoundError(f"no photo with id {photo_id!r} in the index (ids are 1 to {MAX_PHOTO_ID})")
     return value
+
+
+def check_upload_size(data: bytes | BinaryIO) -> None:
+    """Refuses an empty upload or one over MAX_UPLOAD_BYTES; a file object is left at its start."""
+    if isinstance(data, bytes):
+        size = len(data)
+    else:  # (tell(), not seek()'s result: SpooledTemporaryFile.seek returns None before Python 3.11)
+        data.seek(0, os.SEEK_END)
+        size = data.tell()
+        data.seek(0)
+    if not size:
+        raise InvalidQueryError("the uploaded file is empty")
+    if size > MAX_UPLOAD_BYTES:
+        raise InvalidQueryError(f"the uploaded file is {size / 1e6:.1f} MB; the limit is "
+                                f"{MAX_UPLOAD_BYTES / 1e6:.0f} MB")
 
 
 def _validate(k: int, offset: int, date_from: str | None, date_to: str | None,

@@ -33,12 +33,13 @@ UPLOAD_WAIT_SECONDS = 30.0
 DECODE_NICE = 10
 
 
-def _lower_priority() -> None:
-    """Raises the calling thread's nice level (Linux: nice is per thread). Elsewhere a no-op."""
+def lower_priority(nice: int = DECODE_NICE) -> None:
+    """Raises the calling thread's nice level (Linux: nice is per thread, and the threads it starts inherit
+    it). Elsewhere a no-op."""
     try:
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), DECODE_NICE)
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), nice)
     except (AttributeError, OSError) as exc:
-        log.debug("upload decode threads keep normal priority: %s", exc)
+        log.debug("thread %s keeps normal priority: %s", threading.current_thread().name, exc)
 
 
 class UploadGate:
@@ -70,7 +71,7 @@ class UploadGate:
     def _executor(self) -> ThreadPoolExecutor:
         if self._pool is None:
             self._pool = ThreadPoolExecutor(self.slots, thread_name_prefix=self.thread_name,
-                                            initializer=_lower_priority if self.low_priority else None)
+                                            initializer=lower_priority if self.low_priority else None)
         return self._pool
 
     async def run(self, fn: Callable[[], T]) -> T:

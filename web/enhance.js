@@ -204,6 +204,24 @@ export class EnhancePanel {
     if (this.photo) this.timer = setTimeout(() => this.preview(), delay);
   }
 
+  /**
+   * Starts a job for `photo` and follows it to its end, keeping `this[slot]` on its latest state (what a reset
+   * cancels) and `bar` and `region` on its progress. Null when `current()` turns false on the way (a job
+   * started meanwhile is cancelled).
+   */
+  async runJob(photo, options, current, slot, bar, region, what) {
+    let job = await api.enhancePhoto(photo.id, options);
+    if (!current()) { this.cancel(job); return null; }
+    this[slot] = job;
+    job = await follow(job, current, (update) => {
+      this[slot] = update;
+      bar.value = update.progress;
+      this.say(region, waiting(update, what()));
+    });
+    if (job) this[slot] = null;
+    return job;
+  }
+
   /** Cancels a job, not minding the answer (it may have finished, or the server may be gone). */
   cancel(job) {
     api.cancelEnhanceJob(job.id).catch(() => {});
@@ -223,16 +241,9 @@ export class EnhancePanel {
       this.say(this.status, this.compare.hidden ? "Enhancing a preview…" : "Updating the preview…");
       this.progress.value = 0;
       this.progress.hidden = false;
-      let job = await api.enhancePhoto(photo.id, options);
-      if (!current()) { this.cancel(job); return; }
-      this.previewJob = job;
-      job = await follow(job, current, (update) => {
-        this.previewJob = update;
-        this.progress.value = update.progress;
-        this.say(this.status, waiting(update, this.compare.hidden ? "Enhancing a preview" : "Updating the preview"));
-      });
+      const job = await this.runJob(photo, options, current, "previewJob", this.progress, this.status,
+        () => (this.compare.hidden ? "Enhancing a preview" : "Updating the preview"));
       if (!job) return;
-      this.previewJob = null;
       if (job.state !== "done") {
         this.progress.hidden = true;
         this.say(this.status, "");
@@ -309,16 +320,9 @@ export class EnhancePanel {
     this.showError(null);
     this.say(this.saveStatus, "Enhancing the full-size photo…");
     try {
-      let job = await api.enhancePhoto(photo.id, options);
-      if (!current()) { this.cancel(job); return; }
-      this.saveJob = job;
-      job = await follow(job, current, (update) => {
-        this.saveJob = update;
-        this.saveProgress.value = update.progress;
-        this.say(this.saveStatus, waiting(update, "Enhancing the full-size photo"));
-      });
+      const job = await this.runJob(photo, options, current, "saveJob", this.saveProgress, this.saveStatus,
+        () => "Enhancing the full-size photo");
       if (!job) return;
-      this.saveJob = null;
       this.setSaving(false);
       if (job.state === "done") {
         this.download(api.jobResultUrl(job));

@@ -24,8 +24,8 @@ from server.enhance.conditioning import Conditioner
 from server.enhance.jobs import EnhanceJobs, Job, JobRequest, jobs_folder
 from server.enhance.manifest import enhancer_dir, read_enhancer_manifest
 from server.enhance.runtime import EnhanceOptions, load_enhancer
-from server.errors import BundleError, InvalidQueryError
-from server.library import MAX_QUERY_CHARS, MAX_UPLOAD_BYTES
+from server.errors import BundleError
+from server.library import MAX_QUERY_CHARS, MAX_UPLOAD_BYTES, check_upload_size
 from server.pathnames import display
 
 log = logging.getLogger(__name__)
@@ -204,12 +204,7 @@ class EnhanceController(Controller):
     def enhance_upload(self, state: State, data: MultipartBody[EnhanceUpload]) -> Response[JobInfo]:
         jobs = _jobs(state)
         upload = data.file.file
-        upload.seek(0, 2)
-        size = upload.tell()
-        if not size:
-            raise InvalidQueryError("the uploaded file is empty")
-        if size > MAX_UPLOAD_BYTES:
-            raise InvalidQueryError(f"the uploaded file is {size / 1e6:.1f} MB; the limit is {MAX_UPLOAD_BYTES / 1e6:.0f} MB")
+        check_upload_size(upload)  # as search by upload
         name = Path(data.file.filename or "upload").name or "upload"
         return _accepted(jobs, jobs.submit_upload(upload, name, data.job_request()))
 

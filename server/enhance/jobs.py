@@ -22,6 +22,7 @@ from server.enhance.runtime import EnhanceCancelled, EnhanceOptions, Enhancer
 from server.errors import BundleError, ClipalbumError, NotFoundError, ServerBusyError
 from server.malloc import return_free_memory
 from server.preprocess import open_photo
+from server.upload_gate import lower_priority
 
 log = logging.getLogger(__name__)
 
@@ -80,13 +81,6 @@ class Job:
         if self.state == "done":
             return 1.0
         return self.tiles_done / self.tiles_total if self.tiles_total else 0.0
-
-
-def _lower_priority() -> None:
-    try:  # Linux: per thread, and inherited by the threads it starts (ONNX Runtime's pool among them)
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), ENHANCE_NICE)
-    except (AttributeError, OSError) as exc:
-        log.debug("the enhance worker keeps normal priority: %s", exc)
 
 
 def _remove(path: Path) -> None:
@@ -289,7 +283,7 @@ class EnhanceJobs:
     # --- the worker ---
 
     def _work(self) -> None:
-        _lower_priority()
+        lower_priority(ENHANCE_NICE)  # ONNX Runtime's threads, started from this one, inherit it
         while True:
             with self._changed:
                 self._changed.wait_for(lambda: self._queue or self._stopping)

@@ -104,7 +104,10 @@ class Enhancer:
         """`providers`: ONNX Runtime providers other than the CPU's (e.g. CUDA), for both graphs."""
         self.directory = Path(directory)
         self.manifest: EnhancerManifest = read_enhancer_manifest(self.directory, verify=verify)
-        self.precision: Precision = precision or self.manifest.default_precision
+        # int8 QDQ graphs are a CPU format: a GPU runs the fp32 UNet where the enhancer has one (the packaged
+        # default ships int8 only, to stay small).
+        gpu_fp32 = providers and "fp32" in self.manifest.unet
+        self.precision: Precision = precision or ("fp32" if gpu_fp32 else self.manifest.default_precision)
         if self.precision not in self.manifest.unet:
             raise ValueError(f"this enhancer has no {self.precision} UNet (it has {', '.join(self.manifest.unet)})")
         # Spinning threads: 10 % faster on 2 cores (2.87 against 2.58 s/MP), and the server runs this at nice 10.
@@ -217,12 +220,8 @@ def load_enhancer(directory: Path, device: str = "auto", precision: Precision | 
     import onnxruntime as ort
 
     if device in ("auto", "cuda") and "CUDAExecutionProvider" in ort.get_available_providers():
-        # int8 QDQ graphs are a CPU format: a GPU runs the fp32 UNet where the enhancer has one (the packaged
-        # default ships int8 only, to stay small).
-        manifest = read_enhancer_manifest(Path(directory), verify=False)
-        gpu_precision: Precision = precision or ("fp32" if "fp32" in manifest.unet else manifest.default_precision)
         try:
-            return Enhancer(directory, precision=gpu_precision, threads=threads, providers=["CUDAExecutionProvider"])
+            return Enhancer(directory, precision=precision, threads=threads, providers=["CUDAExecutionProvider"])
         except Exception as error:  # a broken CUDA install: the CPU still works
             log.warning("--device %s: CUDA failed to start (%s); using the CPU", device, error)
             return Enhancer(directory, precision=precision, threads=threads)
