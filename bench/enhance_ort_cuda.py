@@ -20,9 +20,8 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
 
-from server.enhance.runtime import Enhancer, load_enhancer  # noqa: E402
+from clipalbum.server.enhance.runtime import Enhancer, load_enhancer
 
 
 def noisy_photo(megapixels: float) -> np.ndarray:

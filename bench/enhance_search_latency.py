@@ -21,18 +21,15 @@ import time
 from pathlib import Path
 
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from enhance_speed import write_test_photo  # noqa: E402
-from serving import REPO, queries, resolve_model  # noqa: E402
+from enhance_speed import write_test_photo
+from serving import queries, resolve_model
 
-sys.path.insert(0, str(REPO))
-
-from server.demo import skimage_data_dir  # noqa: E402
-from server.enhance import jobs as jobs_module  # noqa: E402
-from server.enhance.api import enhance_jobs  # noqa: E402
-from server.enhance.jobs import EnhanceJobs, JobRequest  # noqa: E402
-from server.library import Library  # noqa: E402
-from server.settings import data_paths  # noqa: E402
+from clipalbum.server.demo import skimage_data_dir
+from clipalbum.server.enhance import jobs as jobs_module
+from clipalbum.server.enhance.api import enhance_jobs
+from clipalbum.server.enhance.jobs import EnhanceJobs, JobRequest
+from clipalbum.server.library import Library
+from clipalbum.server.settings import data_paths
 
 
 def latencies(library: Library, texts: list[str]) -> list[float]:

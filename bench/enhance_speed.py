@@ -19,8 +19,6 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "bench"))
 
 
 def write_test_photo(megapixels: float, path: Path) -> None:
@@ -29,7 +27,7 @@ def write_test_photo(megapixels: float, path: Path) -> None:
     import numpy as np
     from PIL import Image
 
-    from server.demo import skimage_data_dir
+    from clipalbum.server.demo import skimage_data_dir
 
     height = int((megapixels * 1e6 * 3 / 4) ** 0.5)
     width = int(height * 4 / 3)
@@ -40,10 +38,10 @@ def write_test_photo(megapixels: float, path: Path) -> None:
 
 
 def child(args: argparse.Namespace) -> None:
-    from server.encoders import load_encoders
-    from server.enhance.conditioning import Conditioner
-    from server.enhance.photoio import read_photo, read_preview
-    from server.enhance.runtime import EnhanceOptions, Enhancer
+    from clipalbum.server.encoders import load_encoders
+    from clipalbum.server.enhance.conditioning import Conditioner
+    from clipalbum.server.enhance.photoio import read_photo, read_preview
+    from clipalbum.server.enhance.runtime import EnhanceOptions, Enhancer
 
     encoders = load_encoders(Path(args.model))
     enhancer = Enhancer(Path(args.enhancer), precision=args.precision)
@@ -100,7 +98,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         args.photo = str(Path(tmp) / "photo.jpg")
         write_test_photo(args.megapixels, Path(args.photo))
-        from server.enhance.manifest import read_enhancer_manifest
+        from clipalbum.server.enhance.manifest import read_enhancer_manifest
 
         # The packaged enhancer keeps only int8: an export with both (`clipalbum enhance export RUN DIR`) compares.
         has_fp32 = "fp32" in read_enhancer_manifest(Path(args.enhancer), verify=False).unet

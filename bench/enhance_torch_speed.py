@@ -18,11 +18,9 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from training.enhance.reference import enhance_tensor  # noqa: E402
-from training.enhance.trainer import load_enhancer  # noqa: E402
-from training.trainer import pick_device  # noqa: E402
+from clipalbum.training.enhance.reference import enhance_tensor
+from clipalbum.training.enhance.trainer import load_enhancer
+from clipalbum.training.trainer import pick_device
 
 
 def sync(device: torch.device) -> None:

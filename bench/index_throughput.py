@@ -23,18 +23,17 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
-import numpy as np  # noqa: E402
-import onnxruntime as ort  # noqa: E402  # before usearch (see server/ann.py)
-from PIL import Image, ImageOps  # noqa: E402
+import numpy as np
+import onnxruntime as ort  # before usearch (see server/ann.py)
+from PIL import Image, ImageOps
 
-from server.bundle import ImageSpec, read_manifest  # noqa: E402
-from server.demo import skimage_data_dir  # noqa: E402
-from server.library import Library  # noqa: E402
-from server.model_resolver import resolve_bundle  # noqa: E402
-from server.preprocess import to_model_input  # noqa: E402
-from server.settings import data_paths  # noqa: E402
+from clipalbum.server.bundle import ImageSpec, read_manifest
+from clipalbum.server.demo import skimage_data_dir
+from clipalbum.server.library import Library
+from clipalbum.server.model_resolver import resolve_bundle
+from clipalbum.server.preprocess import to_model_input
+from clipalbum.server.settings import data_paths
 
 FLICKR8K_DEV = REPO.parent / "shared" / "data" / "flickr8k-dev" / "images"
 CAMERA_SIZE = (4000, 3000)  # 12 MP, a common phone/camera sensor
@@ -110,10 +109,10 @@ def naive_model(kind: str):
     from torch import nn
 
     if kind == "backbone":
-        from training.pretrained import load_efficientnet_lite0
+        from clipalbum.training.pretrained import load_efficientnet_lite0
 
         return load_efficientnet_lite0().eval(), "training.pretrained.load_efficientnet_lite0 (torch fp32)"
-    from training.bootstrap import build_bootstrap_model
+    from clipalbum.training.bootstrap import build_bootstrap_model
 
     class ImageTower(nn.Module):
         def __init__(self, model: nn.Module) -> None:

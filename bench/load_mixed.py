@@ -30,9 +30,8 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from serving import (REPO, free_port, load_average, percentile, proc_cpu_seconds, proc_memory_mb,  # noqa: E402
+from serving import (REPO, free_port, load_average, percentile, proc_cpu_seconds, proc_memory_mb,
                      queries, resolve_model, scan_album)
 
 FLICKR_IMAGES = REPO.parent / "shared" / "data" / "flickr8k-dev" / "images"
@@ -64,7 +63,7 @@ def make_new_photos(sources: list[Path], out: Path, count: int) -> list[Path]:
 
 
 def cli(*args: str) -> list[str]:
-    return [sys.executable, "-m", "server.cli", *args]
+    return [sys.executable, "-m", "clipalbum.server.cli", *args]
 
 
 def run_index(album: Path, data: Path, bundle: Path) -> dict:
@@ -260,7 +259,7 @@ def main() -> None:
     parser.add_argument("--keep", help="keep the data directory here (default: a temporary one)")
     args = parser.parse_args()
 
-    from server.bundle import read_manifest
+    from clipalbum.server.bundle import read_manifest
 
     bundle = resolve_model(args.model)
     album, photos, album_source = album_photos()

@@ -20,9 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from serving import (REPO, free_port, load_average, percentile, proc_cpu_seconds, queries,  # noqa: E402
+from serving import (REPO, free_port, load_average, percentile, proc_cpu_seconds, queries,
                      resolve_model, start_server, stop_server, synthetic_index)
 
 
@@ -54,7 +53,7 @@ def http_latency(pid: int, port: int, texts: list[str], warmup: int, k: int) -> 
 
 def breakdown(paths, bundle: Path, texts: list[str], k: int) -> dict[str, object]:
     """Where one query's time goes, measured in-process on the same index, and the exact-scan baseline."""
-    from server.library import Library, rerank, rerank_pool
+    from clipalbum.server.library import Library, rerank, rerank_pool
 
     library = Library.open(paths, model=bundle)
     try:
@@ -110,7 +109,7 @@ def main() -> None:
 
     bundle = resolve_model(args.model)
     texts, source = queries(args.warmup + args.queries)
-    from server.bundle import read_manifest
+    from clipalbum.server.bundle import read_manifest
 
     manifest = read_manifest(bundle)
     report: dict[str, object] = {

@@ -20,13 +20,10 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from serving import REPO, resolve_model  # noqa: E402
+from serving import REPO, resolve_model
 
-sys.path.insert(0, str(REPO))
-
-from server.library import Library  # noqa: E402
-from server.settings import data_paths  # noqa: E402
+from clipalbum.server.library import Library
+from clipalbum.server.settings import data_paths
 
 FLICKR = REPO.parent / "shared" / "data" / "flickr8k-dev"
 NONSENSE = ["asdf qwerty", "zxcvbnm", "the of and", "lorem ipsum dolor sit amet", "!!!", "1234 5678",

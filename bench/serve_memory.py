@@ -15,20 +15,18 @@ import argparse
 import json
 import os
 import platform
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from serving import (REPO, free_port, load_average, proc_memory_mb, queries, resolve_model,  # noqa: E402
+from serving import (REPO, free_port, load_average, proc_memory_mb, queries, resolve_model,
                      scan_album, start_server, stop_server, synthetic_index)
 
 UPLOAD_PHOTOS = ("chelsea.png", "rocket.jpg", "coffee.png", "astronaut.png")
 
 
 def sample_uploads() -> list[tuple[str, bytes]]:
-    from server.demo import skimage_data_dir
-    from server.errors import ClipalbumError
+    from clipalbum.server.demo import skimage_data_dir
+    from clipalbum.server.errors import ClipalbumError
 
     try:
         folder = skimage_data_dir()
@@ -79,7 +77,7 @@ def main() -> None:
     bundle = resolve_model(args.model)
     texts, source = queries(args.queries)
     uploads = sample_uploads()
-    from server.bundle import read_manifest
+    from clipalbum.server.bundle import read_manifest
 
     manifest = read_manifest(bundle)
     workdir = Path(args.workdir) / manifest.model_id  # the synthetic rows carry the model id

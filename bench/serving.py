@@ -18,9 +18,8 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
-from server.settings import DataPaths, data_paths  # noqa: E402
+from clipalbum.server.settings import DataPaths, data_paths
 
 # Plain-English queries of the kind people type (used when flickr8k-dev's captions are absent).
 QUERIES = [
@@ -55,7 +54,7 @@ def resolve_model(model: str | None) -> Path:
     cached = REPO / ".cache" / "default-bundle"
     if (cached / "manifest.json").is_file():
         return cached
-    from server.model_resolver import resolve_bundle
+    from clipalbum.server.model_resolver import resolve_bundle
 
     return resolve_bundle(data_paths(None), None, build_if_missing=True)
 
@@ -77,9 +76,9 @@ def synthetic_index(root: Path, bundle: Path, photos: int, seed: int = 0, cluste
 
     clustered: one centre per ~25 photos (real albums are bursts of similar shots; uniform random vectors
     in 256-d are a worst case no photo collection looks like); False: uniform on the sphere."""
-    from server.bundle import read_manifest
-    from server.library import Library
-    from server.store import Changes, PhotoFields, Store
+    from clipalbum.server.bundle import read_manifest
+    from clipalbum.server.library import Library
+    from clipalbum.server.store import Changes, PhotoFields, Store
 
     paths = data_paths(root).ensure()
     manifest = read_manifest(bundle)
@@ -116,8 +115,8 @@ def scan_album(folder: Path, photos: int = 96, side: int = 800) -> Path:
     """A folder of `photos` distinct JPEGs (crops of scikit-image's real photos), for a scan in the server."""
     from PIL import Image
 
-    from server.demo import skimage_data_dir
-    from server.errors import ClipalbumError
+    from clipalbum.server.demo import skimage_data_dir
+    from clipalbum.server.errors import ClipalbumError
 
     if folder.is_dir() and len(list(folder.glob("*.jpg"))) == photos:
         return folder
@@ -209,16 +208,16 @@ def _serve_main(argv: list[str]) -> None:
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--scan-album", help="index this album (into a temporary side index) before serving")
     args = parser.parse_args(argv)
-    from server.app import serve_library
-    from server.library import Library
-    from server.malloc import limit_malloc_arenas, return_free_memory
+    from clipalbum.server.app import serve_library
+    from clipalbum.server.library import Library
+    from clipalbum.server.malloc import limit_malloc_arenas, return_free_memory
 
     limit_malloc_arenas()  # as `clipalbum serve` does
     library = Library.open(data_paths(args.data_dir), model=args.model)
     if args.scan_album:
         import tempfile
 
-        from server.store import Store
+        from clipalbum.server.store import Store
 
         with tempfile.TemporaryDirectory() as side_dir:
             side_paths = data_paths(side_dir).ensure()

@@ -11,14 +11,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from server.thumbnails import TEMP_PREFIX, THUMBNAIL_VERSION, ThumbnailCache
+from clipalbum.server.thumbnails import TEMP_PREFIX, THUMBNAIL_VERSION, ThumbnailCache
 
 STALE = 10  # leftover temporary files planted among the thumbnails
 

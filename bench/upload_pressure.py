@@ -16,7 +16,6 @@ import json
 import multiprocessing
 import os
 import platform
-import sys
 import threading
 import time
 from collections import Counter
@@ -24,9 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from serving import (REPO, free_port, load_average, percentile, proc_memory_mb, queries,  # noqa: E402
+from serving import (REPO, free_port, load_average, percentile, proc_memory_mb, queries,
                      resolve_model, start_server, stop_server, synthetic_index)
 
 BARS = {"peak_rss_mb": 500, "text_p99_ms_under_pressure": 100}
@@ -144,7 +142,7 @@ def main() -> None:
     bundle = resolve_model(args.model)
     texts, source = queries(args.queries)
     payload = bomb_png(args.side)
-    from server.bundle import read_manifest
+    from clipalbum.server.bundle import read_manifest
 
     manifest = read_manifest(bundle)
     paths = synthetic_index(Path(args.workdir) / manifest.model_id / f"clustered-{args.photos}", bundle, args.photos)

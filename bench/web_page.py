@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO))  # the browser tests' album and server helpers (clipalbum itself is installed)
 
 from tests.browser.conftest import CHROMIUM, CHROMIUM_ARGS, make_album, start_server  # noqa: E402
 from tests.conftest import skimage_data_dir  # noqa: E402

@@ -6,22 +6,20 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
-from server.demo import skimage_data_dir  # noqa: E402
-from server.encoders import load_encoders  # noqa: E402
-from server.enhance.cases import degrade_case  # noqa: E402
-from server.enhance.classical import classical_pipeline  # noqa: E402
-from server.enhance.conditioning import Conditioner  # noqa: E402
-from server.enhance.manifest import PACKAGED_ENHANCER  # noqa: E402
-from server.enhance.runtime import Enhancer  # noqa: E402
+from clipalbum.server.demo import skimage_data_dir
+from clipalbum.server.encoders import load_encoders
+from clipalbum.server.enhance.cases import degrade_case
+from clipalbum.server.enhance.classical import classical_pipeline
+from clipalbum.server.enhance.conditioning import Conditioner
+from clipalbum.server.enhance.manifest import PACKAGED_ENHANCER
+from clipalbum.server.enhance.runtime import Enhancer
 
 PHOTOS = ("coffee.png", "chelsea.png", "astronaut.png")
 SIDE = 300

@@ -6,9 +6,9 @@ import logging
 from pathlib import Path
 from typing import Literal
 
-from server.bundle import Manifest, file_sha256
-from training.model import image_spec, text_spec
-from training.trainer import TOKENIZER, WEIGHTS, checkpoint_dir, load_checkpoint
+from clipalbum.server.bundle import Manifest, file_sha256
+from clipalbum.training.model import image_spec, text_spec
+from clipalbum.training.trainer import TOKENIZER, WEIGHTS, checkpoint_dir, load_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +29,7 @@ def export_checkpoint(checkpoint: Path, bundle_dir: Path, quantize: Quantize = "
     quantize: "int8" both towers, "text-int8" the text tower only (depthwise-convolution image towers such
     as EfficientNet-Lite0 can lose too much to dynamic int8; the exporter's parity check refuses those).
     """
-    from export.onnx_export import export_dual_encoder, with_quantization
+    from clipalbum.export.onnx_export import export_dual_encoder, with_quantization
 
     if quantize not in ("none", "int8", "text-int8"):
         raise ValueError(f"unknown quantization {quantize!r}; use none, int8 or text-int8")

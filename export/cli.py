@@ -16,13 +16,13 @@ def main(argv: list[str]) -> int:
     parser.add_argument("bundle", help="bundle directory to write (replaced atomically)")
     parser.add_argument("--quantize", choices=["none", "int8", "text-int8"], default="none",
                         help="int8: both towers dynamically quantized (smaller, faster on a Pi-class CPU); "
-                             "text-int8: the text tower only, for image towers that lose too much")
+                             "text-int8: the text tower only, for image towers that lose too much (default none)")
     parser.add_argument("--parity-images", nargs="*", default=None, metavar="PHOTO",
                         help="real photos on which torch and ONNX Runtime outputs must agree")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
-    logging.getLogger("export").setLevel(logging.INFO)
-    from export.checkpoint import export_checkpoint
+    logging.getLogger("clipalbum.export").setLevel(logging.INFO)
+    from clipalbum.export.checkpoint import export_checkpoint
 
     try:
         manifest = export_checkpoint(Path(args.checkpoint), Path(args.bundle), quantize=args.quantize,

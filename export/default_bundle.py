@@ -9,13 +9,14 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from export.onnx_export import Quantization, export_dual_encoder, with_quantization
-from server.bundle import read_manifest, verify_bundle
-from server.errors import BundleError
+from clipalbum.export.onnx_export import Quantization, export_dual_encoder, with_quantization
+from clipalbum.server.bundle import read_manifest, verify_bundle
+from clipalbum.server.errors import BundleError
+from clipalbum.server.model_cache import DEFAULT_MODEL_ID
 
 log = logging.getLogger(__name__)
 
-MODEL_ID = "bootstrap-effnetlite0-minilm-v2"  # must change with training.bootstrap.RECIPE_VERSION
+MODEL_ID = DEFAULT_MODEL_ID  # the server finds it in the model cache by this id
 
 # int8 per tower only where Recall@10 on flickr8k-dev drops by at most one point against fp32, measured
 # with `clipalbum eval` on bundles built each way (2 cores):
@@ -55,7 +56,7 @@ def build_default_bundle(out_dir: Path, force: bool = False, progress: bool = Tr
                          image_quantize: Quantization = IMAGE_QUANTIZATION,
                          text_quantize: Quantization = TEXT_QUANTIZATION) -> Path:
     """Builds the default bundle into out_dir (offline, deterministic) unless a valid one is there."""
-    from training.bootstrap import RECIPE_VERSION
+    from clipalbum.training.bootstrap import RECIPE_VERSION
 
     out_dir = Path(out_dir)
     assert MODEL_ID.endswith(f"-v{RECIPE_VERSION}"), "bump MODEL_ID with the bootstrap recipe version"
@@ -84,8 +85,8 @@ def _build_lock(out_dir: Path) -> Iterator[None]:
 
 
 def _build(out_dir: Path, progress: bool, image_quantize: Quantization, text_quantize: Quantization) -> None:
-    from training.bootstrap import BootstrapConfig, build_bootstrap_model, image_spec, text_spec
-    from training.pretrained import bert_uncased_tokenizer_file
+    from clipalbum.training.bootstrap import BootstrapConfig, build_bootstrap_model, image_spec, text_spec
+    from clipalbum.training.pretrained import bert_uncased_tokenizer_file
 
     started = time.perf_counter()
     config = BootstrapConfig()

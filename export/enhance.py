@@ -15,13 +15,13 @@ import torch
 from PIL import Image
 from torch import nn
 
-from export.onnx_export import OPSET, _swap_into_place
-from server.enhance.cases import degrade_case
-from server.enhance.evaluate import psnr
-from server.enhance.manifest import ENHANCER_FORMAT_VERSION, EnhancerManifest, write_enhancer_manifest
-from server.enhance.runtime import EnhanceOptions, Enhancer
-from training.enhance.model import RESIDUAL_SCALE, train_scheduler
-from training.enhance.trainer import load_enhancer
+from clipalbum.export.onnx_export import OPSET, _swap_into_place
+from clipalbum.server.enhance.cases import degrade_case
+from clipalbum.server.enhance.evaluate import psnr
+from clipalbum.server.enhance.manifest import ENHANCER_FORMAT_VERSION, EnhancerManifest, write_enhancer_manifest
+from clipalbum.server.enhance.runtime import EnhanceOptions, Enhancer
+from clipalbum.training.enhance.model import RESIDUAL_SCALE, train_scheduler
+from clipalbum.training.enhance.trainer import load_enhancer
 
 log = logging.getLogger(__name__)
 
@@ -195,8 +195,8 @@ def check_export(directory: Path, unet: nn.Module, head: nn.Module, photos: list
 
 def default_parity_photos() -> list[npt.NDArray[np.uint8]]:
     """Real photos that scikit-image ships (the export extra installs it)."""
-    from export.default_bundle import parity_photos
-    from server.preprocess import decode_photo
+    from clipalbum.export.default_bundle import parity_photos
+    from clipalbum.server.preprocess import decode_photo
 
     return [np.asarray(decode_photo(p, min_side=1 << 30).image) for p in parity_photos()]
 

@@ -13,16 +13,16 @@ def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="clipalbum enhance export", description=(
         "Export a trained enhancer (RUN or RUN/last) to DIR: the UNet in fp32 and int8, the head, a manifest "
         "with checksums. Checked against torch on real photos first; DIR is replaced only if that passes."))
-    parser.add_argument("run", type=Path)
-    parser.add_argument("out", type=Path)
+    parser.add_argument("run", type=Path, help="the run directory `clipalbum enhance train` wrote (or RUN/last)")
+    parser.add_argument("out", type=Path, help="the enhancer directory to write")
     parser.add_argument("--model-id", help="the enhancer's id (default: enhance-RUNNAME)")
     parser.add_argument("--no-int8", action="store_true", help="fp32 only")
     parser.add_argument("--int8-only", action="store_true",
                         help="keep only the int8 UNet (for the packaged enhancer); refused if it loses over 0.3 dB")
-    parser.add_argument("--description", default="", help="a line for the manifest")
+    parser.add_argument("--description", default="", help="a line for the manifest (default: none)")
     parser.add_argument("--tile", type=int, default=512, help="tile side in pixels (default 512)")
     args = parser.parse_args(argv[1:] if argv and argv[0] == "export" else argv)
-    from export.enhance import ParityError, default_parity_photos, export_enhancer
+    from clipalbum.export.enhance import ParityError, default_parity_photos, export_enhancer
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     for noisy in ("root", "onnxruntime"):  # the quantizer logs every node it touches at INFO

@@ -17,11 +17,11 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from export.quantize import quantize_int8
-from server.bundle import FORMAT_VERSION, ImageSpec, Manifest, TextSpec, with_checksums, write_manifest
-from server.encoders import make_session
-from server.preprocess import load_model_input
-from server.textprep import TextTokenizer
+from clipalbum.export.quantize import quantize_int8
+from clipalbum.server.bundle import FORMAT_VERSION, ImageSpec, Manifest, TextSpec, with_checksums, write_manifest
+from clipalbum.server.encoders import make_session
+from clipalbum.server.preprocess import load_model_input
+from clipalbum.server.textprep import TextTokenizer
 
 log = logging.getLogger(__name__)
 

@@ -18,20 +18,20 @@ from litestar.params import MultipartBody, PathParameter, QueryParameter
 from litestar.response import File
 from litestar.status_codes import HTTP_202_ACCEPTED, HTTP_304_NOT_MODIFIED
 
-from server.library import MAX_K, MAX_OFFSET, MAX_PHOTO_ID, MAX_QUERY_CHARS, MAX_UPLOAD_BYTES
-from server.malloc import return_free_memory
-from server.pathnames import display
-from server.schemas import ErrorBody, SearchResponse, StatusResponse
-from server.store import PhotoRecord
-from server.thumbnails import (DEFAULT_SIZE, THUMBNAIL_DECODES, THUMBNAIL_SIZES, ThumbnailCache, snap_size,
+from clipalbum.server.library import MAX_K, MAX_OFFSET, MAX_PHOTO_ID, MAX_QUERY_CHARS, MAX_UPLOAD_BYTES
+from clipalbum.server.malloc import return_free_memory
+from clipalbum.server.pathnames import display
+from clipalbum.server.schemas import ErrorBody, SearchResponse, StatusResponse
+from clipalbum.server.store import PhotoRecord
+from clipalbum.server.thumbnails import (DEFAULT_SIZE, THUMBNAIL_DECODES, THUMBNAIL_SIZES, ThumbnailCache, snap_size,
                                thumbnail_etag)
-from server.upload_gate import UPLOAD_DECODES, UPLOAD_QUEUE, UPLOAD_WAIT_SECONDS, UploadGate
+from clipalbum.server.upload_gate import UPLOAD_DECODES, UPLOAD_QUEUE, UPLOAD_WAIT_SECONDS, UploadGate
 
 if TYPE_CHECKING:
     from pathlib import Path
 
-    from server.background import BackgroundIndexer
-    from server.library import Library
+    from clipalbum.server.background import BackgroundIndexer
+    from clipalbum.server.library import Library
 
 # Uploads for search-by-example: the Library's cap plus room for the multipart envelope; more gets a 413.
 MAX_REQUEST_BYTES = MAX_UPLOAD_BYTES + 64 * 1024

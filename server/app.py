@@ -23,21 +23,21 @@ from litestar.static_files import create_static_files_router
 from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
-from server.api import ImagesController, IndexController, SearchController, etag_matches, health
-from server.background import BackgroundIndexer
-from server.enhance.api import EnhanceController, JobsController, document_strict_bodies, enhance_jobs
-from server.enhance.jobs import JobNotReadyError, PromptUnsupportedError
-from server.errors import (BundleError, ClipalbumError, ImageDecodeError, InvalidQueryError, NotFoundError,
+from clipalbum.server.api import ImagesController, IndexController, SearchController, etag_matches, health
+from clipalbum.server.background import BackgroundIndexer
+from clipalbum.server.enhance.api import EnhanceController, JobsController, document_strict_bodies, enhance_jobs
+from clipalbum.server.enhance.jobs import JobNotReadyError, PromptUnsupportedError
+from clipalbum.server.errors import (BundleError, ClipalbumError, ImageDecodeError, InvalidQueryError, NotFoundError,
                            NoVectorError, ServerBusyError)
-from server.library import IndexBusyError
-from server.malloc import limit_malloc_arenas
-from server.security import AccessPolicy, SessionController, access_middleware, is_loopback
-from server.pathnames import display
-from server.settings import DataPaths
-from server.thumbnails import ThumbnailCache
+from clipalbum.server.library import IndexBusyError
+from clipalbum.server.malloc import limit_malloc_arenas
+from clipalbum.server.security import AccessPolicy, SessionController, access_middleware, is_loopback
+from clipalbum.server.pathnames import display
+from clipalbum.server.settings import DataPaths
+from clipalbum.server.thumbnails import ThumbnailCache
 
 if TYPE_CHECKING:
-    from server.library import Library
+    from clipalbum.server.library import Library
 
 log = logging.getLogger(__name__)
 
@@ -310,7 +310,7 @@ def serve(paths: DataPaths, model: str | Path | None, albums: list[str] | None, 
           cors_origins: list[str] | tuple[str, ...] = (), require_token: bool = False,
           follow_links_outside: bool | None = None) -> None:
     """`clipalbum serve`: opens the index (building the default model if missing) and serves it."""
-    from server.library import Library
+    from clipalbum.server.library import Library
 
     limit_malloc_arenas()  # before the ORT, decode and API threads exist
     library = Library.open(paths, model=model, roots=albums or None, build_if_missing=True,

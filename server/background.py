@@ -8,12 +8,12 @@ import threading
 import time
 from typing import TYPE_CHECKING, Literal
 
-from server.errors import ClipalbumError
-from server.library import IndexBusyError
-from server.malloc import return_free_memory
+from clipalbum.server.errors import ClipalbumError
+from clipalbum.server.library import IndexBusyError
+from clipalbum.server.malloc import return_free_memory
 
 if TYPE_CHECKING:
-    from server.library import Library
+    from clipalbum.server.library import Library
 
 log = logging.getLogger(__name__)
 

@@ -8,7 +8,7 @@ from typing import Literal
 
 import msgspec
 
-from server.errors import BundleError
+from clipalbum.server.errors import BundleError
 
 FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"

@@ -1,4 +1,5 @@
-"""The `clipalbum` command line: model build, index, search, serve, token, eval, train, export, demo."""
+"""The `clipalbum` command line: model build|list|info|remove, index, search, status, serve, service, token, eval,
+demo; train, export and enhance hand over to their own modules."""
 
 from __future__ import annotations
 
@@ -10,19 +11,24 @@ import sqlite3
 import sys
 from contextlib import closing
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import msgspec
 
-from server.diskerrors import storage_problem
-from server.errors import ClipalbumError
-from server.pathnames import for_terminal
-from server.settings import data_paths
+from clipalbum.server.diskerrors import storage_problem
+from clipalbum.server.errors import ClipalbumError
+from clipalbum.server.pathnames import for_terminal
+from clipalbum.server.settings import DataPaths, data_paths
+
+if TYPE_CHECKING:
+    from clipalbum.server.schemas import StatusResponse
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data-dir", help="index, thumbnails and default model (default: $CLIPALBUM_DATA_DIR "
+    p.add_argument("--data-dir", help="index and thumbnails (default: $CLIPALBUM_DATA_DIR "
                    "or $XDG_DATA_HOME/clipalbum)")
-    p.add_argument("--model", help="model bundle directory (default: $CLIPALBUM_MODEL or DATA_DIR/models/default)")
+    p.add_argument("--model", help="model bundle folder or cached model id (default: $CLIPALBUM_MODEL, else the "
+                   "default model in the model cache)")
 
 
 def _add_follow_links(p: argparse.ArgumentParser) -> None:
@@ -32,29 +38,77 @@ def _add_follow_links(p: argparse.ArgumentParser) -> None:
 
 
 def _open_library(args: argparse.Namespace, roots: list[str] | None = None):
-    from server.library import Library
+    from clipalbum.server.library import Library
 
     return Library.open(data_paths(args.data_dir), model=args.model, roots=roots,
                         follow_links_outside=getattr(args, "follow_links_outside", None))
 
 
 def cmd_model_build(args: argparse.Namespace) -> int:
-    from server.model_resolver import build_default_bundle
+    from clipalbum.server.model_cache import DEFAULT_MODEL_ID, cached_bundle
+    from clipalbum.server.model_resolver import build_default_bundle
 
-    out = Path(args.out) if args.out else data_paths(args.data_dir).default_bundle
+    out = Path(args.out) if args.out else cached_bundle(DEFAULT_MODEL_ID)
     bundle = build_default_bundle(out, force=args.force, progress=True)
-    print(f"model bundle ready: {bundle}")
+    print(f"model bundle ready: {for_terminal(str(bundle))}")
     return 0
 
 
 def cmd_model_info(args: argparse.Namespace) -> int:
-    from server.bundle import read_manifest, verify_bundle
-    from server.model_resolver import resolve_bundle
+    from clipalbum.server.bundle import read_manifest, verify_bundle
+    from clipalbum.server.model_cache import folder_size, uses
+    from clipalbum.server.model_resolver import named_bundle, resolve_bundle
 
-    bundle = resolve_bundle(data_paths(args.data_dir), args.model, build_if_missing=False)
+    paths = data_paths(args.data_dir)
+    bundle = named_bundle(args.bundle) if args.bundle else resolve_bundle(paths, args.model, build_if_missing=False)
     manifest = read_manifest(bundle)
-    verify_bundle(bundle, manifest)
-    print(msgspec.json.format(msgspec.json.encode(manifest), indent=2).decode())
+    verify_bundle(bundle, manifest)  # every file against its recorded checksum
+    used_by = [u.data_dir for u in uses() if Path(u.bundle) == bundle.resolve()]
+    if args.json:
+        print(msgspec.json.encode({"path": str(bundle), "size_bytes": folder_size(bundle), "verified": True,
+                                   "used_by": used_by, "manifest": manifest}).decode())
+        return 0
+    print(f"{manifest.model_id} ({manifest.embed_dim}-d) at {for_terminal(str(bundle))}")
+    print(f"size {folder_size(bundle) / 1e6:.1f} MB; checksums verified ({len(manifest.sha256)} files)")
+    if manifest.description:
+        print(f"about: {manifest.description}")
+    print(f"image: {manifest.image.file} ({manifest.image.size} px, {manifest.image.quantization}); "
+          f"text: {manifest.text.file} ({manifest.text.quantization})")
+    for name, digest in sorted(manifest.sha256.items()):
+        print(f"  sha256 {digest}  {for_terminal(name)}")
+    if manifest.metrics:
+        print("recorded figures: " + ", ".join(f"{k} {v:g}" for k, v in sorted(manifest.metrics.items())))
+    print("used by: " + (", ".join(for_terminal(d) for d in used_by) or "no data directory on record"))
+    return 0
+
+
+def cmd_model_list(args: argparse.Namespace) -> int:
+    from clipalbum.server.model_cache import cache_dir, cached_bundles, uses
+
+    bundles = cached_bundles()
+    in_cache = {b.path.resolve() for b in bundles}
+    elsewhere = [u for u in uses() if Path(u.bundle) not in in_cache]  # --model folders, DATA/models/default
+    if args.json:
+        print(msgspec.json.encode({"cache": str(cache_dir()), "bundles": [
+            {"model_id": b.model_id, "path": str(b.path), "size_bytes": b.size_bytes, "used_by": b.used_by}
+            for b in bundles], "outside_cache": elsewhere}).decode())
+        return 0
+    print(f"model cache: {for_terminal(str(cache_dir()))}")
+    for b in bundles:
+        users = ", ".join(for_terminal(d) for d in b.used_by) or "no data directory on record"
+        print(f"  {b.model_id}  {b.size_bytes / 1e6:.1f} MB  used by: {users}")
+    if not bundles:
+        print("  (empty: `clipalbum model build` or the first `clipalbum index` builds the default)")
+    for use in elsewhere:
+        print(f"{for_terminal(use.data_dir)} uses {use.model_id} at {for_terminal(use.bundle)}")
+    return 0
+
+
+def cmd_model_remove(args: argparse.Namespace) -> int:
+    from clipalbum.server.model_cache import remove_cached
+
+    removed = remove_cached(args.model_id, force=args.force)
+    print(f"removed {for_terminal(str(removed))}")
     return 0
 
 
@@ -98,6 +152,14 @@ def cmd_search(args: argparse.Namespace) -> int:
     if len(given) > 1:
         raise ClipalbumError(f"search by one thing at a time: {' and '.join(given)} were both given")
     query_photo = _query_photo(args.image) if args.image is not None else None
+    if _no_model_yet(args) and _indexed_photos(data_paths(args.data_dir)) == 0:
+        # Nothing to find: say so rather than build a model (a minute, 1.5 GB) to search nothing.
+        from clipalbum.server.schemas import SearchResponse
+
+        empty = SearchResponse(results=[], took_ms=0.0, query=args.query or "", k=args.k)
+        print(msgspec.json.encode(empty).decode() if args.json else "0 results")
+        print("clipalbum: the index is empty; run `clipalbum index FOLDER` first", file=sys.stderr)
+        return 0
     with closing(_open_library(args)) as library:
         if args.similar is not None:
             response = library.similar(args.similar, k=args.k, min_score=args.min_score)
@@ -121,14 +183,47 @@ def cmd_search(args: argparse.Namespace) -> int:
     return 0
 
 
+def _no_model_yet(args: argparse.Namespace) -> bool:
+    """True when no --model is chosen and the default bundle has not been built (read-only commands then
+    answer from the database instead of building it)."""
+    from clipalbum.server.model_resolver import default_bundle_ready
+
+    return not (args.model or os.environ.get("CLIPALBUM_MODEL")) and not default_bundle_ready(data_paths(args.data_dir))
+
+
+def _indexed_photos(paths: DataPaths) -> int:
+    """Photos with a vector in the data directory's index, whichever model embedded them (no model loaded)."""
+    from clipalbum.server.store import Store
+
+    if not paths.database.is_file():
+        return 0
+    with closing(Store(paths.database)) as store:
+        return store.embedded_count()
+
+
+def _status_without_model(args: argparse.Namespace) -> StatusResponse:
+    from clipalbum.server.library import index_status
+    from clipalbum.server.schemas import ScanProgress
+    from clipalbum.server.store import Store
+
+    paths = data_paths(args.data_dir).ensure()
+    with closing(Store(paths.database)) as store:
+        model_id = store.get_meta("ann_model_id") or "none yet"
+        return index_status(store, model_id, 0, ScanProgress(), max_errors=args.max_errors)
+
+
 def cmd_status(args: argparse.Namespace) -> int:
-    with closing(_open_library(args)) as library:
-        status = library.status(max_errors=args.max_errors)
+    if _no_model_yet(args):  # status never builds a model
+        status = _status_without_model(args)
+    else:
+        with closing(_open_library(args)) as library:
+            status = library.status(max_errors=args.max_errors)
     if args.json:
         print(msgspec.json.encode(status).decode())
         return 0
     albums = ", ".join(for_terminal(root) for root in status.roots)
-    print(f"model {status.model_id} ({status.embed_dim}-d); albums: {albums or 'none'}")
+    model = f"{status.model_id} ({status.embed_dim}-d)" if status.embed_dim else f"{status.model_id} (not built)"
+    print(f"model {model}; albums: {albums or 'none'}")
     print(f"indexed {status.indexed}, pending {status.pending}, failed {status.failed}")
     # `errors` lists the folder and link problems the last scan met first, then failed files.
     walk_problems = max(status.errors_total - status.failed, 0)
@@ -158,7 +253,7 @@ def _non_negative(text: str) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from server.serve_config import ServeConfig, find_config, read_config, to_toml, with_overrides
+    from clipalbum.server.serve_config import ServeConfig, find_config, read_config, to_toml, with_overrides
 
     paths = data_paths(args.data_dir)
     source = find_config(paths.root, args.config)
@@ -171,7 +266,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         origin = f"from {for_terminal(str(source))} and the command line" if source else "no config file; defaults and the command line"
         print(f"# clipalbum serve settings ({origin})\n{to_toml(config)}", end="")
         return 0
-    from server.app import serve
+    from clipalbum.server.app import serve
 
     serve(paths, model=config.model, albums=config.albums, host=config.host, port=config.port,
           rescan_minutes=config.rescan_minutes, allowed_hosts=config.allowed_hosts, cors_origins=config.cors_origins,
@@ -180,7 +275,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_service(args: argparse.Namespace) -> int:
-    from server import service
+    from clipalbum.server import service
 
     if args.action == "uninstall":
         removed = service.uninstall()
@@ -203,7 +298,7 @@ def cmd_service(args: argparse.Namespace) -> int:
 
 
 def cmd_token(args: argparse.Namespace) -> int:
-    from server.security import TokenStore
+    from clipalbum.server.security import TokenStore
 
     store = TokenStore(data_paths(args.data_dir).token)
     if args.rotate:
@@ -219,8 +314,8 @@ def cmd_token(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from server.evaluate import evaluate_bundle
-    from server.model_resolver import resolve_bundle
+    from clipalbum.server.evaluate import evaluate_bundle
+    from clipalbum.server.model_resolver import resolve_bundle
 
     bundle = resolve_bundle(data_paths(args.data_dir), args.model)
     report = evaluate_bundle(bundle, Path(args.images), Path(args.captions), progress=not args.quiet,
@@ -230,7 +325,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from server.demo import run_demo
+    from clipalbum.server.demo import run_demo
 
     run_demo(data_paths(args.data_dir), host=args.host, port=args.port, no_serve=args.no_serve)
     return 0
@@ -238,8 +333,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 # Subcommands that live outside server/ (torch): their modules parse their own arguments.
 DELEGATED = {
-    "train": ("training.cli", "train", "train a dual encoder from a TOML config"),
-    "export": ("export.cli", "export", "turn a training checkpoint into a model bundle"),
+    "train": ("clipalbum.training.cli", "train", "train a dual encoder from a TOML config"),
+    "export": ("clipalbum.export.cli", "export", "turn a training checkpoint into a model bundle"),
 }
 
 
@@ -262,22 +357,32 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log more")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    model = sub.add_parser("model", help="build or inspect the model bundle")
+    model = sub.add_parser("model", help="build, list, inspect or remove model bundles")
     model_sub = model.add_subparsers(dest="model_command", required=True)
     build = model_sub.add_parser("build", help="build the default bundle offline from packaged weights")
-    _add_common(build)
-    build.add_argument("--out", help="bundle directory (default: DATA_DIR/models/default)")
+    build.add_argument("--out", help="bundle directory (default: the model cache, $CLIPALBUM_MODEL_CACHE or "
+                       "$XDG_CACHE_HOME/clipalbum/models)")
     build.add_argument("--force", action="store_true", help="rebuild even if a bundle is there")
     build.set_defaults(func=cmd_model_build)
-    info = model_sub.add_parser("info", help="show and verify the bundle's manifest")
+    listing = model_sub.add_parser("list", help="the bundles in the model cache and the data directories using them")
+    listing.add_argument("--json", action="store_true", help="print JSON")
+    listing.set_defaults(func=cmd_model_list)
+    info = model_sub.add_parser("info", help="show a bundle's manifest, size and users, and verify its checksums")
+    info.add_argument("bundle", nargs="?", help="a bundle folder or a cached model id (default: the one the data "
+                      "directory searches with)")
     _add_common(info)
+    info.add_argument("--json", action="store_true", help="print JSON")
     info.set_defaults(func=cmd_model_info)
+    remove = model_sub.add_parser("remove", help="delete a bundle from the model cache")
+    remove.add_argument("model_id", help="the model id, as `clipalbum model list` shows it")
+    remove.add_argument("--force", action="store_true", help="remove it even while a data directory uses it")
+    remove.set_defaults(func=cmd_model_remove)
 
     index = sub.add_parser("index", help="index (or update) album folders")
     _add_common(index)
     index.add_argument("paths", nargs="*", help="album folders (default: those indexed before)")
     index.add_argument("--reembed", action="store_true", help="embed every photo again")
-    index.add_argument("--json", action="store_true")
+    index.add_argument("--json", action="store_true", help="print the summary as JSON")
     index.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     _add_follow_links(index)
     index.set_defaults(func=cmd_index)
@@ -291,12 +396,12 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--k", type=int, default=20, help="how many results (default 20)")
     search.add_argument("--min-score", type=float, metavar="S",
                         help="leave out results scoring below S (cosine similarity, -1 to 1; default: none)")
-    search.add_argument("--json", action="store_true")
+    search.add_argument("--json", action="store_true", help="print the results as JSON")
     search.set_defaults(func=cmd_search)
 
     status = sub.add_parser("status", help="counts, model and failed files")
     _add_common(status)
-    status.add_argument("--json", action="store_true")
+    status.add_argument("--json", action="store_true", help="print JSON")
     status.add_argument("--max-errors", type=_non_negative, default=100, metavar="N",
                         help="list at most N folder or link problems and failed files (default 100)")
     status.set_defaults(func=cmd_status)
@@ -323,7 +428,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.set_defaults(func=cmd_serve)
 
     svc = sub.add_parser("service", help="install (or uninstall) a systemd user unit that runs serve at boot")
-    svc.add_argument("action", choices=["install", "uninstall"])
+    svc.add_argument("action", choices=["install", "uninstall"], help="write or remove the systemd user unit")
     svc.add_argument("--data-dir", help="the data directory serve uses (default: $CLIPALBUM_DATA_DIR or "
                      "$XDG_DATA_HOME/clipalbum)")
     svc.add_argument("--config", metavar="FILE", help="settings file for serve (default: the clipalbum.toml serve "
@@ -341,14 +446,14 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--images", required=True, help="folder of photos")
     ev.add_argument("--captions", required=True, help="CSV with columns image,caption")
     ev.add_argument("--limit", type=int, default=None, help="use only the first N photos")
-    ev.add_argument("--json", action="store_true")
-    ev.add_argument("-q", "--quiet", action="store_true")
+    ev.add_argument("--json", action="store_true", help="print JSON")
+    ev.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     ev.set_defaults(func=cmd_eval)
 
     demo = sub.add_parser("demo", help="build the model, index a sample album and serve it")
     _add_common(demo)
-    demo.add_argument("--host", default="127.0.0.1")
-    demo.add_argument("--port", type=int, default=8000)
+    demo.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    demo.add_argument("--port", type=int, default=8000, help="port to listen on (default 8000)")
     demo.add_argument("--no-serve", action="store_true", help="stop after indexing")
     demo.set_defaults(func=cmd_demo)
 
@@ -367,7 +472,7 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(levelname)s %(name)s: %(message)s")
     try:
         if delegated and argv[0] == "enhance":
-            from server.enhance.cli import main as enhance_main
+            from clipalbum.server.enhance.cli import main as enhance_main
 
             return enhance_main(argv[1:])
         return run_delegated(argv[0], argv[1:]) if delegated else args.func(args)

@@ -7,9 +7,9 @@ import stat
 from collections.abc import Iterable
 from pathlib import Path
 
-from server.errors import NotFoundError
-from server.pathnames import display
-from server.store import PhotoRecord
+from clipalbum.server.errors import NotFoundError
+from clipalbum.server.pathnames import display
+from clipalbum.server.store import PhotoRecord
 
 
 def is_inside(real_path: str, real_folders: Iterable[str]) -> bool:

@@ -8,8 +8,8 @@ from collections import deque
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from server.errors import ServerBusyError
-from server.malloc import return_free_memory
+from clipalbum.server.errors import ServerBusyError
+from clipalbum.server.malloc import return_free_memory
 
 # 192 MB holds two 12 MP RGB photos with their copies, or one 45 MP camera raw-sized PNG; a bigger image
 # takes the whole budget alone. A Raspberry Pi with 1 GB can lower it, a big server raise it.

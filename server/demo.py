@@ -7,8 +7,8 @@ import logging
 import shutil
 from pathlib import Path
 
-from server.errors import ClipalbumError
-from server.settings import DataPaths
+from clipalbum.server.errors import ClipalbumError
+from clipalbum.server.settings import DataPaths
 
 log = logging.getLogger(__name__)
 
@@ -71,9 +71,9 @@ def assemble_sample_album(target: Path) -> Path:
 
 def run_demo(paths: DataPaths, host: str = "127.0.0.1", port: int = 8000, no_serve: bool = False) -> None:
     """Builds the default model if missing, indexes the sample album with a progress bar, then serves it."""
-    from server.app import serve_library
-    from server.library import Library
-    from server.malloc import limit_malloc_arenas
+    from clipalbum.server.app import serve_library
+    from clipalbum.server.library import Library
+    from clipalbum.server.malloc import limit_malloc_arenas
 
     limit_malloc_arenas()
     paths.ensure()

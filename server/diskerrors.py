@@ -8,7 +8,7 @@ import os
 import sqlite3
 from pathlib import Path
 
-from server.errors import ClipalbumError
+from clipalbum.server.errors import ClipalbumError
 
 LOW_SPACE_BYTES = 1 << 20  # below this much free space, a vague write error is taken for a full disk
 

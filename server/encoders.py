@@ -11,9 +11,9 @@ import numpy as np
 import numpy.typing as npt
 import onnxruntime as ort
 
-from server.bundle import Manifest, read_manifest, verify_bundle
-from server.errors import BundleError
-from server.textprep import TextTokenizer
+from clipalbum.server.bundle import Manifest, read_manifest, verify_bundle
+from clipalbum.server.errors import BundleError
+from clipalbum.server.textprep import TextTokenizer
 
 log = logging.getLogger(__name__)
 

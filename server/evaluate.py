@@ -15,9 +15,9 @@ import numpy as np
 import numpy.typing as npt
 from tqdm import tqdm
 
-from server.encoders import load_encoders
-from server.errors import ClipalbumError, ImageDecodeError
-from server.preprocess import load_model_input
+from clipalbum.server.encoders import load_encoders
+from clipalbum.server.errors import ClipalbumError, ImageDecodeError
+from clipalbum.server.preprocess import load_model_input
 
 log = logging.getLogger(__name__)
 

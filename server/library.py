@@ -20,19 +20,20 @@ from typing import BinaryIO, Literal
 import numpy as np
 import numpy.typing as npt
 
-from server.ann import AnnIndex
-from server.containment import real_folders, servable_path
-from server.diskerrors import storage_problem
-from server.encoders import Encoders, load_encoders
-from server.errors import ClipalbumError, InvalidQueryError, NotFoundError, NoVectorError
-from server.model_resolver import resolve_bundle
-from server.pathnames import display
-from server.preprocess import load_model_input
-from server.query_terms import parse_terms
-from server.scanner import BATCH_SIZE, INFER_BATCH, IndexSummary, Scan
-from server.schemas import FailedFile, Hit, ScanProgress, SearchResponse, StatusResponse
-from server.settings import DataPaths
-from server.store import PhotoRecord, Store, VectorRow
+from clipalbum.server.ann import AnnIndex
+from clipalbum.server.containment import real_folders, servable_path
+from clipalbum.server.diskerrors import storage_problem
+from clipalbum.server.encoders import Encoders, load_encoders
+from clipalbum.server.errors import ClipalbumError, InvalidQueryError, NotFoundError, NoVectorError
+from clipalbum.server.model_cache import record_use
+from clipalbum.server.model_resolver import resolve_bundle
+from clipalbum.server.pathnames import display
+from clipalbum.server.preprocess import load_model_input
+from clipalbum.server.query_terms import parse_terms
+from clipalbum.server.scanner import BATCH_SIZE, INFER_BATCH, IndexSummary, Scan
+from clipalbum.server.schemas import FailedFile, Hit, ScanProgress, SearchResponse, StatusResponse
+from clipalbum.server.settings import DataPaths
+from clipalbum.server.store import PhotoRecord, Store, VectorRow
 
 __all__ = ["IndexBusyError", "IndexSummary", "Library", "PhotoRecord"]
 
@@ -94,6 +95,7 @@ class Library:
         paths.ensure()
         bundle = resolve_bundle(paths, model, build_if_missing)
         encoders = load_encoders(bundle)
+        record_use(paths.root, encoders.manifest.model_id, bundle)
         store = Store(paths.database)
         try:
             library = cls(paths, encoders, store)
@@ -440,22 +442,28 @@ class Library:
         return servable_path(record, self._real_roots, allow_outside=self.follow_links_outside)
 
     def status(self, max_errors: int = 100) -> StatusResponse:
-        counts = self.store.counts(self.model_id)
-        progress = self.progress
-        pending = progress.total - progress.done if progress.running else counts["pending"]
-        # Problems met walking the folders (links, loops, unreadable folders) first: they hide whole folders.
-        walk = self.store.walk_problems()
-        errors = [FailedFile(path=path, error=error) for path, error in walk[:max_errors]]
-        errors += [FailedFile(path=display(Path(root) / rel), error=error)
-                   for root, rel, error in self.store.failures(max_errors - len(errors))]
-        return StatusResponse(indexed=counts["indexed"], pending=max(pending, 0), failed=counts["failed"],
-                              roots=[display(r) for r in self.roots], model_id=self.model_id,
-                              embed_dim=self.embed_dim, progress=progress, errors=errors,
-                              errors_truncated=len(errors) < len(walk) + counts["failed"],
-                              errors_total=len(walk) + counts["failed"])
+        return index_status(self.store, self.model_id, self.embed_dim, self.progress, max_errors)
 
     def close(self) -> None:
         self.store.close()
+
+
+def index_status(store: Store, model_id: str, embed_dim: int, progress: ScanProgress,
+                 max_errors: int = 100) -> StatusResponse:
+    """Counts, albums and problems of the index in `store`, photos embedded by `model_id` counting as indexed
+    (`clipalbum status` reads it without loading a model when none is there yet)."""
+    counts = store.counts(model_id)
+    pending = progress.total - progress.done if progress.running else counts["pending"]
+    # Problems met walking the folders (links, loops, unreadable folders) first: they hide whole folders.
+    walk = store.walk_problems()
+    errors = [FailedFile(path=path, error=error) for path, error in walk[:max_errors]]
+    errors += [FailedFile(path=display(Path(root) / rel), error=error)
+               for root, rel, error in store.failures(max_errors - len(errors))]
+    return StatusResponse(indexed=counts["indexed"], pending=max(pending, 0), failed=counts["failed"],
+                          roots=[display(path) for _, path in store.roots()], model_id=model_id,
+                          embed_dim=embed_dim, progress=progress, errors=errors,
+                          errors_truncated=len(errors) < len(walk) + counts["failed"],
+                          errors_total=len(walk) + counts["failed"])
 
 
 def _known_id(photo_id: int) -> int:

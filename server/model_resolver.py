@@ -1,4 +1,5 @@
-"""Finds the model bundle to use, building the default one when it is missing and the build extras exist."""
+"""Finds the model bundle to use (a folder, a cached model id, or the default in the model cache), building the
+default one when it is missing and the build extras exist."""
 
 from __future__ import annotations
 
@@ -7,14 +8,15 @@ import logging
 import os
 from pathlib import Path
 
-from server.bundle import MANIFEST_NAME
-from server.errors import BundleError
-from server.settings import DataPaths
+from clipalbum.server.bundle import read_manifest
+from clipalbum.server.errors import BundleError
+from clipalbum.server.model_cache import DEFAULT_MODEL_ID, cached_bundle, is_bundle
+from clipalbum.server.settings import DataPaths
 
 log = logging.getLogger(__name__)
 
 # The builder lives in export/ (torch); the server reaches it only by name, only when asked to build.
-BUILDER_MODULE = "export.default_bundle"
+BUILDER_MODULE = "clipalbum.export.default_bundle"
 
 
 def build_extras_installed() -> bool:
@@ -37,13 +39,39 @@ def build_default_bundle(out_dir: Path, force: bool = False, progress: bool = Tr
     return builder.build_default_bundle(Path(out_dir), force=force, progress=progress)
 
 
+def named_bundle(name: str | Path) -> Path:
+    """A bundle folder's path, or the cached bundle of a model id (`--model bootstrap-effnetlite0-minilm-v2`)."""
+    path = Path(name).expanduser()
+    if path.exists() or path.is_absolute() or len(path.parts) != 1:
+        return path
+    cached = cached_bundle(str(name))
+    return cached if is_bundle(cached) else path  # a missing one fails to load with the path in the message
+
+
+def _legacy_default(paths: DataPaths) -> Path | None:
+    """DATA_DIR/models/default, where data directories kept the default model before the shared cache:
+    used where it holds the current default, so an existing install does not build it again."""
+    try:
+        if read_manifest(paths.legacy_bundle).model_id == DEFAULT_MODEL_ID:
+            return paths.legacy_bundle
+    except BundleError:
+        pass
+    return None
+
+
+def default_bundle_ready(paths: DataPaths) -> bool:
+    return _legacy_default(paths) is not None or is_bundle(cached_bundle(DEFAULT_MODEL_ID))
+
+
 def resolve_bundle(paths: DataPaths, model: str | Path | None = None, build_if_missing: bool = True) -> Path:
-    """--model, else $CLIPALBUM_MODEL, else the data directory's default bundle (built on first use)."""
+    """--model, else $CLIPALBUM_MODEL, else the default bundle in the model cache (built on first use)."""
     chosen = model or os.environ.get("CLIPALBUM_MODEL")
     if chosen:
-        return Path(chosen).expanduser()
-    bundle = paths.default_bundle
-    if not (bundle / MANIFEST_NAME).is_file():
+        return named_bundle(chosen)
+    if (legacy := _legacy_default(paths)) is not None:
+        return legacy
+    bundle = cached_bundle(DEFAULT_MODEL_ID)
+    if not is_bundle(bundle):
         if not build_if_missing:
             raise BundleError(f"no model bundle at {bundle}; run 'clipalbum model build'")
         if build_extras_installed():

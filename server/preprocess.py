@@ -16,9 +16,9 @@ import numpy as np
 import numpy.typing as npt
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from server.bundle import ImageSpec
-from server.decode_budget import DECODE_BUDGET
-from server.errors import ImageDecodeError
+from clipalbum.server.bundle import ImageSpec
+from clipalbum.server.decode_budget import DECODE_BUDGET
+from clipalbum.server.errors import ImageDecodeError
 
 try:  # HEIC/HEIF support is an optional extra (clipalbum[heif]).
     from pillow_heif import register_heif_opener

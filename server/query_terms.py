@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 
-from server.errors import InvalidQueryError
+from clipalbum.server.errors import InvalidQueryError
 
 # One quoted description with the sign before it (none: +), and what may surround it.
 _TERM = re.compile(r'\s*([+-]?)\s*"([^"]*)"\s*')

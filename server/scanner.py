@@ -20,14 +20,14 @@ import numpy as np
 import numpy.typing as npt
 from tqdm import tqdm
 
-from server.ann import AnnIndex
-from server.bundle import ImageSpec
-from server.containment import is_inside
-from server.encoders import Encoders
-from server.errors import BundleError, ImageDecodeError
-from server.preprocess import PHOTO_SUFFIXES, decode_photo, open_photo, to_model_input
-from server.schemas import ScanProgress
-from server.store import Changes, FileState, PhotoFields, Store
+from clipalbum.server.ann import AnnIndex
+from clipalbum.server.bundle import ImageSpec
+from clipalbum.server.containment import is_inside
+from clipalbum.server.encoders import Encoders
+from clipalbum.server.errors import BundleError, ImageDecodeError
+from clipalbum.server.preprocess import PHOTO_SUFFIXES, decode_photo, open_photo, to_model_input
+from clipalbum.server.schemas import ScanProgress
+from clipalbum.server.store import Changes, FileState, PhotoFields, Store
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +53,7 @@ class IndexSummary(msgspec.Struct):
     updated: int = 0  # known paths whose content or model changed
     moved: int = 0  # moved or renamed files recognised by content (vector kept)
     removed: int = 0  # photos whose file is gone
-    failed: int = 0  # files that could not be read as photos in this scan
+    failed: int = 0  # files that are not readable photos: failing now, or failed before and unchanged since
     embedded: int = 0  # photos run through the image encoder
     seconds: float = 0.0
     stopped: bool = False  # ended early when asked to (the server stopping): the next scan does the rest
@@ -335,6 +335,7 @@ class ScanPlan:
     missing: dict[int, FileState] = field(default_factory=dict)  # rows whose file was not found
     scanned: int = 0
     unchanged: int = 0
+    still_failed: int = 0  # unchanged files that failed before: not retried, still counted as failed
     problems: list[tuple[str, str]] = field(default_factory=list)  # (path, what) met walking the folders
     stopped: bool = False  # the walk was cut short when asked to: `missing` and `problems` are not known
 
@@ -362,7 +363,10 @@ def plan_scan(store: Store, roots: list[tuple[int, Path]], model_id: str, reembe
         if (state is not None and not reembed and state.size == found.size
                 and state.mtime_ns == found.mtime_ns
                 and (state.status == "failed" or state.model_id == model_id)):
-            plan.unchanged += 1
+            if state.status == "failed":
+                plan.still_failed += 1
+            else:
+                plan.unchanged += 1
             continue
         plan.work.append(WorkItem(root_id, found.rel_path, found.path, found.size, found.mtime_ns, state))
     for root_id, root in present:
@@ -419,11 +423,12 @@ class Scan:
             return self.summary
         self.store.set_walk_problems(plan.problems)  # this scan's, replacing the last one's (if they differ)
         self.summary.scanned, self.summary.unchanged = plan.scanned, plan.unchanged
+        self.summary.failed = plan.still_failed  # so a rerun's count agrees with `clipalbum status`
         self._missing = dict(plan.missing)
         # Hashes already embedded (a moved or copied file needs no decoding); not read when nothing changed.
         known = set() if reembed or not plan.work else self.store.embedded_hashes(self.model_id)
-        log.info("%d photos found, %d unchanged, %d to read, %d gone", plan.scanned, plan.unchanged,
-                 len(plan.work), len(plan.missing))
+        log.info("%d photos found, %d unchanged, %d failed before and unchanged, %d to read, %d gone",
+                 plan.scanned, plan.unchanged, plan.still_failed, len(plan.work), len(plan.missing))
         self._report(phase="embedding", total=len(plan.work), message=f"{len(plan.work)} photos to read")
 
         spec = self.encoders.manifest.image

@@ -27,7 +27,7 @@ from litestar.datastructures import Cookie, State
 from litestar.openapi import ResponseSpec
 from litestar.types import ASGIApp, Receive, Scope, Send
 
-from server.errors import ClipalbumError
+from clipalbum.server.errors import ClipalbumError
 
 log = logging.getLogger(__name__)
 

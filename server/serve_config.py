@@ -9,8 +9,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from server.errors import ClipalbumError
-from server.pathnames import for_terminal
+from clipalbum.server.errors import ClipalbumError
+from clipalbum.server.pathnames import for_terminal
 
 CONFIG_NAME = "clipalbum.toml"
 

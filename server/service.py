@@ -18,9 +18,9 @@ def unit_dir() -> Path:
 
 def serve_command() -> list[str]:
     """This installation's `clipalbum`: the script beside the running Python (a virtual environment's), else
-    `python -m server.cli` with that same Python."""
+    `python -m clipalbum.server.cli` with that same Python."""
     script = Path(sys.executable).parent / "clipalbum"
-    return [str(script)] if script.is_file() and os.access(script, os.X_OK) else [sys.executable, "-m", "server.cli"]
+    return [str(script)] if script.is_file() and os.access(script, os.X_OK) else [sys.executable, "-m", "clipalbum.server.cli"]
 
 
 def systemd_quote(arg: str) -> str:

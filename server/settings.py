@@ -38,8 +38,8 @@ class DataPaths:
         return self.root / "token"  # the access token for serving beyond loopback (mode 0600)
 
     @property
-    def default_bundle(self) -> Path:
-        return self.root / "models" / "default"
+    def legacy_bundle(self) -> Path:
+        return self.root / "models" / "default"  # before the shared model cache (server/model_cache.py)
 
     def ensure(self) -> "DataPaths":
         self.root.mkdir(parents=True, exist_ok=True)

@@ -14,9 +14,9 @@ import msgspec
 import numpy as np
 import numpy.typing as npt
 
-from server.diskerrors import storage_problem
-from server.errors import ClipalbumError
-from server.pathnames import display, from_db, to_db
+from clipalbum.server.diskerrors import storage_problem
+from clipalbum.server.errors import ClipalbumError
+from clipalbum.server.pathnames import display, from_db, to_db
 
 log = logging.getLogger(__name__)
 
@@ -339,6 +339,10 @@ class Store:
         """Ids of every photo embedded by `model_id` (what the ANN index must hold)."""
         rows = self._reader.execute("SELECT id FROM photos WHERE model_id = ?", (model_id,)).fetchall()
         return np.fromiter((r[0] for r in rows), dtype=np.uint64, count=len(rows))
+
+    def embedded_count(self) -> int:
+        """Photos with a vector, whichever model embedded them (`clipalbum search` on an empty index)."""
+        return self._reader.execute("SELECT COUNT(*) FROM photos WHERE model_id IS NOT NULL").fetchone()[0]
 
     def vector_rows(self, ids: Iterable[int], model_id: str) -> list[VectorRow]:
         """Rows with their vectors for the given ids (those embedded by `model_id`; others are left out)."""

@@ -9,7 +9,7 @@ import numpy as np
 import numpy.typing as npt
 from tokenizers import Tokenizer
 
-from server.bundle import TextSpec
+from clipalbum.server.bundle import TextSpec
 
 
 class TextTokenizer:

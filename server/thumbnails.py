@@ -14,9 +14,9 @@ from pathlib import Path
 
 from PIL import Image
 
-from server.diskerrors import storage_problem
-from server.errors import InvalidQueryError, ServerBusyError
-from server.preprocess import decode_photo
+from clipalbum.server.diskerrors import storage_problem
+from clipalbum.server.errors import InvalidQueryError, ServerBusyError
+from clipalbum.server.preprocess import decode_photo
 
 log = logging.getLogger(__name__)
 

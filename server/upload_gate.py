@@ -12,7 +12,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
-from server.errors import ServerBusyError
+from clipalbum.server.errors import ServerBusyError
 
 log = logging.getLogger(__name__)
 

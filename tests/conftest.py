@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 from litestar.testing import TestClient
 
-from server import demo
-from server.errors import ClipalbumError
+from clipalbum.server import demo
+from clipalbum.server.errors import ClipalbumError
 from tests.tinybundle import make_tiny_bundle
 
 REPO = Path(__file__).resolve().parents[1]
@@ -41,6 +41,16 @@ def test_client_on_localhost() -> Iterator[None]:
         yield
 
 
+@pytest.fixture(scope="session", autouse=True)
+def private_model_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A model cache of the test run's own (the user's ~/.cache is never read or written), inherited by the
+    servers and CLIs the tests start."""
+    with pytest.MonkeyPatch.context() as patch:
+        cache = tmp_path_factory.mktemp("model-cache")
+        patch.setenv("CLIPALBUM_MODEL_CACHE", str(cache))
+        yield cache
+
+
 @pytest.fixture(scope="session")
 def tiny_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_tiny_bundle(tmp_path_factory.mktemp("bundles") / "tiny")
@@ -50,7 +60,7 @@ def tiny_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def default_bundle() -> Path:
     """The real default bundle, built once and cached in .cache/ (or $CLIPALBUM_TEST_BUNDLE)."""
     pytest.importorskip("torch", reason="building the default bundle needs clipalbum[export]")
-    from server.model_resolver import build_default_bundle
+    from clipalbum.server.model_resolver import build_default_bundle
 
     target = Path(os.environ.get("CLIPALBUM_TEST_BUNDLE", REPO / ".cache" / "default-bundle"))
     return build_default_bundle(target, force=False, progress=False)
@@ -83,8 +93,8 @@ def sample_album(tmp_path: Path) -> Path:
 @pytest.fixture()
 def library(tmp_path: Path, tiny_bundle: Path, sample_album: Path) -> Iterator:
     """The sample album indexed with the tiny bundle (a module may define its own `library`)."""
-    from server.library import Library
-    from server.settings import data_paths
+    from clipalbum.server.library import Library
+    from clipalbum.server.settings import data_paths
 
     lib = Library.open(data_paths(tmp_path / "data"), model=tiny_bundle, roots=[str(sample_album)])
     lib.index()

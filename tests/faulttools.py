@@ -15,18 +15,18 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from server.ann import AnnIndex
-from server.bundle import read_manifest
-from server.library import Library
-from server.preprocess import PHOTO_SUFFIXES
-from server.settings import data_paths
+from clipalbum.server.ann import AnnIndex
+from clipalbum.server.bundle import read_manifest
+from clipalbum.server.library import Library
+from clipalbum.server.preprocess import PHOTO_SUFFIXES
+from clipalbum.server.settings import data_paths
 from tests.albumtools import snapshot
 from tests.conftest import REPO
 
 
 def index_command(album: Path | None, data: Path, bundle: Path) -> list[str]:
     """`clipalbum index [ALBUM] --data-dir DATA --model BUNDLE -q --json` (no album: the ones indexed before)."""
-    return [sys.executable, "-m", "server.cli", "index", *([str(album)] if album else []), "--data-dir", str(data),
+    return [sys.executable, "-m", "clipalbum.server.cli", "index", *([str(album)] if album else []), "--data-dir", str(data),
             "--model", str(bundle), "-q", "--json"]
 
 

@@ -12,9 +12,9 @@ from litestar import Litestar
 from litestar.testing import TestClient
 from PIL import Image
 
-from server.app import create_app
-from server.library import MAX_K, MAX_QUERY_CHARS, MAX_UPLOAD_BYTES, Library
-from server.settings import data_paths
+from clipalbum.server.app import create_app
+from clipalbum.server.library import MAX_K, MAX_QUERY_CHARS, MAX_UPLOAD_BYTES, Library
+from clipalbum.server.settings import data_paths
 from tests.albumtools import jpeg_bytes, snapshot
 from tests.conftest import SAMPLE_PHOTOS, copy_sample_photos, skimage_data_dir
 
@@ -326,7 +326,7 @@ class TestImageSearch:
 
     def test_uploads_beyond_the_decode_slots_get_503_try_again(self, client: TestClient,
                                                                monkeypatch: pytest.MonkeyPatch) -> None:
-        from server.api import UPLOAD_GATE
+        from clipalbum.server.api import UPLOAD_GATE
 
         photo = (skimage_data_dir() / "coffee.png").read_bytes()
         # As if the slots were decoding and the queue full of other uploads:
@@ -339,8 +339,8 @@ class TestImageSearch:
 
     def test_an_upload_waits_once_for_a_slot_and_the_decode_budget_together(
             self, client: TestClient, monkeypatch: pytest.MonkeyPatch) -> None:
-        import server.library as library_module
-        from server.api import UPLOAD_GATE
+        import clipalbum.server.library as library_module
+        from clipalbum.server.api import UPLOAD_GATE
 
         waits: list[float | None] = []
         load = library_module.load_model_input

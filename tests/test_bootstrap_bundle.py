@@ -8,15 +8,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from server.bundle import read_manifest, verify_bundle
-from server.encoders import Encoders, load_encoders
-from server.preprocess import load_model_input
+from clipalbum.server.bundle import read_manifest, verify_bundle
+from clipalbum.server.encoders import Encoders, load_encoders
+from clipalbum.server.preprocess import load_model_input
 from tests.conftest import SAMPLE_PHOTOS, skimage_data_dir
 
 pytest.importorskip("torch", reason="the default bundle is built with clipalbum[export]")
 
-from export import default_bundle as recipe  # noqa: E402
-from export.onnx_export import MIN_PARITY_COSINE  # noqa: E402
+from clipalbum.export import default_bundle as recipe  # noqa: E402
+from clipalbum.export.onnx_export import MIN_PARITY_COSINE  # noqa: E402
 
 # Queries a person would type for scikit-image's photos, each expected to rank its photo first.
 OBVIOUS = {
@@ -102,8 +102,8 @@ def test_onnx_bundle_agrees_with_the_torch_model(default_bundle: Path, encoders:
                                                  sample_vectors: tuple[list[str], np.ndarray]) -> None:
     import torch
 
-    from server.textprep import TextTokenizer
-    from training.bootstrap import build_bootstrap_model
+    from clipalbum.server.textprep import TextTokenizer
+    from clipalbum.training.bootstrap import build_bootstrap_model
 
     names, onnx_images = sample_vectors
     manifest = read_manifest(default_bundle)
@@ -125,7 +125,7 @@ def test_onnx_bundle_agrees_with_the_torch_model(default_bundle: Path, encoders:
 
 @pytest.mark.slow
 def test_flickr8k_dev_recall_meets_the_bar(default_bundle: Path, flickr8k_dev: Path) -> None:
-    from server.evaluate import evaluate_bundle
+    from clipalbum.server.evaluate import evaluate_bundle
 
     report = evaluate_bundle(default_bundle, flickr8k_dev / "images", flickr8k_dev / "captions.csv", progress=False)
 
@@ -134,7 +134,7 @@ def test_flickr8k_dev_recall_meets_the_bar(default_bundle: Path, flickr8k_dev: P
 
 
 def test_class_kinds_line_up_with_timms_class_names() -> None:
-    from training.bootstrap_labels import imagenet_classes
+    from clipalbum.training.bootstrap_labels import imagenet_classes
 
     classes = imagenet_classes()
     assert len(classes) == 1000 and all(c.definition for c in classes)

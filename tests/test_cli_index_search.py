@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from server.cli import main
+from clipalbum.server.cli import main
 from tests.conftest import SAMPLE_PHOTOS
 
 
@@ -64,6 +64,8 @@ def test_status_lists_failed_files(cli, sample_album: Path) -> None:
     code, out, _ = cli("status")
     assert code == 0 and f"indexed {len(SAMPLE_PHOTOS)}, pending 0, failed 1" in out
     assert "broken.jpg" in out
+    code, out, _ = cli("index", "-q")  # a rerun: the broken file is still broken, and still counted as failed
+    assert code == 0 and ", 1 failed, " in out and "0 embedded" in out
 
 
 def test_status_says_how_many_failures_it_leaves_out(cli, sample_album: Path) -> None:
@@ -120,7 +122,7 @@ def test_a_reader_that_stops_early_is_no_error(tmp_path: Path, tiny_bundle: Path
     import subprocess
     import sys
 
-    base = [sys.executable, "-m", "server.cli", "--data-dir", str(tmp_path / "data"), "--model", str(tiny_bundle)]
+    base = [sys.executable, "-m", "clipalbum.server.cli", "--data-dir", str(tmp_path / "data"), "--model", str(tiny_bundle)]
     assert main(["index", str(sample_album), "-q", *base[3:]]) == 0
     proc = subprocess.Popen([*base[:3], "search", "a cat", "--json", *base[3:]], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, cwd=Path(__file__).resolve().parents[1])

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from server.settings import data_paths
+from clipalbum.server.settings import data_paths
 from tests.albumtools import write_variants
 from tests.conftest import FLICKR8K_DEV, SAMPLE_PHOTOS, skimage_data_dir
 from tests import faulttools

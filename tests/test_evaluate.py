@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from server.cli import main as cli_main
-from server.errors import ClipalbumError
-from server.evaluate import EvalReport, evaluate_bundle, image_recall_at_k, recall_at_k
+from clipalbum.server.cli import main as cli_main
+from clipalbum.server.errors import ClipalbumError
+from clipalbum.server.evaluate import EvalReport, evaluate_bundle, image_recall_at_k, recall_at_k
 from tests.conftest import SAMPLE_PHOTOS, skimage_data_dir
 
 
@@ -98,7 +98,7 @@ def test_an_image_with_several_tied_captions_counts_the_chance_that_any_is_in_th
 
 def test_the_trainer_metric_ranks_a_collapsed_model_below_a_working_one() -> None:
     # The trainer keeps the checkpoint with the highest mean recall: a collapsed model must not win.
-    from training.metrics import retrieval_recalls
+    from clipalbum.training.metrics import retrieval_recalls
 
     rng = np.random.default_rng(0)
     photos, per_photo, dim = 50, 2, 16

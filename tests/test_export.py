@@ -13,12 +13,12 @@ transformers = pytest.importorskip("transformers")
 
 from torch import nn  # noqa: E402
 
-from export import onnx_export  # noqa: E402
-from export.onnx_export import ParityError, export_dual_encoder  # noqa: E402
-from server.bundle import ImageSpec, TextSpec, read_manifest, verify_bundle  # noqa: E402
-from server.encoders import load_encoders  # noqa: E402
-from server.preprocess import load_model_input  # noqa: E402
-from server.textprep import TextTokenizer  # noqa: E402
+from clipalbum.export import onnx_export  # noqa: E402
+from clipalbum.export.onnx_export import ParityError, export_dual_encoder  # noqa: E402
+from clipalbum.server.bundle import ImageSpec, TextSpec, read_manifest, verify_bundle  # noqa: E402
+from clipalbum.server.encoders import load_encoders  # noqa: E402
+from clipalbum.server.preprocess import load_model_input  # noqa: E402
+from clipalbum.server.textprep import TextTokenizer  # noqa: E402
 from tests.conftest import skimage_data_dir  # noqa: E402
 from tests.tinybundle import bert_tokenizer_file  # noqa: E402
 

@@ -25,10 +25,10 @@ import httpx
 import pytest
 from PIL import Image
 
-from server import scanner
-from server.cli import main as cli_main
-from server.settings import data_paths
-from server.store import Store
+from clipalbum.server import scanner
+from clipalbum.server.cli import main as cli_main
+from clipalbum.server.settings import data_paths
+from clipalbum.server.store import Store
 from tests.albumtools import snapshot, write_variants
 from tests.conftest import REPO, SAMPLE_PHOTOS, skimage_data_dir
 from tests.faulttools import (assert_sound_index, generation, index_command, kill_when, photo_count, run_to_end,
@@ -108,7 +108,7 @@ def test_kill_9_at_random_points_of_index_runs(tmp_path: Path, bundle224: Path) 
 def serving(album: Path, data: Path, bundle: Path, log_file: Path) -> Iterator[tuple[subprocess.Popen, str]]:
     """`clipalbum serve` scanning `album` in the background (no periodic rescans); killed at the end."""
     port = free_port()
-    proc = start([sys.executable, "-m", "server.cli", "serve", "--album", str(album), "--data-dir", str(data),
+    proc = start([sys.executable, "-m", "clipalbum.server.cli", "serve", "--album", str(album), "--data-dir", str(data),
                   "--model", str(bundle), "--port", str(port), "--rescan-minutes", "0"], log_file=log_file)
     try:
         yield proc, f"http://127.0.0.1:{port}"
@@ -262,7 +262,7 @@ def test_disk_full_mid_index_is_a_clear_error_then_a_rerun_completes(tmp_path: P
         assert full.returncode == 2, full.stderr
         assert "Traceback" not in full.stderr and "no space left on the disk" in full.stderr, full.stderr
         assert photo_count(data_paths(data).database) > 60  # it ran out mid-scan, not at the start
-        status = run_cli([sys.executable, "-m", "server.cli", "status", "--data-dir", str(data),
+        status = run_cli([sys.executable, "-m", "clipalbum.server.cli", "status", "--data-dir", str(data),
                           "--model", str(tiny_bundle)])  # answers, or says why not (SQLite needs a little room)
         assert "Traceback" not in status.stderr, status.stderr
         assert status.returncode == 0 or "no space left on the disk" in status.stderr, status.stderr
@@ -363,7 +363,7 @@ def test_read_only_data_directory_is_a_clear_error_and_loses_nothing(tmp_path: P
     files = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in data.iterdir() if p.is_file()}
     with read_only(data, tmp_path / "ro-view") as where:
         for command in (index_command(album, where, tiny_bundle),
-                        [sys.executable, "-m", "server.cli", "serve", "--data-dir", str(where), "--model",
+                        [sys.executable, "-m", "clipalbum.server.cli", "serve", "--data-dir", str(where), "--model",
                          str(tiny_bundle), "--port", str(free_port())]):
             refused = run_cli(command)
             assert refused.returncode == 2, refused.stderr
@@ -462,7 +462,7 @@ def test_a_kept_alive_connection_idle_for_a_while_is_still_served(tmp_path: Path
 
 def test_sigterm_mid_scan_stops_within_seconds_keeps_the_work_and_the_next_start_goes_on(
         tmp_path: Path, bundle224: Path) -> None:
-    from server.app import STOP_TIMEOUT_S
+    from clipalbum.server.app import STOP_TIMEOUT_S
 
     album, data = tmp_path / "album", tmp_path / "data"
     write_variants(skimage_data_dir(), list(SAMPLE_PHOTOS), album, 1500, side=480)

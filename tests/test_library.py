@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from server.errors import ClipalbumError, ImageDecodeError, InvalidQueryError, NotFoundError
-from server.library import MAX_UPLOAD_BYTES, IndexBusyError, Library
-from server.settings import data_paths
+from clipalbum.server.errors import ClipalbumError, ImageDecodeError, InvalidQueryError, NotFoundError
+from clipalbum.server.library import MAX_UPLOAD_BYTES, IndexBusyError, Library
+from clipalbum.server.settings import data_paths
 from tests.albumtools import jpeg_bytes, write_variants
 from tests.conftest import SAMPLE_PHOTOS, eventually, skimage_data_dir
 
@@ -160,7 +160,7 @@ class TestDates:
         try:
             lib.index()
             exact = lib.search_text("a galaxy", k=10, date_from="2020-01-05", date_to="2020-01-20").results
-            monkeypatch.setattr("server.library.EXACT_FILTER_MAX", 0)  # force the ANN path
+            monkeypatch.setattr("clipalbum.server.library.EXACT_FILTER_MAX", 0)  # force the ANN path
             via_ann = lib.search_text("a galaxy", k=10, date_from="2020-01-05", date_to="2020-01-20").results
             assert [h.id for h in via_ann] == [h.id for h in exact]
             assert all("2020-01-05" <= h.taken_at[:10] <= "2020-01-20" for h in via_ann)
@@ -234,7 +234,7 @@ class TestStatusAndConcurrency:
         for name in ("horse.png", "camera.png"):
             (sample_album / "more" / name).write_bytes((skimage_data_dir() / name).read_bytes())
         before = self._visible(library)
-        done = subprocess.run([sys.executable, "-m", "server.cli", "index", "-q", "--data-dir",
+        done = subprocess.run([sys.executable, "-m", "clipalbum.server.cli", "index", "-q", "--data-dir",
                                str(library.paths.root), "--model", str(tiny_bundle)],
                               cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True, timeout=120)
         assert done.returncode == 0, done.stderr
@@ -260,7 +260,7 @@ class TestStatusAndConcurrency:
             self, library: Library, tiny_bundle: Path, sample_album: Path) -> None:
         from litestar.testing import TestClient
 
-        from server.app import create_app
+        from clipalbum.server.app import create_app
 
         (sample_album / "new").mkdir()
         Image.open(skimage_data_dir() / "coffee.png").rotate(90).save(sample_album / "new" / "cup.png")
@@ -345,7 +345,7 @@ class TestStatusAndConcurrency:
         def no_rebuild(*args, **kwargs):
             raise AssertionError("rebuilt a consistent vector index")
 
-        monkeypatch.setattr("server.library.AnnIndex.build", no_rebuild)
+        monkeypatch.setattr("clipalbum.server.library.AnnIndex.build", no_rebuild)
         again = Library.open(library.paths, model=tiny_bundle)
         try:
             assert len(again.ann) == len(SAMPLE_PHOTOS)
@@ -371,7 +371,7 @@ class TestStatusAndConcurrency:
         def no_rebuild(*args, **kwargs):
             raise AssertionError("rebuilt instead of catching up")
 
-        monkeypatch.setattr("server.library.AnnIndex.build", no_rebuild)
+        monkeypatch.setattr("clipalbum.server.library.AnnIndex.build", no_rebuild)
         again = Library.open(library.paths, model=tiny_bundle)
         try:
             assert again.ann.checksum() == again.store.vector_checksum(again.model_id)
@@ -401,7 +401,7 @@ class TestStatusAndConcurrency:
 
     def test_the_vector_index_is_compacted_when_removals_pile_up(self, library: Library, sample_album: Path,
                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
-        monkeypatch.setattr("server.library.COMPACT_MIN_REMOVED", 0)
+        monkeypatch.setattr("clipalbum.server.library.COMPACT_MIN_REMOVED", 0)
         for name in ("2023/coffee.png", "2024/summer/chelsea.png"):
             (sample_album / name).unlink()
         old_ann = library.ann
@@ -422,7 +422,6 @@ def _capture(errors: list[BaseException], fn) -> None:
 class TestQuality:
     def test_the_default_model_finds_the_described_photo(self, tmp_path: Path, sample_album: Path,
                                                          request: pytest.FixtureRequest) -> None:
-        pytest.importorskip("export.default_bundle", reason="helper A's default bundle builder is not there yet")
         bundle = request.getfixturevalue("default_bundle")
         lib = Library.open(data_paths(tmp_path / "data"), model=bundle, roots=[str(sample_album)])
         try:

@@ -19,15 +19,15 @@ import pytest
 from litestar.testing import TestClient
 from PIL import Image
 
-import server.library as library_module
-import server.preprocess as preprocess
-import server.scanner as scanner
-from server.decode_budget import DecodeBudget
-from server.errors import ImageDecodeError, ServerBusyError
-from server.library import Library
-from server.preprocess import MAX_PIXELS, decode_photo
-from server.settings import data_paths
-from server.upload_gate import UploadGate
+import clipalbum.server.library as library_module
+import clipalbum.server.preprocess as preprocess
+import clipalbum.server.scanner as scanner
+from clipalbum.server.decode_budget import DecodeBudget
+from clipalbum.server.errors import ImageDecodeError, ServerBusyError
+from clipalbum.server.library import Library
+from clipalbum.server.preprocess import MAX_PIXELS, decode_photo
+from clipalbum.server.settings import data_paths
+from clipalbum.server.upload_gate import UploadGate
 from tests.conftest import eventually, skimage_data_dir
 
 T = TypeVar("T")
@@ -170,8 +170,8 @@ class TestUploads:
     def test_uploads_beyond_the_decode_slots_are_refused_not_decoded_at_once(
             self, library: Library, monkeypatch: pytest.MonkeyPatch) -> None:
         # The API's UploadGate is the one bound on uploads decoding at once (the Library has none of its own).
-        from server.api import UPLOAD_GATE
-        from server.app import create_app
+        from clipalbum.server.api import UPLOAD_GATE
+        from clipalbum.server.app import create_app
 
         monkeypatch.setattr(UPLOAD_GATE, "wait_s", 0.0)
         release = threading.Event()

@@ -9,9 +9,9 @@ import sys
 from tests.conftest import REPO
 
 FORBIDDEN = ("torch", "timm", "transformers", "torchvision", "diffusers", "optimum")
-SERVER_MODULES = ("server.app", "server.api", "server.cli", "server.library", "server.thumbnails", "server.demo",
-                  "server.enhance.cli", "server.enhance.runtime", "server.enhance.evaluate", "server.enhance.photoio",
-                  "server.enhance.conditioning")
+SERVER_MODULES = tuple(f"clipalbum.server.{name}" for name in (
+    "app", "api", "cli", "library", "thumbnails", "demo",
+    "enhance.cli", "enhance.runtime", "enhance.evaluate", "enhance.photoio", "enhance.conditioning"))
 
 
 def test_server_modules_import_without_torch() -> None:
@@ -19,7 +19,7 @@ def test_server_modules_import_without_torch() -> None:
         "import importlib, json, sys\n"
         f"for name in {SERVER_MODULES!r}:\n"
         "    importlib.import_module(name)\n"
-        "from server.cli import build_parser\n"
+        "from clipalbum.server.cli import build_parser\n"
         "build_parser()\n"
         f"print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in {FORBIDDEN!r})))\n"
     )

@@ -19,11 +19,11 @@ import uvicorn
 from litestar.testing import TestClient
 from PIL import Image
 
-from server.app import create_app
-from server.errors import NotFoundError
-from server.library import Library
-from server.scanner import AlbumWalk, walk_album
-from server.settings import data_paths
+from clipalbum.server.app import create_app
+from clipalbum.server.errors import NotFoundError
+from clipalbum.server.library import Library
+from clipalbum.server.scanner import AlbumWalk, walk_album
+from clipalbum.server.settings import data_paths
 from tests.albumtools import jpeg_bytes
 from tests.conftest import eventually, skimage_data_dir
 from tests.test_server_loopback import free_port
@@ -391,7 +391,7 @@ class TestServingContainment:
 
     def test_servable_path_is_the_real_path_inside_a_root(self, tmp_path: Path, tiny_bundle: Path,
                                                           album: Path, outside: Path) -> None:
-        from server.containment import real_folders, servable_path
+        from clipalbum.server.containment import real_folders, servable_path
 
         (album / "link.jpg").symlink_to(album / "a.jpg")
         with opened(tmp_path, tiny_bundle, album) as lib:
@@ -535,7 +535,7 @@ class TestCommandLine:
     def test_index_status_and_search_with_links_outside_and_odd_names(
             self, tmp_path: Path, tiny_bundle: Path, album: Path, outside: Path,
             capsys: pytest.CaptureFixture) -> None:
-        from server.cli import main
+        from clipalbum.server.cli import main
 
         def cli(*args: str) -> str:
             assert main([*args, "--data-dir", str(tmp_path / "data"), "--model", str(tiny_bundle)]) == 0

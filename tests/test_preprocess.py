@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from server.bundle import ImageSpec
-from server.errors import ImageDecodeError
-from server.preprocess import HEIF_SUPPORTED, decode_photo, load_model_input, to_model_input
+from clipalbum.server.bundle import ImageSpec
+from clipalbum.server.errors import ImageDecodeError
+from clipalbum.server.preprocess import HEIF_SUPPORTED, decode_photo, load_model_input, to_model_input
 from tests.conftest import skimage_data_dir
 
 FORMATS = ["JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF"] + (["HEIF"] if HEIF_SUPPORTED else [])

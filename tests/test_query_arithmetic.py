@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 from litestar.testing import TestClient
 
-from server.app import create_app
-from server.cli import main, query_text
-from server.errors import InvalidQueryError
-from server.library import Library
-from server.query_terms import parse_terms
+from clipalbum.server.app import create_app
+from clipalbum.server.cli import main, query_text
+from clipalbum.server.errors import InvalidQueryError
+from clipalbum.server.library import Library
+from clipalbum.server.query_terms import parse_terms
 from tests.conftest import SAMPLE_PHOTOS
 
 

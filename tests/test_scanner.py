@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import server.scanner as scanner
-from server.library import Library
-from server.preprocess import MAX_PIXELS
-from server.scanner import walk_album
-from server.settings import data_paths
+import clipalbum.server.scanner as scanner
+from clipalbum.server.library import Library
+from clipalbum.server.preprocess import MAX_PIXELS
+from clipalbum.server.scanner import walk_album
+from clipalbum.server.settings import data_paths
 from tests.albumtools import jpeg_bytes, snapshot
 from tests.conftest import SAMPLE_PHOTOS, skimage_data_dir
 from tests.tinybundle import make_tiny_bundle
@@ -181,7 +181,9 @@ class TestBrokenFiles:
         assert "BytesIO" not in errors["text.png"]
         assert sum("skipping" in r.getMessage() for r in caplog.records if r.levelname == "WARNING") == 3
 
-        assert library.index().failed == 0  # unchanged broken files are not retried
+        rerun = library.index()  # still broken: still failed (as status says), but not read again
+        assert (rerun.failed, rerun.unchanged, rerun.embedded) == (3, len(SAMPLE_PHOTOS), 0)
+        assert library.status().failed == 3
         Image.open(sample_album / "2023" / "coffee.png").rotate(180).save(sample_album / "text.png")  # fixed
         summary = library.index()
         assert (summary.updated, summary.embedded) == (1, 1)

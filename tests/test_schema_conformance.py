@@ -17,7 +17,7 @@ import httpx
 import pytest
 import uvicorn
 
-from server.app import OPENAPI_PATH, create_app
+from clipalbum.server.app import OPENAPI_PATH, create_app
 from tests.test_api import make_album, make_web_dir, open_indexed
 
 pytest.importorskip("schemathesis", reason="schema conformance needs clipalbum[dev]")

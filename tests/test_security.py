@@ -15,11 +15,11 @@ import uvicorn
 from litestar import Litestar
 from litestar.testing import TestClient
 
-from server import cli
-from server.app import create_app, exposure_notice
-from server.errors import ClipalbumError
-from server.library import Library
-from server.security import COOKIE_NAME, AccessPolicy, TokenStore, cookie_value
+from clipalbum.server import cli
+from clipalbum.server.app import create_app, exposure_notice
+from clipalbum.server.errors import ClipalbumError
+from clipalbum.server.library import Library
+from clipalbum.server.security import COOKIE_NAME, AccessPolicy, TokenStore, cookie_value
 from tests.albumtools import jpeg_bytes
 from tests.conftest import skimage_data_dir
 from tests.test_api import album, library, web_dir  # noqa: F401  (shared module fixtures: one indexed album)

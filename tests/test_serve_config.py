@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from server.cli import main
-from server.errors import ClipalbumError
-from server.serve_config import ServeConfig, find_config, read_config, to_toml
+from clipalbum.server.cli import main
+from clipalbum.server.errors import ClipalbumError
+from clipalbum.server.serve_config import ServeConfig, find_config, read_config, to_toml
 
 
 def print_config(capsys: pytest.CaptureFixture, *args: str) -> dict:
@@ -88,10 +88,10 @@ def test_printed_settings_read_back_the_same(tmp_path: Path) -> None:
 
 
 def test_serve_runs_with_the_merged_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import server.app
+    from clipalbum.server import app
 
     ran: dict = {}
-    monkeypatch.setattr(server.app, "serve", lambda paths, **settings: ran.update(settings, data=paths.root))
+    monkeypatch.setattr(app, "serve", lambda paths, **settings: ran.update(settings, data=paths.root))
     (tmp_path / "clipalbum.toml").write_text('albums = ["/srv/photos"]\nport = 8080\nmodel = "/models/m"\n')
     assert main(["serve", "--data-dir", str(tmp_path), "--host", "0.0.0.0"]) == 0
     assert ran == {"data": tmp_path, "model": "/models/m", "albums": ["/srv/photos"], "host": "0.0.0.0",

@@ -33,7 +33,7 @@ def free_port() -> int:
 def running(args: list[str], port: int, log_file: Path, env: dict[str, str] | None = None
             ) -> Iterator[httpx.Client]:
     """Starts `clipalbum ARGS` in a subprocess, waits for /health, yields a client; stops it with SIGTERM."""
-    command = [sys.executable, "-m", "server.cli", *args]
+    command = [sys.executable, "-m", "clipalbum.server.cli", *args]
     with open(log_file, "wb") as log:
         proc = subprocess.Popen(command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
                                 env={**os.environ, **(env or {})})

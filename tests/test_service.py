@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from server.cli import main
-from server.service import UNIT_NAME, systemd_quote, unit_text
+from clipalbum.server.cli import main
+from clipalbum.server.service import UNIT_NAME, systemd_quote, unit_text
 
 
 @pytest.fixture()

@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from server.ann import AnnIndex
-from server.store import Changes, PhotoFields, Store
+from clipalbum.server.ann import AnnIndex
+from clipalbum.server.store import Changes, PhotoFields, Store
 
 
 def unit(rng: np.random.Generator, n: int, dim: int = 16) -> np.ndarray:
@@ -181,7 +181,7 @@ class TestAnnIndex:
         assert AnnIndex(16).search(np.ones(16, dtype=np.float32), 10) == ([], [])
 
     def test_albums_up_to_the_exact_limit_get_every_true_neighbour(self, monkeypatch: pytest.MonkeyPatch) -> None:
-        import server.ann
+        from clipalbum.server import ann as ann_module
 
         rng = np.random.default_rng(3)
         vectors = rng.standard_normal((6000, 256)).astype(np.float32)
@@ -191,7 +191,7 @@ class TestAnnIndex:
         ann = AnnIndex.build(256, [(np.arange(1, 6001, dtype=np.uint64), vectors)])
 
         def recall(limit: int) -> float:
-            monkeypatch.setattr(server.ann, "EXACT_SEARCH_MAX", limit)
+            monkeypatch.setattr(ann_module, "EXACT_SEARCH_MAX", limit)
             found = 0
             for q in queries:
                 truth = set((np.argsort(-(vectors @ q))[:20] + 1).tolist())

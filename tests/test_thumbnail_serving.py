@@ -14,10 +14,10 @@ import pytest
 from litestar.testing import TestClient
 from PIL import Image
 
-from server.app import create_app
-from server.decode_budget import DECODE_BUDGET
-from server.library import Library
-from server.thumbnails import THUMBNAIL_DECODES, THUMBNAIL_SIZES
+from clipalbum.server.app import create_app
+from clipalbum.server.decode_budget import DECODE_BUDGET
+from clipalbum.server.library import Library
+from clipalbum.server.thumbnails import THUMBNAIL_DECODES, THUMBNAIL_SIZES
 from tests.conftest import eventually
 from tests.test_api import _id_of, make_album, make_web_dir, open_indexed
 
@@ -47,9 +47,9 @@ def test_a_full_or_read_only_disk_serves_thumbnails_without_caching_them(
     def refuse(*args, **kwargs):  # type: ignore[no-untyped-def]
         raise OSError(code, os.strerror(code))
 
-    monkeypatch.setattr("server.thumbnails.tempfile.mkstemp", refuse)
+    monkeypatch.setattr("clipalbum.server.thumbnails.tempfile.mkstemp", refuse)
     coffee = _id_of(client, "coffee.png")
-    with caplog.at_level("WARNING", logger="server.thumbnails"):
+    with caplog.at_level("WARNING", logger="clipalbum.server.thumbnails"):
         response = client.get(f"/api/images/{coffee}/thumbnail", params={"size": 128})
         again = client.get(f"/api/images/{coffee}/thumbnail", params={"size": 256})
     assert response.status_code == 200 and again.status_code == 200
@@ -58,7 +58,7 @@ def test_a_full_or_read_only_disk_serves_thumbnails_without_caching_them(
     with Image.open(io.BytesIO(response.content)) as img:
         assert img.format == "JPEG" and max(img.size) == 128
     assert not list(library.paths.thumbnails.rglob("*.jpg"))
-    assert [r.levelname for r in caplog.records if r.name == "server.thumbnails"] == ["WARNING"]  # once
+    assert [r.levelname for r in caplog.records if r.name == "clipalbum.server.thumbnails"] == ["WARNING"]  # once
     revalidated = client.get(f"/api/images/{coffee}/thumbnail", params={"size": 128},
                              headers={"If-None-Match": response.headers["etag"]})
     assert revalidated.status_code == 304

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from server.decode_budget import DECODE_BUDGET
-from server.errors import ImageDecodeError, InvalidQueryError, ServerBusyError
-from server.thumbnails import (DEFAULT_SIZE, THUMBNAIL_SIZES, THUMBNAIL_VERSION, ThumbnailCache, snap_size,
+from clipalbum.server.decode_budget import DECODE_BUDGET
+from clipalbum.server.errors import ImageDecodeError, InvalidQueryError, ServerBusyError
+from clipalbum.server.thumbnails import (DEFAULT_SIZE, THUMBNAIL_SIZES, THUMBNAIL_VERSION, ThumbnailCache, snap_size,
                                thumbnail_etag)
 from tests.conftest import skimage_data_dir
 
@@ -189,7 +189,7 @@ class TestLeftoverTemporaryFiles:
             swept.append(cache.sweep_temporary_files())  # the temporary file exists now
             return real_fdopen(fd, *args, **kwargs)
 
-        monkeypatch.setattr("server.thumbnails.os.fdopen", sweep_mid_write)
+        monkeypatch.setattr("clipalbum.server.thumbnails.os.fdopen", sweep_mid_write)
         thumb = cache.get(original, _sha256(original), 128)
         assert swept == [0] and isinstance(thumb, Path) and thumb.is_file()
 
@@ -204,9 +204,9 @@ class TestUnwritableCache:
         def refuse(*args, **kwargs):  # type: ignore[no-untyped-def]
             raise OSError(code, os.strerror(code))
 
-        monkeypatch.setattr("server.thumbnails.tempfile.mkstemp", refuse)
+        monkeypatch.setattr("clipalbum.server.thumbnails.tempfile.mkstemp", refuse)
         cache = ThumbnailCache(tmp_path)
-        with caplog.at_level("WARNING", logger="server.thumbnails"):
+        with caplog.at_level("WARNING", logger="clipalbum.server.thumbnails"):
             first = cache.get(original, _sha256(original), 128)
             second = cache.get(original, _sha256(original), 256)
         assert isinstance(first, bytes) and isinstance(second, bytes)
@@ -222,6 +222,6 @@ class TestUnwritableCache:
         def broken(*args, **kwargs):  # type: ignore[no-untyped-def]
             raise OSError(errno.EIO, "Input/output error")
 
-        monkeypatch.setattr("server.thumbnails.tempfile.mkstemp", broken)
+        monkeypatch.setattr("clipalbum.server.thumbnails.tempfile.mkstemp", broken)
         with pytest.raises(OSError, match="Input/output"):
             ThumbnailCache(tmp_path).get(original, _sha256(original), 128)

@@ -9,7 +9,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from server.bundle import FORMAT_VERSION, ImageSpec, Manifest, TextSpec, with_checksums, write_manifest
+from clipalbum.server.bundle import FORMAT_VERSION, ImageSpec, Manifest, TextSpec, with_checksums, write_manifest
 
 
 def bert_tokenizer_file() -> Path:

@@ -17,10 +17,10 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from server.bundle import ImageSpec, TextSpec
-from server.textprep import TextTokenizer
-from training.bootstrap_labels import ImageNetClass, imagenet_classes
-from training.pretrained import (
+from clipalbum.server.bundle import ImageSpec, TextSpec
+from clipalbum.server.textprep import TextTokenizer
+from clipalbum.training.bootstrap_labels import ImageNetClass, imagenet_classes
+from clipalbum.training.pretrained import (
     EFFICIENTNET_LITE0_MEAN,
     EFFICIENTNET_LITE0_SIZE,
     EFFICIENTNET_LITE0_STD,

@@ -8,7 +8,7 @@ import logging
 import sys
 from pathlib import Path
 
-from training.config import load_config
+from clipalbum.training.config import load_config
 
 CONFIGS = Path(__file__).parent / "configs"
 
@@ -54,13 +54,13 @@ def _train(argv: list[str]) -> int:
         print(f"clipalbum train: {exc}", file=sys.stderr)
         return 2
     if args.print_config:
-        from training.config import config_to_dict
+        from clipalbum.training.config import config_to_dict
 
         print(json.dumps(config_to_dict(cfg), indent=2))
         return 0
-    from training.trainer import train
+    from clipalbum.training.trainer import train
 
-    logging.getLogger("training").setLevel(logging.INFO)
+    logging.getLogger("clipalbum.training").setLevel(logging.INFO)
     try:
         result = train(cfg, fresh=args.fresh, progress=not args.quiet)
     except (FileNotFoundError, ValueError) as exc:
@@ -79,10 +79,11 @@ def _split(argv: list[str]) -> int:
     parser.add_argument("out", help="folder for train.csv and heldout.csv")
     parser.add_argument("--images", help="photos folder (default: the captions file's folder or its images/)")
     parser.add_argument("--heldout", type=float, default=0.2, help="fraction of photos held out (default 0.2)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--format", default="csv", choices=["csv", "flickr30k_csv", "flickr8k_token", "karpathy_json"])
+    parser.add_argument("--seed", type=int, default=0, help="seed of the random split (default 0)")
+    parser.add_argument("--format", default="csv", choices=["csv", "flickr30k_csv", "flickr8k_token", "karpathy_json"],
+                        help="the captions file's format (default csv)")
     args = parser.parse_args(argv)
-    from training.split import split_captions
+    from clipalbum.training.split import split_captions
 
     result = split_captions(Path(args.captions), Path(args.out), args.heldout, args.seed,
                             Path(args.images) if args.images else None, args.format)

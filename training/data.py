@@ -14,11 +14,11 @@ import numpy as np
 import torch
 from PIL import Image
 
-from server.bundle import ImageSpec, TextSpec
-from server.errors import ImageDecodeError
-from server.preprocess import PHOTO_SUFFIXES, decode_photo, open_photo, to_model_input
-from server.textprep import TextTokenizer
-from training.config import DataCfg, SourceCfg
+from clipalbum.server.bundle import ImageSpec, TextSpec
+from clipalbum.server.errors import ImageDecodeError
+from clipalbum.server.preprocess import PHOTO_SUFFIXES, decode_photo, open_photo, to_model_input
+from clipalbum.server.textprep import TextTokenizer
+from clipalbum.training.config import DataCfg, SourceCfg
 
 log = logging.getLogger(__name__)
 

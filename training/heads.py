@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from training.config import HeadCfg
+from clipalbum.training.config import HeadCfg
 
 
 class ProjectionHead(nn.Module):

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from training.config import LossCfg
+from clipalbum.training.config import LossCfg
 
 
 class ContrastiveLoss(nn.Module):

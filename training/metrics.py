@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import numpy.typing as npt
 
-from server.evaluate import image_recall_at_k, recall_at_k
+from clipalbum.server.evaluate import image_recall_at_k, recall_at_k
 
 
 def retrieval_recalls(image_vectors: npt.NDArray[np.float32], text_vectors: npt.NDArray[np.float32],

@@ -11,11 +11,11 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from server.bundle import ImageSpec, TextSpec
-from training.config import Config
-from training.heads import build_head
-from training.loss import ContrastiveLoss
-from training.towers import (ImageTower, TextTower, build_image_tower, build_text_tower, set_trainable,
+from clipalbum.server.bundle import ImageSpec, TextSpec
+from clipalbum.training.config import Config
+from clipalbum.training.heads import build_head
+from clipalbum.training.loss import ContrastiveLoss
+from clipalbum.training.towers import (ImageTower, TextTower, build_image_tower, build_text_tower, set_trainable,
                              tokenizer_file)
 
 log = logging.getLogger(__name__)
@@ -133,7 +133,7 @@ def start_from_bootstrap(model: DualEncoder, cfg: Config) -> None:
     heads' first Linear takes those maps, the pooled-feature columns and the second Linear start at zero,
     and fine-tuning starts from the bootstrap's alignment instead of from random projections.
     """
-    from training.bootstrap import BootstrapConfig, build_bootstrap_model
+    from clipalbum.training.bootstrap import BootstrapConfig, build_bootstrap_model
 
     needs = (cfg.head.kind == "mlp" and cfg.image.kind == "efficientnet_lite0" and cfg.image.features == "pooled+classes"
              and cfg.text.kind == "minilm" and cfg.text.pooling == "mean_l2")

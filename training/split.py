@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from training.config import SourceCfg
-from training.data import DataReport, images_dir, load_photos, split_by_photo, write_caption_csv
+from clipalbum.training.config import SourceCfg
+from clipalbum.training.data import DataReport, images_dir, load_photos, split_by_photo, write_caption_csv
 
 
 @dataclass

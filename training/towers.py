@@ -10,8 +10,8 @@ import timm
 import torch
 from torch import nn
 
-from training import pretrained
-from training.config import ImageTowerCfg, TextTowerCfg
+from clipalbum.training import pretrained
+from clipalbum.training.config import ImageTowerCfg, TextTowerCfg
 
 log = logging.getLogger(__name__)
 

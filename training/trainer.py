@@ -19,12 +19,12 @@ import torch
 from safetensors.torch import load_model, save_model
 from tqdm import tqdm
 
-from training.config import Config, config_from_dict, config_to_dict
-from training.data import (Augment, CachedFeatureDataset, Collate, Photo, PhotoCaptionDataset, load_photos,
+from clipalbum.training.config import Config, config_from_dict, config_to_dict
+from clipalbum.training.data import (Augment, CachedFeatureDataset, Collate, Photo, PhotoCaptionDataset, load_photos,
                            split_by_photo, write_caption_csv)
-from training.metrics import retrieval_recalls
-from training.model import DualEncoder, build_model, image_spec, param_groups, text_spec, tokenizer_path
-from training.towers import text_model_config
+from clipalbum.training.metrics import retrieval_recalls
+from clipalbum.training.model import DualEncoder, build_model, image_spec, param_groups, text_spec, tokenizer_path
+from clipalbum.training.towers import text_model_config
 
 log = logging.getLogger(__name__)
 

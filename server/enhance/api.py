@@ -18,20 +18,20 @@ from litestar.params import JSONBody, MultipartBody, PathParameter
 from litestar.response import File
 from litestar.status_codes import HTTP_202_ACCEPTED
 
-from server.api import BAD_QUERY, MAX_REQUEST_BYTES, NOT_FOUND, PhotoId, error_spec
-from server.enhance.color import CONTRAST_LOG_MAX
-from server.enhance.conditioning import Conditioner
-from server.enhance.jobs import EnhanceJobs, Job, JobRequest, jobs_folder
-from server.enhance.manifest import enhancer_dir, read_enhancer_manifest
-from server.enhance.runtime import EnhanceOptions, load_enhancer
-from server.errors import BundleError
-from server.library import MAX_QUERY_CHARS, MAX_UPLOAD_BYTES, check_upload_size
-from server.pathnames import display
+from clipalbum.server.api import BAD_QUERY, MAX_REQUEST_BYTES, NOT_FOUND, PhotoId, error_spec
+from clipalbum.server.enhance.color import CONTRAST_LOG_MAX
+from clipalbum.server.enhance.conditioning import Conditioner
+from clipalbum.server.enhance.jobs import EnhanceJobs, Job, JobRequest, jobs_folder
+from clipalbum.server.enhance.manifest import enhancer_dir, read_enhancer_manifest
+from clipalbum.server.enhance.runtime import EnhanceOptions, load_enhancer
+from clipalbum.server.errors import BundleError
+from clipalbum.server.library import MAX_QUERY_CHARS, MAX_UPLOAD_BYTES, check_upload_size
+from clipalbum.server.pathnames import display
 
 log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
-    from server.library import Library
+    from clipalbum.server.library import Library
 
 MAX_API_STEPS = 8  # more steps are a GPU's quality mode; on a CPU they only make the queue longer
 PREVIEW_SIDES = (64, 4096)

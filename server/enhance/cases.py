@@ -12,7 +12,7 @@ import zlib
 import numpy as np
 import numpy.typing as npt
 
-from server.enhance.color import apply_gains
+from clipalbum.server.enhance.color import apply_gains
 
 CASES = ("combined", "noise25", "under", "cast")
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import numpy.typing as npt
 
-from server.enhance.color import linear_to_srgb, luma, srgb_to_linear
+from clipalbum.server.enhance.color import linear_to_srgb, luma, srgb_to_linear
 
 SHADES_OF_GREY_P = 6  # Finlayson & Trezzi (2004): the Minkowski norm between grey-world (1) and max-RGB
 LEVELS_PERCENTILES = (0.5, 99.5)

@@ -12,14 +12,14 @@ from pathlib import Path
 import msgspec
 from tqdm import tqdm
 
-from server.enhance.manifest import enhancer_dir
-from server.errors import BundleError, ClipalbumError, ImageDecodeError
-from server.pathnames import for_terminal
-from server.preprocess import PHOTO_SUFFIXES
+from clipalbum.server.enhance.manifest import enhancer_dir
+from clipalbum.server.errors import BundleError, ClipalbumError, ImageDecodeError
+from clipalbum.server.pathnames import for_terminal
+from clipalbum.server.preprocess import PHOTO_SUFFIXES
 
 log = logging.getLogger(__name__)
 
-DELEGATED = {"train": ("training.enhance.cli", "train"), "export": ("export.enhance_cli", "export")}
+DELEGATED = {"train": ("clipalbum.training.enhance.cli", "train"), "export": ("clipalbum.export.enhance_cli", "export")}
 
 
 def _auto_or_float(low: float | None, high: float | None, what: str):
@@ -50,20 +50,30 @@ def photo_parser() -> argparse.ArgumentParser:
     p.add_argument("photos", nargs="+", help="photo files or folders (folders are searched recursively)")
     p.add_argument("--out", required=True, help="folder for the results (not the folder of an input photo)")
     p.add_argument("--format", default="same", choices=["same", "jpeg", "png"], help="output format (default same)")
-    p.add_argument("--denoise", default=None, type=_auto_or_float(0, 1, "--denoise"), metavar="auto|0..1")
-    p.add_argument("--exposure", default=None, type=_auto_or_float(-5, 5, "--exposure"), metavar="auto|EV")
-    p.add_argument("--contrast", default=None, type=_auto_or_float(0, 1, "--contrast"), metavar="auto|0..1")
+    p.add_argument("--denoise", default=None, type=_auto_or_float(0, 1, "--denoise"), metavar="auto|0..1",
+                   help="how much noise to remove (default auto: as much as the photo shows)")
+    p.add_argument("--exposure", default=None, type=_auto_or_float(-5, 5, "--exposure"), metavar="auto|EV",
+                   help="brighten (+) or darken (-) in stops (default auto: the model's choice)")
+    p.add_argument("--contrast", default=None, type=_auto_or_float(0, 1, "--contrast"), metavar="auto|0..1",
+                   help="how far to stretch the tones (default auto: the model's choice)")
     p.add_argument("--temperature", default=None, type=_auto_or_float(1500, 15000, "--temperature"),
                    metavar="auto|KELVIN", help="the light the photo was taken in (3000: tungsten; corrected to daylight)")
     p.add_argument("--prompt", help='what the result should look like, e.g. "warm evening light" or "brighter"')
     p.add_argument("--steps", type=_steps, default=1, help="diffusion steps (default 1; more is slower)")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"],
+                   help="where to run the UNet (default auto: a GPU or Apple MPS when present, else the CPU)")
     p.add_argument("--overwrite", action="store_true", help="replace existing files under --out")
-    p.add_argument("--enhancer", help="enhancer directory (default: $CLIPALBUM_ENHANCER or the packaged one)")
-    p.add_argument("--data-dir", help="where the search model lives (default: $CLIPALBUM_DATA_DIR or $XDG_DATA_HOME/clipalbum)")
-    p.add_argument("--model", help="search model bundle, for the photo's CLIP embedding and --prompt")
+    _add_models(p)
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     return p
+
+
+def _add_models(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--enhancer", help="enhancer directory (default: $CLIPALBUM_ENHANCER or the packaged one)")
+    p.add_argument("--data-dir", help="the data directory whose search model to use (default: "
+                   "$CLIPALBUM_DATA_DIR or $XDG_DATA_HOME/clipalbum)")
+    p.add_argument("--model", help="search model bundle folder or cached model id, for the photo's CLIP "
+                   "embedding and --prompt (default: $CLIPALBUM_MODEL, else the default model)")
 
 
 def eval_parser() -> argparse.ArgumentParser:
@@ -72,19 +82,17 @@ def eval_parser() -> argparse.ArgumentParser:
         "embedding's cosine for the degraded input, the classical pipeline and the model."))
     p.add_argument("--clean", nargs="+", required=True, help="folders of clean photos")
     p.add_argument("--case", default="all", help="combined, noise25, under, cast or all (default)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--steps", type=_steps, default=1)
+    p.add_argument("--seed", type=int, default=0, help="seed of the degradations (default 0)")
+    p.add_argument("--steps", type=_steps, default=1, help="diffusion steps (default 1)")
     p.add_argument("--limit", type=int, help="the first N photos only")
     p.add_argument("--precision", choices=["fp32", "int8"], help="default: the enhancer's own default")
-    p.add_argument("--enhancer")
-    p.add_argument("--data-dir")
-    p.add_argument("--model")
+    _add_models(p)
     p.add_argument("--denoise-only", action="store_true",
                    help="fix the global corrections to none (exposure 0, daylight, contrast as is): the UNet alone")
     p.add_argument("--prompts", action="store_true",
                    help="instead: how far each of a set of prompts moves warmth, brightness and contrast")
-    p.add_argument("--json", action="store_true")
-    p.add_argument("-q", "--quiet", action="store_true")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     return p
 
 
@@ -107,9 +115,9 @@ def collect_photos(inputs: list[str]) -> list[tuple[Path, Path]]:
 
 def _search_encoders(args: argparse.Namespace):
     """The search bundle for embeddings, or None (enhancing still works, unconditioned)."""
-    from server.encoders import load_encoders
-    from server.model_resolver import resolve_bundle
-    from server.settings import data_paths
+    from clipalbum.server.encoders import load_encoders
+    from clipalbum.server.model_resolver import resolve_bundle
+    from clipalbum.server.settings import data_paths
 
     try:
         return load_encoders(resolve_bundle(data_paths(args.data_dir), args.model, build_if_missing=False))
@@ -121,9 +129,9 @@ def _search_encoders(args: argparse.Namespace):
 
 
 def cmd_enhance(args: argparse.Namespace) -> int:
-    from server.enhance.conditioning import Conditioner
-    from server.enhance.photoio import output_format, read_photo, to_image, write_photo
-    from server.enhance.runtime import EnhanceOptions, load_enhancer
+    from clipalbum.server.enhance.conditioning import Conditioner
+    from clipalbum.server.enhance.photoio import output_format, read_photo, to_image, write_photo
+    from clipalbum.server.enhance.runtime import EnhanceOptions, load_enhancer
 
     out_dir = Path(args.out).expanduser()
     photos = collect_photos(args.photos)
@@ -166,11 +174,11 @@ def cmd_enhance(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from server.encoders import load_encoders
-    from server.enhance.evaluate import evaluate_enhancer, expand_cases
-    from server.enhance.runtime import Enhancer
-    from server.model_resolver import resolve_bundle
-    from server.settings import data_paths
+    from clipalbum.server.encoders import load_encoders
+    from clipalbum.server.enhance.evaluate import evaluate_enhancer, expand_cases
+    from clipalbum.server.enhance.runtime import Enhancer
+    from clipalbum.server.model_resolver import resolve_bundle
+    from clipalbum.server.settings import data_paths
 
     try:
         cases = expand_cases(args.case)
@@ -179,7 +187,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     enhancer = Enhancer(enhancer_dir(args.enhancer), precision=args.precision)
     encoders = load_encoders(resolve_bundle(data_paths(args.data_dir), args.model, build_if_missing=False))
     if args.prompts:
-        from server.enhance.evaluate import prompt_effects
+        from clipalbum.server.enhance.evaluate import prompt_effects
 
         effects = prompt_effects(enhancer, encoders, [Path(f).expanduser() for f in args.clean], limit=args.limit)
         if args.json:
@@ -190,7 +198,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
                 print(f"{e.prompt:<22} {e.warmth:+8.3f} {e.brightness:+11.3f} {e.contrast:+9.3f}")
         return 0
     try:
-        from server.enhance.runtime import EnhanceOptions
+        from clipalbum.server.enhance.runtime import EnhanceOptions
 
         options = EnhanceOptions(steps=args.steps, **(dict(exposure=0.0, contrast=0.0, temperature=6500.0)
                                                       if args.denoise_only else {}))
@@ -205,7 +213,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def main(argv: list[str]) -> int:
     """Entry point for `clipalbum enhance ...` (server/cli.py hands it the arguments after `enhance`)."""
     if argv and argv[0] in DELEGATED:
-        from server.cli import delegate
+        from clipalbum.server.cli import delegate
 
         module, extra = DELEGATED[argv[0]]
         return delegate(module, extra, f"enhance {argv[0]}", argv)

@@ -9,9 +9,9 @@ import numpy as np
 import numpy.typing as npt
 from PIL import Image
 
-from server.encoders import Encoders
-from server.errors import ClipalbumError
-from server.preprocess import to_model_input
+from clipalbum.server.encoders import Encoders
+from clipalbum.server.errors import ClipalbumError
+from clipalbum.server.preprocess import to_model_input
 
 log = logging.getLogger(__name__)
 

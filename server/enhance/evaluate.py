@@ -13,12 +13,12 @@ import numpy as np
 import numpy.typing as npt
 from tqdm import tqdm
 
-from server.encoders import Encoders
-from server.enhance.cases import CASES, degrade_case
-from server.enhance.conditioning import embed_photo
-from server.enhance.classical import classical_pipeline, to_uint8, wavelet_denoise
-from server.enhance.runtime import EnhanceOptions, Enhancer
-from server.preprocess import PHOTO_SUFFIXES, decode_photo
+from clipalbum.server.encoders import Encoders
+from clipalbum.server.enhance.cases import CASES, degrade_case
+from clipalbum.server.enhance.conditioning import embed_photo
+from clipalbum.server.enhance.classical import classical_pipeline, to_uint8, wavelet_denoise
+from clipalbum.server.enhance.runtime import EnhanceOptions, Enhancer
+from clipalbum.server.preprocess import PHOTO_SUFFIXES, decode_photo
 
 log = logging.getLogger(__name__)
 
@@ -144,7 +144,7 @@ def prompt_effects(enhancer: Enhancer, encoders: Encoders, folders: list[Path], 
                    limit: int | None = None) -> list[PromptEffect]:
     """How far each prompt moves the global correction from the one without a prompt, averaged over clean
     photos: the direction a prompt names should show in the sign of its change."""
-    from server.enhance.color import correct, luma, srgb_to_linear
+    from clipalbum.server.enhance.color import correct, luma, srgb_to_linear
 
     def measures(x: npt.NDArray[np.float32]) -> tuple[float, float, float]:
         lin = srgb_to_linear(x).reshape(-1, 3).mean(axis=0)

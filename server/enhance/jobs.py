@@ -15,14 +15,14 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import BinaryIO, Literal
 
-from server.enhance.color import GlobalParams
-from server.enhance.conditioning import Conditioner
-from server.enhance.photoio import output_format, read_photo, read_preview, to_image, write_photo
-from server.enhance.runtime import EnhanceCancelled, EnhanceOptions, Enhancer
-from server.errors import BundleError, ClipalbumError, NotFoundError, ServerBusyError
-from server.malloc import return_free_memory
-from server.preprocess import open_photo
-from server.upload_gate import lower_priority
+from clipalbum.server.enhance.color import GlobalParams
+from clipalbum.server.enhance.conditioning import Conditioner
+from clipalbum.server.enhance.photoio import output_format, read_photo, read_preview, to_image, write_photo
+from clipalbum.server.enhance.runtime import EnhanceCancelled, EnhanceOptions, Enhancer
+from clipalbum.server.errors import BundleError, ClipalbumError, NotFoundError, ServerBusyError
+from clipalbum.server.malloc import return_free_memory
+from clipalbum.server.preprocess import open_photo
+from clipalbum.server.upload_gate import lower_priority
 
 log = logging.getLogger(__name__)
 

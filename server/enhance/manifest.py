@@ -9,9 +9,9 @@ from typing import Literal
 
 import msgspec
 
-from server.bundle import file_sha256
-from server.errors import BundleError
-from server.pathnames import for_terminal
+from clipalbum.server.bundle import file_sha256
+from clipalbum.server.errors import BundleError
+from clipalbum.server.pathnames import for_terminal
 
 ENHANCER_FORMAT_VERSION = 1
 MANIFEST_NAME = "enhancer.json"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from server.enhance.color import LUMA, luma
+from clipalbum.server.enhance.color import LUMA, luma
 
 # Median absolute deviation of Gaussian noise is 0.6745 sigma (Donoho & Johnstone, 1994). Luma mixes the
 # three channels' independent noise, which shrinks it by the norm of the luma weights.
@@ -42,7 +42,7 @@ def _median_last(a: Any) -> Any:
 def noise_map(x: Any, params: tuple[Any, Any, Any, Any], pivot: Any, sigma: Any, channel_axis: int) -> Any:
     """Per-pixel noise after the global correction: the photo's sigma times the correction's local slope
     (brightening a shadow amplifies its noise), averaged over channels; one channel, on `channel_axis`."""
-    from server.enhance.color import correct
+    from clipalbum.server.enhance.color import correct
 
     step = 1.0 / 64
     slope = (correct(x + step, params, pivot, channel_axis) - correct(x, params, pivot, channel_axis)) / step

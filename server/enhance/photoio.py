@@ -13,8 +13,8 @@ import numpy as np
 import numpy.typing as npt
 from PIL import Image, ImageOps
 
-from server.errors import ClipalbumError, ImageDecodeError
-from server.preprocess import DecodedPhoto, _decode_errors, decode_photo, open_photo
+from clipalbum.server.errors import ClipalbumError, ImageDecodeError
+from clipalbum.server.preprocess import DecodedPhoto, _decode_errors, decode_photo, open_photo
 
 # Formats written as themselves with `--format same`; anything else (GIF, HEIC, ...) becomes PNG or JPEG.
 WRITABLE = {"JPEG": ".jpg", "PNG": ".png", "WEBP": ".webp", "TIFF": ".tif", "BMP": ".bmp"}

@@ -16,11 +16,11 @@ import numpy as np
 import numpy.typing as npt
 from PIL import Image
 
-from server.encoders import make_session
-from server.enhance import ddim
-from server.enhance.color import CONTRAST_LOG_MAX, GlobalParams, correct, kelvin_log_gains
-from server.enhance.manifest import EnhancerManifest, Precision, read_enhancer_manifest
-from server.enhance.noise import estimate_sigma, noise_map
+from clipalbum.server.encoders import make_session
+from clipalbum.server.enhance import ddim
+from clipalbum.server.enhance.color import CONTRAST_LOG_MAX, GlobalParams, correct, kelvin_log_gains
+from clipalbum.server.enhance.manifest import EnhancerManifest, Precision, read_enhancer_manifest
+from clipalbum.server.enhance.noise import estimate_sigma, noise_map
 
 log = logging.getLogger(__name__)
 

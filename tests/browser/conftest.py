@@ -125,7 +125,7 @@ def start_server(album: Path, data_dir: Path, bundle: Path, wait_for_scan: bool 
     Bound beyond loopback (host="0.0.0.0"), the server's access token is read from the data directory."""
     port = free_port()
     log = data_dir.parent / f"{data_dir.name}-server.log"
-    command = [sys.executable, "-m", "server.cli", "serve", "--album", str(album), "--data-dir", str(data_dir),
+    command = [sys.executable, "-m", "clipalbum.server.cli", "serve", "--album", str(album), "--data-dir", str(data_dir),
                "--model", str(bundle), "--host", host, "--port", str(port), "--rescan-minutes", "0"]
     with log.open("wb") as out:
         process = subprocess.Popen(command, cwd=REPO, stdout=out, stderr=subprocess.STDOUT)

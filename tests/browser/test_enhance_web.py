@@ -28,8 +28,8 @@ PREVIEW_READY = """prev => {
 
 @pytest.fixture(scope="module", autouse=True)
 def packaged_enhancer() -> None:
-    from server.enhance.manifest import enhancer_dir
-    from server.errors import BundleError
+    from clipalbum.server.enhance.manifest import enhancer_dir
+    from clipalbum.server.errors import BundleError
 
     try:
         enhancer_dir(None)

@@ -18,7 +18,7 @@ TRAIN_PHOTOS = ("astronaut.png", "coffee.png", "chelsea.png", "rocket.jpg")
 @pytest.fixture(scope="session")
 def tiny_enhancer_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     pytest.importorskip("diffusers", reason="training the enhancer needs clipalbum[train]")
-    from training.enhance.cli import main
+    from clipalbum.training.enhance.cli import main
 
     photos = tmp_path_factory.mktemp("enhance-photos")
     for name in TRAIN_PHOTOS:
@@ -33,7 +33,7 @@ def tiny_enhancer_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_enhancer(tiny_enhancer_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from export.enhance_cli import main
+    from clipalbum.export.enhance_cli import main
 
     out = tmp_path_factory.mktemp("enhancers") / "tiny"
     assert main(["export", str(tiny_enhancer_run), str(out), "--tile", "128"]) == 0

@@ -15,14 +15,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from server.enhance.api import enhance_jobs
-from server.enhance.cases import degrade_case
-from server.enhance.evaluate import psnr
-from server.enhance.jobs import EnhanceJobs, JobRequest, jobs_folder
-from server.enhance.manifest import PACKAGED_ENHANCER
-from server.enhance.runtime import Enhancer
-from server.errors import ImageDecodeError, NotFoundError, ServerBusyError
-from server.library import Library
+from clipalbum.server.enhance.api import enhance_jobs
+from clipalbum.server.enhance.cases import degrade_case
+from clipalbum.server.enhance.evaluate import psnr
+from clipalbum.server.enhance.jobs import EnhanceJobs, JobRequest, jobs_folder
+from clipalbum.server.enhance.manifest import PACKAGED_ENHANCER
+from clipalbum.server.enhance.runtime import Enhancer
+from clipalbum.server.errors import ImageDecodeError, NotFoundError, ServerBusyError
+from clipalbum.server.library import Library
 from tests.test_api import make_album, open_indexed
 from tests.test_paths import rows, uvicorn_serving
 
@@ -234,7 +234,7 @@ def test_a_killed_servers_jobs_folder_is_removed_at_the_next_start(tmp_path: Pat
 def test_a_colour_profile_is_kept_only_for_the_colour_space_it_describes(tmp_path: Path) -> None:
     from PIL import ImageCms
 
-    from server.enhance.photoio import SourcePhoto, write_photo
+    from clipalbum.server.enhance.photoio import SourcePhoto, write_photo
 
     srgb = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
     cmyk = srgb[:16] + b"CMYK" + srgb[20:]  # what a CMYK original carries, as far as the header says

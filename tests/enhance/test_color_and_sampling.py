@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from server.enhance import ddim
-from server.enhance.cases import CASES, degrade_case
-from server.enhance.color import correct, degrade_global, kelvin_log_gains, linear_to_srgb, srgb_to_linear
-from server.enhance.noise import estimate_sigma
-from server.enhance.runtime import pixel_shuffle, plan_tiles
+from clipalbum.server.enhance import ddim
+from clipalbum.server.enhance.cases import CASES, degrade_case
+from clipalbum.server.enhance.color import correct, degrade_global, kelvin_log_gains, linear_to_srgb, srgb_to_linear
+from clipalbum.server.enhance.noise import estimate_sigma
+from clipalbum.server.enhance.runtime import pixel_shuffle, plan_tiles
 from tests.conftest import skimage_data_dir
 
 torch = pytest.importorskip("torch", reason="the torch side of each check needs clipalbum[train]")
@@ -73,7 +73,7 @@ def test_eval_cases_are_seeded_and_distinct(photo: np.ndarray) -> None:
 
 @pytest.mark.parametrize("steps", [1, 2, 4])
 def test_numpy_ddim_matches_diffusers(steps: int) -> None:
-    from training.enhance.model import sample_scheduler, train_scheduler
+    from clipalbum.training.enhance.model import sample_scheduler, train_scheduler
 
     scheduler = sample_scheduler(steps)
     alphas = train_scheduler().alphas_cumprod.double().numpy()
@@ -103,7 +103,7 @@ def test_tiles_cover_every_pixel_once_with_context_inside_the_photo() -> None:
 
 
 def test_training_jpeg_matches_a_real_jpeg(photo: np.ndarray) -> None:
-    from training.enhance.degrade import DegradeCfg, jpeg
+    from clipalbum.training.enhance.degrade import DegradeCfg, jpeg
 
     x = torch.from_numpy(photo.copy()).permute(2, 0, 1)[None].float() / 255
     ours = jpeg(x, DegradeCfg(jpeg_p=1.0, jpeg_quality=(50, 50)), torch.Generator().manual_seed(0))

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from server.cli import main
-from server.enhance.cases import degrade_case
-from server.enhance.evaluate import psnr
-from server.enhance.manifest import PACKAGED_ENHANCER, read_enhancer_manifest
+from clipalbum.server.cli import main
+from clipalbum.server.enhance.cases import degrade_case
+from clipalbum.server.enhance.evaluate import psnr
+from clipalbum.server.enhance.manifest import PACKAGED_ENHANCER, read_enhancer_manifest
 from tests.conftest import skimage_data_dir
 
 pytestmark = pytest.mark.skipif(not (PACKAGED_ENHANCER / "enhancer.json").is_file(),

@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from server.cli import main
-from server.enhance.cases import degrade_case
-from server.errors import BundleError
-from server.enhance.manifest import read_enhancer_manifest
-from server.enhance.runtime import EnhanceOptions, Enhancer
+from clipalbum.server.cli import main
+from clipalbum.server.enhance.cases import degrade_case
+from clipalbum.server.errors import BundleError
+from clipalbum.server.enhance.manifest import read_enhancer_manifest
+from clipalbum.server.enhance.runtime import EnhanceOptions, Enhancer
 from tests.enhance.conftest import real_photo
 
 pytestmark = pytest.mark.slow
@@ -25,7 +25,7 @@ def test_training_logs_resumes_and_continues_from_its_last_checkpoint(tiny_enhan
     assert events[0]["event"] == "start" and events[-1] == {**events[-1], "event": "end", "step": 30}
     assert [e["step"] for e in events if e["event"] == "train"] == [10, 20, 30]
     assert all(np.isfinite(e["pixel"]) and np.isfinite(e["head_image"]) for e in events if e["event"] == "train")
-    from training.enhance.cli import main as train_main
+    from clipalbum.training.enhance.cli import main as train_main
 
     # The same command again finds the run finished: it resumes at step 30 and does nothing more.
     assert train_main(["train", "tiny", "--quiet", "--out", str(tiny_enhancer_run),
@@ -50,7 +50,7 @@ def enhancer_dir(tiny_enhancer: Path) -> Path:
 
 
 def test_tiles_give_the_untiled_result(tiny_enhancer_run: Path, tmp_path: Path) -> None:
-    from export.enhance_cli import main as export_main
+    from clipalbum.export.enhance_cli import main as export_main
 
     small, large = tmp_path / "small", tmp_path / "large"
     assert export_main(["export", str(tiny_enhancer_run), str(small), "--tile", "64", "--no-int8"]) == 0
@@ -138,8 +138,8 @@ def test_cli_refuses_bad_requests_in_one_line(enhancer_dir: Path, tmp_path: Path
 
 
 def test_progress_counts_tiles_and_a_cancel_stops_before_the_next(tiny_enhancer_run: Path, tmp_path: Path) -> None:
-    from export.enhance_cli import main as export_main
-    from server.enhance.runtime import EnhanceCancelled
+    from clipalbum.export.enhance_cli import main as export_main
+    from clipalbum.server.enhance.runtime import EnhanceCancelled
 
     small = tmp_path / "small"
     assert export_main(["export", str(tiny_enhancer_run), str(small), "--tile", "64", "--no-int8"]) == 0

@@ -11,7 +11,7 @@ import pytest
 pytest.importorskip("torch", reason="training tests need clipalbum[train]")
 
 from tests.conftest import SAMPLE_PHOTOS  # noqa: E402
-from training.config import Config, load_config  # noqa: E402
+from clipalbum.training.config import Config, load_config  # noqa: E402
 
 TINY = Path(__file__).resolve().parents[2] / "training" / "configs" / "tiny-cpu.toml"
 

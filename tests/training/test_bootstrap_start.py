@@ -8,17 +8,17 @@ import numpy as np
 import pytest
 import torch
 
-from server.preprocess import load_model_input
-from server.textprep import TextTokenizer
+from clipalbum.server.preprocess import load_model_input
+from clipalbum.server.textprep import TextTokenizer
 from tests.conftest import SAMPLE_PHOTOS
-from training.cli import CONFIGS
-from training.config import load_config
-from training.model import build_model, image_spec, text_spec, tokenizer_path
+from clipalbum.training.cli import CONFIGS
+from clipalbum.training.config import load_config
+from clipalbum.training.model import build_model, image_spec, text_spec, tokenizer_path
 
 
 @pytest.mark.slow
 def test_warm_started_heads_rank_like_the_bootstrap(sample_album: Path) -> None:
-    from training.bootstrap import BootstrapConfig, build_bootstrap_model
+    from clipalbum.training.bootstrap import BootstrapConfig, build_bootstrap_model
 
     cfg = load_config(CONFIGS / "offline-effnetlite0-minilm.toml")
     model = build_model(cfg).eval()

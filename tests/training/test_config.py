@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from training.cli import CONFIGS
-from training.config import apply_overrides, config_from_dict, load_config, parse_override
+from clipalbum.training.cli import CONFIGS
+from clipalbum.training.config import apply_overrides, config_from_dict, load_config, parse_override
 
 
 class TestOverrides:

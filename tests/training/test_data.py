@@ -9,13 +9,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from server.bundle import ImageSpec, TextSpec
-from server.preprocess import load_model_input
-from training.config import DataCfg, SourceCfg, TextTowerCfg
-from training.data import (Augment, Collate, Photo, PhotoCaptionDataset, load_photos, read_caption_csv,
+from clipalbum.server.bundle import ImageSpec, TextSpec
+from clipalbum.server.preprocess import load_model_input
+from clipalbum.training.config import DataCfg, SourceCfg, TextTowerCfg
+from clipalbum.training.data import (Augment, Collate, Photo, PhotoCaptionDataset, load_photos, read_caption_csv,
                            read_flickr30k_csv, split_by_photo)
-from training.split import split_captions
-from training.towers import tokenizer_file
+from clipalbum.training.split import split_captions
+from clipalbum.training.towers import tokenizer_file
 
 
 def _photos(album: Path) -> list[Path]:

@@ -7,11 +7,11 @@ import math
 import pytest
 import torch
 
-from training.config import HeadCfg, LossCfg, TextTowerCfg, ImageTowerCfg, config_from_dict
-from training.heads import ProjectionHead, RMSProjectionHead, build_head
-from training.loss import ContrastiveLoss
-from training.model import build_model, param_groups
-from training.towers import build_image_tower, build_text_tower
+from clipalbum.training.config import HeadCfg, LossCfg, TextTowerCfg, ImageTowerCfg, config_from_dict
+from clipalbum.training.heads import ProjectionHead, RMSProjectionHead, build_head
+from clipalbum.training.loss import ContrastiveLoss
+from clipalbum.training.model import build_model, param_groups
+from clipalbum.training.towers import build_image_tower, build_text_tower
 
 
 class TestHeads:

@@ -7,13 +7,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from export.checkpoint import export_checkpoint
-from server.evaluate import evaluate_bundle
+from clipalbum.export.checkpoint import export_checkpoint
+from clipalbum.server.evaluate import evaluate_bundle
 from tests.training.conftest import tiny_config
-from training.data import Collate, PhotoCaptionDataset, load_photos
-from training.metrics import retrieval_recalls
-from training.model import build_model, image_spec, param_groups, text_spec, tokenizer_path
-from training.trainer import Trainer
+from clipalbum.training.data import Collate, PhotoCaptionDataset, load_photos
+from clipalbum.training.metrics import retrieval_recalls
+from clipalbum.training.model import build_model, image_spec, param_groups, text_spec, tokenizer_path
+from clipalbum.training.trainer import Trainer
 
 
 @torch.no_grad()
@@ -58,8 +58,8 @@ def test_a_tiny_model_overfits_eight_real_photos_until_retrieval_is_perfect(capt
 
     # The same weights, exported to ONNX and run by the server's evaluation, retrieve just as well.
     trainer = Trainer(cfg, progress=False)
-    from training.config import config_to_dict
-    from training.towers import text_model_config
+    from clipalbum.training.config import config_to_dict
+    from clipalbum.training.towers import text_model_config
 
     checkpoint = trainer.save("best", model.eval(), {"config": config_to_dict(cfg),
                                                      "text_hf_config": text_model_config(cfg.text)}, None)

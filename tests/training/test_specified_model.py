@@ -8,13 +8,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from export.cli import main as export_main
-from server.encoders import load_encoders
-from server.library import Library
-from server.settings import data_paths
-from server.preprocess import load_model_input
-from training.cli import CONFIGS
-from training.cli import main as train_main
+from clipalbum.export.cli import main as export_main
+from clipalbum.server.encoders import load_encoders
+from clipalbum.server.library import Library
+from clipalbum.server.settings import data_paths
+from clipalbum.server.preprocess import load_model_input
+from clipalbum.training.cli import CONFIGS
+from clipalbum.training.cli import main as train_main
 
 
 @pytest.mark.slow

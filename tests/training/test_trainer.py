@@ -10,12 +10,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from export.cli import main as export_main
-from server.cli import main as clipalbum
-from server.encoders import load_encoders
+from clipalbum.export.cli import main as export_main
+from clipalbum.server.cli import main as clipalbum
+from clipalbum.server.encoders import load_encoders
 from tests.training.conftest import TINY, tiny_config
-from training import trainer as trainer_module
-from training.trainer import Trainer, lr_multiplier, pick_device
+from clipalbum.training import trainer as trainer_module
+from clipalbum.training.trainer import Trainer, lr_multiplier, pick_device
 
 
 def _events(run: Path) -> list[dict]:
@@ -114,8 +114,8 @@ class TestTraining:
         result = trainer.fit()
         cached = torch.load(result.run_dir / "train_image_features.pt", weights_only=False)
         model, _, _ = trainer_module.load_checkpoint(result.run_dir / "last")
-        from training.data import PhotoCaptionDataset
-        from training.model import image_spec
+        from clipalbum.training.data import PhotoCaptionDataset
+        from clipalbum.training.model import image_spec
 
         photo = trainer_module.Photo(Path(cached["kept"][0]), ("x",))
         pixels = torch.from_numpy(PhotoCaptionDataset([photo], image_spec(cfg))[0][0])[None]

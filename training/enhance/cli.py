@@ -8,8 +8,8 @@ import logging
 import sys
 from pathlib import Path
 
-from training.cli import add_run_arguments, config_path, run_overrides, shipped_configs
-from training.enhance.config import config_to_dict, load_config
+from clipalbum.training.cli import add_run_arguments, config_path, run_overrides, shipped_configs
+from clipalbum.training.enhance.config import config_to_dict, load_config
 
 CONFIGS = Path(__file__).parent / "configs"
 
@@ -29,7 +29,7 @@ def train_main(argv: list[str]) -> int:
     if args.print_config:
         print(json.dumps(config_to_dict(cfg), indent=2))
         return 0
-    from training.enhance.trainer import train_enhancer
+    from clipalbum.training.enhance.trainer import train_enhancer
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:

@@ -8,9 +8,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from training.config import apply_overrides, build_dataclass
-from training.enhance.degrade import DegradeCfg
-from training.enhance.model import HeadCfg, UNetCfg
+from clipalbum.training.config import apply_overrides, build_dataclass
+from clipalbum.training.enhance.degrade import DegradeCfg
+from clipalbum.training.enhance.model import HeadCfg, UNetCfg
 
 
 @dataclass

@@ -11,9 +11,9 @@ from PIL import Image
 from torch.nn import functional as F
 from tqdm import tqdm
 
-from server.errors import ImageDecodeError
-from server.preprocess import PHOTO_SUFFIXES, decode_photo
-from training.enhance.config import DataCfg
+from clipalbum.server.errors import ImageDecodeError
+from clipalbum.server.preprocess import PHOTO_SUFFIXES, decode_photo
+from clipalbum.training.enhance.config import DataCfg
 
 log = logging.getLogger(__name__)
 

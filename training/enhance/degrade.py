@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 from torch.nn import functional as F
 
-from server.enhance.color import degrade_global
+from clipalbum.server.enhance.color import degrade_global
 
 
 @dataclass

@@ -4,7 +4,7 @@ Debian packages come through `apt-get download` (a Debian or Ubuntu machine with
 PyPI photos from the installed packages. Originals are copied byte for byte, with a NOTICE.md of
 authors and licences beside them.
 
-    python -m training.enhance.fetch_photos OUT_DIR
+    python -m clipalbum.training.enhance.fetch_photos OUT_DIR
 """
 
 from __future__ import annotations

@@ -23,7 +23,7 @@ nvidia-smi --query-gpu=name,memory.total --format=csv,noheader || true
 
 train() {  # name, extra overrides...
   local name="$1"; shift
-  "$PY" -m training.enhance.cli train training/enhance/configs/default.toml --quiet --out "/tmp/runs/$name" \
+  "$PY" -m clipalbum.training.enhance.cli train training/enhance/configs/default.toml --quiet --out "/tmp/runs/$name" \
     --set "data.folders=[\"$PHOTOS\"]" --set "train.cache_dir=\"$GUIDE_CACHE\"" \
     --set "train.minutes=$MINUTES" --set "train.steps=$STEPS" $EXTRA "$@" > "$OUT/$name.log" 2>&1
 }

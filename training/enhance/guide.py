@@ -14,7 +14,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from training.enhance.prompts import all_phrasings
+from clipalbum.training.enhance.prompts import all_phrasings
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +44,7 @@ class ClipGuide(nn.Module):
 
 
 def guide_file(cache_dir: Path) -> Path:
-    from export.default_bundle import MODEL_ID
+    from clipalbum.export.default_bundle import MODEL_ID
 
     return Path(cache_dir) / f"enhance-guide-{MODEL_ID}-g{GUIDE_VERSION}.pt"
 
@@ -52,10 +52,10 @@ def guide_file(cache_dir: Path) -> Path:
 def build_guide_file(path: Path, progress: bool = True) -> Path:
     import timm  # noqa: F401 - fails early, with its own message, where timm is missing
 
-    from export.default_bundle import MODEL_ID
-    from training.bootstrap import BootstrapConfig, build_bootstrap_model, text_spec
-    from server.textprep import TextTokenizer
-    from training.pretrained import bert_uncased_tokenizer_file
+    from clipalbum.export.default_bundle import MODEL_ID
+    from clipalbum.training.bootstrap import BootstrapConfig, build_bootstrap_model, text_spec
+    from clipalbum.server.textprep import TextTokenizer
+    from clipalbum.training.pretrained import bert_uncased_tokenizer_file
 
     config = BootstrapConfig()
     model = build_bootstrap_model(config, progress=progress)
@@ -88,7 +88,7 @@ class Guide:
     def __init__(self, path: Path, device: torch.device) -> None:
         import timm
 
-        from training.pretrained import EFFICIENTNET_LITE0_MEAN, EFFICIENTNET_LITE0_STD
+        from clipalbum.training.pretrained import EFFICIENTNET_LITE0_MEAN, EFFICIENTNET_LITE0_STD
 
         state = torch.load(path, map_location="cpu", weights_only=True)
         if state.get("version") != GUIDE_VERSION:

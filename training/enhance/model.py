@@ -15,7 +15,7 @@ from diffusers import DDIMScheduler, DDPMScheduler, UNet2DModel
 from torch import nn
 from torch.nn import functional as F
 
-from server.enhance.color import PARAM_NAMES, luma, srgb_to_linear
+from clipalbum.server.enhance.color import PARAM_NAMES, luma, srgb_to_linear
 
 # The residual is small (noise of a few percent): scaled up so that it and the diffusion noise are alike.
 RESIDUAL_SCALE = 4.0

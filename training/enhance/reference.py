@@ -5,10 +5,10 @@ from __future__ import annotations
 import torch
 from torch.nn import functional as F
 
-from server.enhance.color import correct
-from server.enhance.noise import estimate_sigma, noise_map
-from training.enhance.model import EnhanceUNet, GlobalHead, restore
-from training.enhance.trainer import params_tuple, thumbnail
+from clipalbum.server.enhance.color import correct
+from clipalbum.server.enhance.noise import estimate_sigma, noise_map
+from clipalbum.training.enhance.model import EnhanceUNet, GlobalHead, restore
+from clipalbum.training.enhance.trainer import params_tuple, thumbnail
 
 
 @torch.no_grad()

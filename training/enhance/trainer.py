@@ -16,15 +16,15 @@ from safetensors.torch import load_model, save_model
 from torch.nn import functional as F
 from tqdm import tqdm
 
-from server.enhance.color import correct
-from server.enhance.noise import estimate_sigma, noise_map
-from training.enhance.config import EnhanceConfig, config_from_dict, config_to_dict
-from training.enhance.data import PhotoPool
-from training.enhance.degrade import degrade
-from training.enhance.guide import Guide, load_guide
-from training.enhance.model import (RESIDUAL_SCALE, TRAIN_TIMESTEPS, EnhanceUNet, GlobalHead, train_scheduler)
-from training.enhance.prompts import INTENTS
-from training.trainer import lr_multiplier, pick_device, seed_everything
+from clipalbum.server.enhance.color import correct
+from clipalbum.server.enhance.noise import estimate_sigma, noise_map
+from clipalbum.training.enhance.config import EnhanceConfig, config_from_dict, config_to_dict
+from clipalbum.training.enhance.data import PhotoPool
+from clipalbum.training.enhance.degrade import degrade
+from clipalbum.training.enhance.guide import Guide, load_guide
+from clipalbum.training.enhance.model import (RESIDUAL_SCALE, TRAIN_TIMESTEPS, EnhanceUNet, GlobalHead, train_scheduler)
+from clipalbum.training.enhance.prompts import INTENTS
+from clipalbum.training.trainer import lr_multiplier, pick_device, seed_everything
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,158 @@
+"""One cache of model bundles shared by every data directory, found by model id, and a record of which data
+directory uses which bundle (for `clipalbum model list` and a safe `model remove`)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from clipalbum.server.bundle import MANIFEST_NAME
+from clipalbum.server.errors import ClipalbumError
+
+# The offline default: export/default_bundle.py builds it, and checks that it ends in training.bootstrap.RECIPE_VERSION.
+DEFAULT_MODEL_ID = "bootstrap-effnetlite0-minilm-v2"
+USES_FILE = "data-dirs.json"
+
+
+def cache_dir() -> Path:
+    """$CLIPALBUM_MODEL_CACHE, else $XDG_CACHE_HOME/clipalbum/models, else ~/.cache/clipalbum/models."""
+    if env := os.environ.get("CLIPALBUM_MODEL_CACHE"):
+        return Path(env).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(xdg).expanduser() / "clipalbum" / "models"
+
+
+def cached_bundle(model_id: str) -> Path:
+    """Where the bundle of `model_id` lives in the cache (it may not exist)."""
+    if not model_id or model_id in (".", "..") or "/" in model_id or "\\" in model_id or "\0" in model_id:
+        raise ClipalbumError(f"{model_id!r} is not a model id")
+    return cache_dir() / model_id
+
+
+def is_bundle(folder: Path) -> bool:
+    return (folder / MANIFEST_NAME).is_file()
+
+
+def folder_size(folder: Path) -> int:
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file() and not p.is_symlink())
+
+
+# -- which data directory uses which bundle -------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Use:
+    data_dir: str
+    model_id: str
+    bundle: str
+    last_used: str  # ISO 8601, UTC
+
+
+@contextlib.contextmanager
+def _locked_uses() -> Iterator[Path]:
+    """The uses file, locked against other processes updating it at the same time."""
+    folder = cache_dir()
+    folder.mkdir(parents=True, exist_ok=True)
+    with (folder / f".{USES_FILE}.lock").open("a") as lock:
+        try:
+            import fcntl
+        except ImportError:  # not POSIX: the atomic replace still keeps the file whole
+            yield folder / USES_FILE
+            return
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield folder / USES_FILE
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _read_uses(path: Path) -> dict[str, dict]:
+    try:
+        entries = json.loads(path.read_text()).get("data_dirs", {})
+    except (OSError, ValueError, AttributeError):
+        return {}  # missing or damaged: it is only a record, rebuilt as data directories are used
+    return {k: v for k, v in entries.items() if isinstance(v, dict)} if isinstance(entries, dict) else {}
+
+
+def _write_uses(path: Path, entries: dict[str, dict]) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{USES_FILE}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as out:
+            json.dump({"data_dirs": entries}, out, indent=1, sort_keys=True)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def record_use(data_dir: Path, model_id: str, bundle: Path) -> None:
+    """Notes that `data_dir` searches with `bundle`. Best effort: a read-only cache only loses the note."""
+    entry = {"model_id": model_id, "bundle": str(Path(bundle).resolve()),
+             "last_used": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    key = str(Path(data_dir).resolve())
+    with contextlib.suppress(OSError):
+        with _locked_uses() as path:
+            entries = _read_uses(path)
+            if {k: v for k, v in entries.get(key, {}).items() if k != "last_used"} == {
+                    k: v for k, v in entry.items() if k != "last_used"}:
+                return  # unchanged: no write at every start
+            entries[key] = entry
+            _write_uses(path, entries)
+
+
+def uses() -> list[Use]:
+    """The recorded data directories that still exist, with the bundle each used last."""
+    path = cache_dir() / USES_FILE
+    found = []
+    for data_dir, entry in sorted(_read_uses(path).items()):
+        if Path(data_dir).is_dir():
+            found.append(Use(data_dir=data_dir, model_id=str(entry.get("model_id", "")),
+                             bundle=str(entry.get("bundle", "")), last_used=str(entry.get("last_used", ""))))
+    return found
+
+
+# -- the bundles in the cache ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CachedBundle:
+    model_id: str
+    path: Path
+    size_bytes: int
+    used_by: list[str] = field(default_factory=list)  # data directories
+
+
+def cached_bundles() -> list[CachedBundle]:
+    folder = cache_dir()
+    if not folder.is_dir():
+        return []
+    recorded = uses()
+    found = []
+    for bundle in sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".") and is_bundle(p)):
+        users = [u.data_dir for u in recorded if Path(u.bundle) == bundle.resolve()]
+        found.append(CachedBundle(model_id=bundle.name, path=bundle, size_bytes=folder_size(bundle), used_by=users))
+    return found
+
+
+def remove_cached(model_id: str, force: bool = False) -> Path:
+    """Deletes the cached bundle of `model_id`; refuses while a data directory uses it, unless `force`."""
+    bundle = cached_bundle(model_id)
+    if not is_bundle(bundle):
+        known = ", ".join(b.model_id for b in cached_bundles()) or "none"
+        raise ClipalbumError(f"no model {model_id!r} in {cache_dir()} (cached: {known})")
+    users = [u.data_dir for u in uses() if Path(u.bundle) == bundle.resolve()]
+    if users and not force:
+        raise ClipalbumError(f"model {model_id} is used by {', '.join(users)}; remove it anyway with --force "
+                             "(the next search or index there builds or asks for a model again)")
+    # Renamed first, so a half-deleted bundle is never found under its id.
+    doomed = bundle.with_name(f".removing-{model_id}-{os.getpid()}")
+    os.replace(bundle, doomed)
+    shutil.rmtree(doomed)
+    return bundle
