@@ -86,8 +86,12 @@ def get_json(url: str) -> dict:
 
 
 def pi_path(work: Path, env: dict[str, str], bundle: Path) -> dict:
+    # Built from a copy: setuptools' build/ folder in the checkout could hold files of deleted modules.
+    source = work / "source"
+    shutil.copytree(REPO, source, ignore=shutil.ignore_patterns(
+        ".git", ".venv", "build", "dist", "runs", ".cache", ".devpack", ".whl", "*.egg-info", "__pycache__"))
     dist = work / "dist"
-    run([str(DEV_BIN / "pip"), "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(dist), str(REPO)],
+    run([str(DEV_BIN / "pip"), "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(dist), str(source)],
         env, work)
     (wheel,) = dist.glob("clipalbum-*.whl")
     venv = work / "pi-venv"

@@ -30,6 +30,7 @@ from clipalbum.server.model_resolver import resolve_bundle
 from clipalbum.server.pathnames import display
 from clipalbum.server.preprocess import load_model_input
 from clipalbum.server.query_terms import parse_terms
+from clipalbum.server.relevance import suggested_min_score
 from clipalbum.server.scanner import BATCH_SIZE, INFER_BATCH, IndexSummary, Scan
 from clipalbum.server.schemas import FailedFile, Hit, ScanProgress, SearchResponse, StatusResponse
 from clipalbum.server.settings import DataPaths
@@ -442,14 +443,15 @@ class Library:
         return servable_path(record, self._real_roots, allow_outside=self.follow_links_outside)
 
     def status(self, max_errors: int = 100) -> StatusResponse:
-        return index_status(self.store, self.model_id, self.embed_dim, self.progress, max_errors)
+        return index_status(self.store, self.model_id, self.embed_dim, self.progress, max_errors,
+                            suggested_min_score(self.encoders.manifest))
 
     def close(self) -> None:
         self.store.close()
 
 
 def index_status(store: Store, model_id: str, embed_dim: int, progress: ScanProgress,
-                 max_errors: int = 100) -> StatusResponse:
+                 max_errors: int = 100, min_score: float | None = None) -> StatusResponse:
     """Counts, albums and problems of the index in `store`, photos embedded by `model_id` counting as indexed
     (`clipalbum status` reads it without loading a model when none is there yet)."""
     counts = store.counts(model_id)
@@ -463,7 +465,7 @@ def index_status(store: Store, model_id: str, embed_dim: int, progress: ScanProg
                           roots=[display(path) for _, path in store.roots()], model_id=model_id,
                           embed_dim=embed_dim, progress=progress, errors=errors,
                           errors_truncated=len(errors) < len(walk) + counts["failed"],
-                          errors_total=len(walk) + counts["failed"])
+                          errors_total=len(walk) + counts["failed"], suggested_min_score=min_score)
 
 
 def _known_id(photo_id: int) -> int:

@@ -62,3 +62,6 @@ class StatusResponse(msgspec.Struct):
     errors_truncated: bool = False  # True when `errors` lists fewer entries than `errors_total`
     # The walk problems kept (at most the first 1,000 a scan meets: store.MAX_WALK_PROBLEMS) plus `failed`.
     errors_total: int = 0
+    # Text searches scoring below this are mostly noise with this model (measured; None: not known). The web
+    # page asks for it as min_score until "Show weaker matches".
+    suggested_min_score: float | None = None

@@ -50,10 +50,11 @@ function filters(state, k, offset) {
   return params;
 }
 
-/** Text search. */
-export function searchText(state, k, offset, signal) {
+/** Text search; minScore (or null) leaves out results scoring below it. */
+export function searchText(state, k, offset, signal, minScore = null) {
   const params = filters(state, k, offset);
   params.set("q", state.q);
+  if (minScore != null) params.set("min_score", String(minScore));
   return request(`api/search?${params}`, { signal });
 }
 

@@ -22,6 +22,7 @@ const toInput = $("to");
 const summary = $("summary");
 const message = $("message");
 const moreButton = $("more");
+const weakerButton = $("weaker");
 
 let state = emptyState();
 let upload = null; // {file, key} while the results are for an uploaded photo (not expressible in a URL)
@@ -124,6 +125,7 @@ async function runSearch() {
   exhausted = true;
   loading = false;
   moreButton.hidden = true;
+  weakerButton.hidden = true;
   hideMessage();
   if (!hasQuery()) {
     summary.textContent = "";
@@ -132,9 +134,31 @@ async function runSearch() {
     return;
   }
   summary.textContent = "Searching…";
+  await statusReady; // it says the model's cut-off for weak matches
+  if (mine !== generation) return;
   await fetchPage(mine, 0);
   if (mine === generation) showViewFromState();
 }
+
+/** The score below which a text search's results are left out until "Show weaker matches": the model's
+ * measured cut-off (from /api/status), so that a query matching nothing doesn't fill the page with noise.
+ * Photo-to-photo searches score on another scale and are never cut. */
+function cutoff() {
+  if (upload || state.similar != null || !state.q || state.weak) return null;
+  return albumStatus?.suggested_min_score ?? null;
+}
+
+/** Shows the weak matches too: by relevance they continue the list; by date the list is made again. */
+function showWeaker() {
+  state = { ...state, weak: true, view: null };
+  navigate({ ...state, uploadKey: upload?.key }, "push");
+  if (state.sort !== "relevance") { runSearch(); return; }
+  hideMessage();
+  weakerButton.hidden = true;
+  exhausted = false;
+  loadMore();
+}
+weakerButton.addEventListener("click", showWeaker);
 
 function loadMore() {
   if (loading || exhausted) return Promise.resolve(false);
@@ -147,15 +171,17 @@ async function fetchPage(mine, offset) {
   moreButton.disabled = true;
   const signal = controller.signal;
   try {
+    const cut = cutoff();
     const answer = upload ? await api.searchByPhoto(upload.file, state, PAGE, offset, signal)
       : state.similar != null ? await api.searchSimilar(state, PAGE, offset, signal)
-      : await api.searchText(state, PAGE, offset, signal);
+      : await api.searchText(state, PAGE, offset, signal, cut);
     if (mine !== generation) return false;
     if (state.similar != null && (!similarSource || similarSource.id !== state.similar)) describeSimilar(mine);
     grid.append(answer.results);
     // A short page means the end; the server's echo of k counts, since it may cap what was asked.
     exhausted = answer.results.length < (answer.k > 0 ? Math.min(answer.k, PAGE) : PAGE);
     moreButton.hidden = exhausted;
+    weakerButton.hidden = !(exhausted && cut != null && grid.hits.length > 0);
     await showSummary(answer.took_ms);
     if (viewer.isOpen) viewer.updateNav();
     requestAnimationFrame(fillScreen);
@@ -182,7 +208,8 @@ async function showSummary(tookMs) {
     : null;
   const order = state.sort === "date" ? ", by capture date" : "";
   const found = `${plural(count, "photo")}${exhausted ? "" : " so far"}${order}`;
-  summary.textContent = `${what ? `${what}: ` : ""}${found} in ${Math.round(tookMs)} ms`;
+  const cut = count > 0 && exhausted && cutoff() != null ? " · weaker matches left out" : "";
+  summary.textContent = `${what ? `${what}: ` : ""}${found} in ${Math.round(tookMs)} ms${cut}`;
   if (count > 0) return;
   await statusReady;
   const status = albumStatus;
@@ -192,6 +219,11 @@ async function showSummary(tookMs) {
       ? "Your album is being indexed. Photos will appear here as soon as they are ready."
       : `Your album has no indexed photos yet${status.roots.length ? ` (looking in ${status.roots.join(", ")})` : ""}. `
         + "Add photos there and press “Rescan album”.");
+    return;
+  }
+  if (cutoff() != null) {
+    showMessage("none", `No strong matches for “${state.q}”${state.from || state.to ? " in this date range" : ""}.`,
+      "Show weaker matches", showWeaker);
     return;
   }
   const dated = state.from || state.to;
@@ -308,7 +340,7 @@ async function showViewFromState() {
 
 function searchSimilar(hit) {
   similarSource = hit;
-  setState({ ...state, q: "", similar: hit.id, view: null }, "push", null);
+  setState({ ...state, q: "", similar: hit.id, view: null, weak: false }, "push", null);
   window.scrollTo({ top: 0 });
 }
 
@@ -317,7 +349,7 @@ function searchSimilar(hit) {
 function submitQuery(how) {
   const q = input.value.trim();
   if (q === state.q && state.similar == null && !upload) return;
-  setState({ ...state, q, similar: null, view: null }, how, null);
+  setState({ ...state, q, similar: null, view: null, weak: false }, how, null);
 }
 
 let typingTimer = 0;
@@ -369,7 +401,7 @@ function searchByPhoto(file) {
   const key = `${Date.now()}-${uploadCount}`;
   uploads.set(key, file);
   input.value = "";
-  setState({ ...state, q: "", similar: null, view: null }, "push", { file, key });
+  setState({ ...state, q: "", similar: null, view: null, weak: false }, "push", { file, key });
   window.scrollTo({ top: 0 });
 }
 

@@ -5,7 +5,8 @@ const SORTS = new Set(["relevance", "date"]);
 
 /** The default view: nothing searched yet. */
 export function emptyState() {
-  return { q: "", similar: null, sort: "relevance", from: "", to: "", view: null };
+  // weak: the text search's weak matches too (past the model's cut-off), after "Show weaker matches".
+  return { q: "", similar: null, sort: "relevance", from: "", to: "", view: null, weak: false };
 }
 
 /** Reads a state from a URL's query string; anything malformed falls back to the default. */
@@ -18,6 +19,7 @@ export function stateFromUrl(search) {
   if (DATE.test(params.get("from") || "")) state.from = params.get("from");
   if (DATE.test(params.get("to") || "")) state.to = params.get("to");
   state.view = positiveInt(params.get("view"));
+  state.weak = params.get("all") === "1";
   return state;
 }
 
@@ -30,13 +32,15 @@ export function urlFromState(state) {
   if (state.from) params.set("from", state.from);
   if (state.to) params.set("to", state.to);
   if (state.view != null) params.set("view", String(state.view));
+  if (state.weak) params.set("all", "1");
   const text = params.toString();
   return text ? `?${text}` : "";
 }
 
 /** True when two states ask the server the same question (the open viewer aside). */
 export function sameQuery(a, b) {
-  return a.q === b.q && a.similar === b.similar && a.sort === b.sort && a.from === b.from && a.to === b.to;
+  return a.q === b.q && a.similar === b.similar && a.sort === b.sort && a.from === b.from && a.to === b.to
+    && a.weak === b.weak;
 }
 
 function positiveInt(text) {

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import re
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -33,6 +34,13 @@ def search(page, server: RunningServer, text: str) -> list[str]:
     return result_names(page)
 
 
+def search_everything(page, server: RunningServer, text: str) -> list[str]:
+    """Every photo for `text`, the weak matches too (as after "Show weaker matches")."""
+    page.goto(f"{server.url}/?{urllib.parse.urlencode({'q': text, 'all': '1'})}")
+    page.locator("#grid li").first.wait_for()
+    return result_names(page)
+
+
 class TestSearchAsYouType:
     def test_typing_a_description_shows_the_matching_photo_with_count_and_time(self, page, album_server):
         names = search(page, album_server, "a cat")
@@ -55,7 +63,10 @@ class TestSearchAsYouType:
         page.goto(album_server.url + "/?q=a+cat&from=1990-01-01&to=1990-12-31")
         message = page.locator("#message")
         message.wait_for()
-        assert "No photos match" in message.inner_text()
+        assert "No strong matches for “a cat” in this date range." in message.inner_text()
+        page.get_by_role("button", name="Show weaker matches").click()  # none there either: the date is why
+        page.wait_for_function("() => document.getElementById('message').textContent.includes('No photos match')")
+        assert "all=1" in page.url
         # The server failing: the page says so, and "Try again" recovers.
         page.route("**/api/search?*", lambda route: route.fulfill(
             status=500, content_type="application/json", body='{"detail": "the index is on fire"}'))
@@ -87,7 +98,7 @@ class TestSearchAsYouType:
             route.continue_(url=url)
 
         page.route(re.compile(r".*/api/search\?.*"), small_pages)
-        page.goto(album_server.url + "/?q=a+photo")
+        page.goto(album_server.url + "/?q=a+photo&all=1")  # every photo, weak matches too
         page.locator("#grid li").first.wait_for()
         page.locator("#more").wait_for(state="hidden")
         seen = result_names(page)
@@ -95,6 +106,29 @@ class TestSearchAsYouType:
         assert len(set(seen)) == len(seen), "a photo came twice across pages"
         assert offsets == [0, 2, 4, 6, 8], offsets
         assert f"{len(ALBUM_NAMES)} photos in" in page.locator("#summary").inner_text()
+
+    def test_a_query_that_matches_nothing_shows_only_strong_matches_until_asked(self, page, album_server):
+        page.goto(album_server.url + "/?q=xkcd+blorf+qwerty")
+        page.get_by_role("button", name="Show weaker matches").wait_for()
+        strong = result_names(page)
+        assert len(strong) < len(ALBUM_NAMES)  # the model's cut-off left the noise out
+        if strong:
+            assert "weaker matches left out" in page.locator("#summary").inner_text()
+        else:
+            assert "No strong matches for “xkcd blorf qwerty”." in page.locator("#message").inner_text()
+        page.get_by_role("button", name="Show weaker matches").click()
+        page.wait_for_function("n => document.querySelectorAll('#grid li').length === n", arg=len(ALBUM_NAMES))
+        assert result_names(page)[:len(strong)] == strong  # the weak ones continue the list
+        assert "all=1" in page.url and "left out" not in page.locator("#summary").inner_text()
+        assert page.locator("#weaker").is_hidden()
+        page.go_back()  # back to the cut list
+        page.wait_for_function("() => !new URL(location).searchParams.has('all')")
+        page.wait_for_function("n => document.querySelectorAll('#grid li').length === n", arg=len(strong))
+        # A real description keeps its photo under the cut, and a new query starts cut again.
+        page.locator("#q").fill("a cat")
+        page.wait_for_function("() => new URL(location).searchParams.get('q') === 'a cat'")
+        page.locator("#grid li").first.wait_for()
+        assert "chelsea.jpg" in result_names(page)[:3] and "all=1" not in page.url
 
 
 class TestViewer:
@@ -235,7 +269,7 @@ class TestSearchByPhoto:
 
 class TestSortAndDates:
     def test_sorting_by_capture_date_puts_the_newest_first(self, page, album_server):
-        search(page, album_server, "a photo")
+        search_everything(page, album_server, "a photo")
         page.get_by_label("Sort", exact=True).select_option("date")
         page.wait_for_function("() => new URL(location).searchParams.get('sort') === 'date'")
         page.wait_for_function("() => document.getElementById('summary').textContent.includes('by capture date')")
@@ -245,7 +279,7 @@ class TestSortAndDates:
         assert shown_dated == [photo_name(n) for n in dated], names
 
     def test_a_date_range_narrows_the_results(self, page, album_server):
-        search(page, album_server, "a photo")
+        search_everything(page, album_server, "a photo")
         page.get_by_label("From", exact=True).fill("2019-01-01")
         page.get_by_label("To", exact=True).fill("2021-12-31")
         page.wait_for_function("() => new URL(location).searchParams.get('to') === '2021-12-31'")
