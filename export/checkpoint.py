@@ -46,6 +46,6 @@ def export_checkpoint(checkpoint: Path, bundle_dir: Path, quantize: Quantize = "
     return export_dual_encoder(
         model, Path(bundle_dir), model_id=model_id, tokenizer_file=tokenizer,
         image_spec=with_quantization(image_spec(cfg), "int8" if quantize == "int8" else "none"),
-        text_spec=with_quantization(text_spec(cfg), "none" if quantize == "none" else "int8"),
+        text_spec=with_quantization(text_spec(cfg, tokenizer), "none" if quantize == "none" else "int8"),
         parity_images=parity_images, description=description, metrics=metrics, progress=progress,
     )

@@ -2,14 +2,32 @@
 
 from __future__ import annotations
 
+import json
 import threading
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 from tokenizers import Tokenizer
 
 from clipalbum.server.bundle import TextSpec
+
+
+def tokenizer_lowercases(tokenizer_file: Path) -> bool:
+    """Whether the tokenizer.json's own normalizer lower-cases (an uncased vocabulary, CLIP's BPE): the
+    manifest's `lowercase` for a model trained with it. A cased vocabulary must see the text as typed."""
+    normalizer = json.loads(Path(tokenizer_file).read_text(encoding="utf-8")).get("normalizer")
+
+    def lowercases(node: Any) -> bool:
+        if not isinstance(node, dict):
+            return False
+        kind = node.get("type")
+        if kind == "Lowercase" or (kind == "BertNormalizer" and node.get("lowercase", True)):
+            return True
+        return kind == "Sequence" and any(lowercases(n) for n in node.get("normalizers", []))
+
+    return lowercases(normalizer)
 
 
 class TextTokenizer:

@@ -12,6 +12,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from clipalbum.server.bundle import ImageSpec, TextSpec
+from clipalbum.server.textprep import tokenizer_lowercases
 from clipalbum.training.config import Config
 from clipalbum.training.heads import build_head
 from clipalbum.training.loss import ContrastiveLoss
@@ -115,12 +116,15 @@ def image_spec(cfg: Config) -> ImageSpec:
                      std=tuple(cfg.image.std))
 
 
-def text_spec(cfg: Config) -> TextSpec:
-    return TextSpec(max_length=cfg.text.max_length, lowercase=True, input_names=("input_ids", "attention_mask"))
+def text_spec(cfg: Config, tokenizer: Path | None = None) -> TextSpec:
+    """What the server must do to a query for this model: lower-case it exactly when the model's own
+    tokenizer does (`tokenizer`, default the config's), and cut it at text.max_length tokens."""
+    lowercase = tokenizer_lowercases(tokenizer if tokenizer is not None else tokenizer_path(cfg))
+    return TextSpec(max_length=cfg.text.max_length, lowercase=lowercase, input_names=("input_ids", "attention_mask"))
 
 
-def tokenizer_path(cfg: Config) -> Path:
-    return tokenizer_file(cfg.text)
+def tokenizer_path(cfg: Config, out_dir: Path | None = None) -> Path:
+    return tokenizer_file(cfg.text, out_dir)
 
 
 @torch.no_grad()

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from clipalbum.training import pretrained
+from clipalbum.training.tokenizer_source import fast_tokenizer_file
 from clipalbum.training.config import ImageTowerCfg, TextTowerCfg
 
 log = logging.getLogger(__name__)
@@ -138,15 +139,28 @@ def build_text_tower(cfg: TextTowerCfg, hf_config: dict[str, Any] | None = None)
     return TextTower(encoder, int(encoder.config.hidden_size), cfg.pooling)
 
 
-def tokenizer_file(cfg: TextTowerCfg) -> Path:
-    """The tokenizer.json the text tower reads: the config's, a local checkpoint's, or the packaged BERT one."""
+def tokenizer_file(cfg: TextTowerCfg, out_dir: Path | None = None) -> Path:
+    """The tokenizer.json of the text tower's own model, never another model's vocabulary:
+
+    - `text.tokenizer` when the config names one;
+    - the packaged BERT uncased one for MiniLM, and for an untrained DistilBERT (distilbert-base-uncased's);
+    - a local checkpoint's tokenizer.json, or its vocabulary files (vocab.txt, merges, sentencepiece)
+      converted into `out_dir`/tokenizer.json;
+    - the hub model's (`hub_name`), converted into `out_dir`, where there is a network.
+    """
     if cfg.tokenizer:
-        return Path(cfg.tokenizer)
-    if cfg.pretrained not in ("none", "hub") and cfg.kind != "minilm":
-        local = Path(cfg.pretrained).expanduser() / "tokenizer.json"
-        if local.is_file():
-            return local
-    return pretrained.bert_uncased_tokenizer_file()
+        return Path(cfg.tokenizer).expanduser()
+    if cfg.kind == "minilm" or (cfg.pretrained == "none" and cfg.kind == "distilbert"):
+        return pretrained.bert_uncased_tokenizer_file()
+    if cfg.pretrained == "none":
+        raise ValueError(f"text tower kind {cfg.kind!r} with pretrained = 'none' has no vocabulary of its own; "
+                         "set text.tokenizer to a tokenizer.json")
+    if cfg.pretrained == "hub":
+        return fast_tokenizer_file(cfg.hub_name, out_dir, local_files_only=False)
+    local = Path(cfg.pretrained).expanduser()
+    if (local / "tokenizer.json").is_file():
+        return local / "tokenizer.json"
+    return fast_tokenizer_file(str(local), out_dir, local_files_only=True)
 
 
 def set_trainable(tower: nn.Module, freeze: bool, trainable: list[str]) -> int:

@@ -112,7 +112,7 @@ class Trainer:
         if cfg.train.threads:
             torch.set_num_threads(cfg.train.threads)
         self.log_file = self.run_dir / "log.jsonl"
-        self.tokenizer_file = tokenizer_path(cfg)  # copied into every checkpoint
+        self.tokenizer_file = tokenizer_path(cfg, self.run_dir)  # copied into every checkpoint
 
     # -- logging and checkpoints -------------------------------------------------------------------
 
@@ -249,7 +249,7 @@ class Trainer:
         seed_everything(cfg.train.seed)
         train, val = self.prepare_data()
         model = build_model(cfg).to(self.device)
-        collate = Collate(self.tokenizer_file, text_spec(cfg))
+        collate = Collate(self.tokenizer_file, text_spec(cfg, self.tokenizer_file))
         self.val_features = None
         if self.caches_image_features():
             log.info("image tower frozen and no augmentation: computing its features once")
