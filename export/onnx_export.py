@@ -135,6 +135,7 @@ def export_dual_encoder(
     description: str = "",
     metrics: dict[str, float] | None = None,
     progress: bool = False,
+    min_cosine: dict[str, float] | None = None,
 ) -> Manifest:
     """Writes a complete, checksummed model bundle for `model` to `out_dir` and returns its manifest.
 
@@ -148,7 +149,8 @@ def export_dual_encoder(
         quantize: "int8" quantizes both towers dynamically; "none" leaves each tower as its spec's
             `quantization` says (fp32 unless set; with_quantization picks one tower).
         parity_images / parity_texts: real inputs on which torch and ONNX Runtime outputs are compared;
-            the minimum cosines go into manifest.metrics and a poor one raises ParityError.
+            the minimum cosines go into manifest.metrics and one under `min_cosine` (by precision, default
+            MIN_PARITY_COSINE) raises ParityError.
     Returns:
         The manifest written (with sha256 of every file).
     """
@@ -209,11 +211,12 @@ def export_dual_encoder(
         )
         log.info("parity (min cosine torch vs ONNX): image %.5f (%s), text %.5f (%s)", image_cos,
                  image_spec.quantization, text_cos, text_spec.quantization)
+        floors = min_cosine or MIN_PARITY_COSINE
         for tower, cos, quant in (("image", image_cos, image_spec.quantization),
                                   ("text", text_cos, text_spec.quantization)):
-            if not cos >= MIN_PARITY_COSINE[quant]:
-                raise ParityError(f"{tower} tower: ONNX ({quant}) output differs from torch (min cosine {cos:.4f} < "
-                                  f"{MIN_PARITY_COSINE[quant]}); the bundle was not written")
+            if not cos >= floors[quant]:
+                raise ParityError(f"{tower} tower: ONNX ({quant}) output differs from torch (min cosine {cos:.6f} < "
+                                  f"{floors[quant]}); the bundle was not written")
         steps.update()
 
         # 5) tokenizer, manifest (written last), then the atomic swap into place.

@@ -373,6 +373,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(info)
     info.add_argument("--json", action="store_true", help="print JSON")
     info.set_defaults(func=cmd_model_info)
+    # Parsed by export/import_cli.py (torch): main() hands it the arguments; listed here for --help.
+    model_sub.add_parser("import", help="import a pretrained CLIP (transformers) as a bundle; see "
+                         "`clipalbum model import --help`", add_help=False)
     remove = model_sub.add_parser("remove", help="delete a bundle from the model cache")
     remove.add_argument("model_id", help="the model id, as `clipalbum model list` shows it")
     remove.add_argument("--force", action="store_true", help="remove it even while a data directory uses it")
@@ -467,10 +470,13 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     delegated = bool(argv) and argv[0] in (*DELEGATED, "enhance")
-    args = build_parser().parse_args(argv[:1] if delegated else argv)
+    importing = argv[:2] == ["model", "import"]  # export/import_cli.py parses the rest
+    args = build_parser().parse_args(argv[:1] if delegated else argv[:2] if importing else argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     try:
+        if importing:
+            return delegate("clipalbum.export.import_cli", "export", "model import", argv[2:])
         if delegated and argv[0] == "enhance":
             from clipalbum.server.enhance.cli import main as enhance_main
 

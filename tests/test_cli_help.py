@@ -32,7 +32,8 @@ def parser_of(module: str, argv: list[str]) -> argparse.ArgumentParser:
 # Commands whose modules build their own parser: (module, arguments that reach it).
 DELEGATED = [("clipalbum.server.enhance.cli", []), ("clipalbum.server.enhance.cli", ["eval"]),
              ("clipalbum.training.cli", []), ("clipalbum.training.cli", ["split"]), ("clipalbum.export.cli", []),
-             ("clipalbum.training.enhance.cli", ["train"]), ("clipalbum.export.enhance_cli", ["export"])]
+             ("clipalbum.training.enhance.cli", ["train"]), ("clipalbum.export.enhance_cli", ["export"]),
+             ("clipalbum.export.import_cli", [])]
 
 
 def options(parser: argparse.ArgumentParser, path: str) -> Iterator[tuple[str, argparse.Action]]:

@@ -1,0 +1,46 @@
+"""`clipalbum model import SOURCE --out BUNDLE`: a pretrained CLIP checkpoint -> a model bundle."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="clipalbum model import", description=(
+        "Import a pretrained CLIP (a transformers CLIPModel folder, or a hub name where there is a network) as "
+        "a model bundle: ONNX towers checked against the original on real photos and captions, its own "
+        "preprocessing and tokenizer recorded. Serve it with --model BUNDLE."))
+    parser.add_argument("source", help="a folder holding config.json, the weights and the tokenizer, or a hub "
+                        "name such as openai/clip-vit-base-patch32 (downloads it)")
+    parser.add_argument("--out", required=True, help="the bundle folder to write (replaced atomically)")
+    parser.add_argument("--quantize", choices=["none", "text-int8", "int8"], default="none",
+                        help="int8: both towers dynamically quantized; text-int8: the text tower only, for "
+                             "faster queries (default none); refused when a tower loses more than its gate")
+    parser.add_argument("--model-id", help="the bundle's model id (default: hf-NAME-DIGEST of the weights)")
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    args = parser.parse_args(argv)
+    logging.getLogger("clipalbum.export").setLevel(logging.INFO)
+    if args.quiet:
+        from transformers.utils import logging as transformers_logging
+
+        transformers_logging.disable_progress_bar()
+    from clipalbum.export.model_import import import_model
+    from clipalbum.export.onnx_export import ParityError
+
+    try:
+        manifest = import_model(args.source, Path(args.out), quantize=args.quantize, model_id=args.model_id,
+                                progress=not args.quiet)
+    except ParityError as exc:
+        print(f"clipalbum model import: refused: {exc}", file=sys.stderr)
+        return 3
+    figures = ", ".join(f"{k} {v:.6f}" for k, v in sorted(manifest.metrics.items()))
+    print(f"model bundle {manifest.model_id} ({manifest.embed_dim}-d) written to {args.out}; {figures}")
+    print(f"try it: clipalbum index ALBUM --model {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

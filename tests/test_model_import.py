@@ -1,0 +1,178 @@
+"""`clipalbum model import` on a small random transformers CLIP built here (nothing is downloaded): import ->
+bundle -> index -> search, parity with the original torch model, and the refusals."""
+
+from __future__ import annotations
+
+import json
+from contextlib import closing
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("torch", reason="importing a checkpoint needs clipalbum[export]")
+
+import torch  # noqa: E402
+
+from clipalbum.server.bundle import read_manifest  # noqa: E402
+from clipalbum.server.cli import main  # noqa: E402
+from clipalbum.server.encoders import load_encoders  # noqa: E402
+from clipalbum.server.library import Library  # noqa: E402
+from clipalbum.server.preprocess import load_model_input  # noqa: E402
+from clipalbum.server.settings import data_paths  # noqa: E402
+from tests.conftest import SAMPLE_PHOTOS  # noqa: E402
+
+CAPTIONS = list(SAMPLE_PHOTOS.values()) + ["a dog running on the beach", "snow on the mountains at sunset",
+                                           "two children playing football in a park", "a bowl of soup"]
+
+
+def clip_tokenizer(folder: Path) -> int:
+    """A byte-level BPE tokenizer.json as CLIP's is built (lower-casing normalizer, start and end tokens),
+    trained on a few captions; returns its vocabulary size."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+
+    bpe = Tokenizer(models.BPE())
+    bpe.normalizer = normalizers.Sequence([normalizers.NFC(), normalizers.Lowercase()])
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=["<|startoftext|>", "<|endoftext|>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    bpe.train_from_iterator(CAPTIONS * 3, trainer)
+    bpe.post_processor = processors.TemplateProcessing(
+        single="<|startoftext|> $A <|endoftext|>", special_tokens=[("<|startoftext|>", 0), ("<|endoftext|>", 1)])
+    bpe.save(str(folder / "tokenizer.json"))
+    return bpe.get_vocab_size()
+
+
+def tiny_clip(folder: Path, mean: tuple[float, ...] | None = None, resample: int | None = None) -> Path:
+    """A random transformers CLIPModel (ViT and text transformer, a few thousand weights) saved as a hub
+    checkpoint is: config.json, weights, tokenizer.json, and optionally preprocessor_config.json."""
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel
+
+    folder.mkdir(parents=True)
+    vocab = clip_tokenizer(folder)
+    torch.manual_seed(0)
+    config = CLIPConfig(
+        text_config=dict(vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=2, max_position_embeddings=32, bos_token_id=0, eos_token_id=1,
+                         pad_token_id=1),
+        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                           image_size=64, patch_size=16),
+        projection_dim=24)
+    CLIPModel(config).save_pretrained(str(folder))
+    if mean is not None or resample is not None:
+        CLIPImageProcessor(size={"shortest_edge": 64}, crop_size={"height": 64, "width": 64},
+                           image_mean=list(mean or (0.48145466, 0.4578275, 0.40821073)),
+                           resample=3 if resample is None else resample).save_pretrained(str(folder))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def imported(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("import")
+    source = tiny_clip(root / "tiny-clip", mean=(0.5, 0.4, 0.3))
+    assert main(["model", "import", str(source), "--out", str(root / "bundle"), "-q"]) == 0
+    return source, root / "bundle"
+
+
+def test_the_bundle_records_the_models_own_preprocessing_and_tokenizer(imported: tuple[Path, Path]) -> None:
+    source, bundle = imported
+    manifest = read_manifest(bundle)
+    assert manifest.embed_dim == 24 and manifest.model_id.startswith("hf-tiny-clip-")
+    assert (manifest.image.size, manifest.image.resize, manifest.image.mean) == (64, "shortest_crop", (0.5, 0.4, 0.3))
+    assert manifest.text.max_length == 32 and manifest.text.lowercase  # CLIP's tokenizer lower-cases
+    assert (bundle / "tokenizer.json").read_bytes() == (source / "tokenizer.json").read_bytes()
+    assert manifest.metrics["parity_image_min_cosine"] >= 0.9999
+    assert manifest.metrics["parity_text_min_cosine"] >= 0.9999
+    assert manifest.metrics["preprocess_min_cosine"] > 0.99  # clipalbum's pixels against CLIPImageProcessor's
+
+
+def test_served_vectors_match_the_original_model_on_real_photos_and_captions(imported: tuple[Path, Path]) -> None:
+    from transformers import CLIPModel
+
+    source, bundle = imported
+    original = CLIPModel.from_pretrained(str(source), local_files_only=True).eval()
+    encoders = load_encoders(bundle)
+    photos = sorted(Path(p) for p in _sample_photos())
+    pixels = np.stack([load_model_input(p, encoders.manifest.image) for p in photos])
+    tokens = encoders.text.tokenize(CAPTIONS)
+    with torch.no_grad():
+        images = original.get_image_features(pixel_values=torch.from_numpy(pixels))
+        texts = original.get_text_features(input_ids=torch.from_numpy(tokens["input_ids"]),
+                                           attention_mask=torch.from_numpy(tokens["attention_mask"]))
+    for ours, theirs in ((encoders.image.encode(pixels), images), (encoders.text.encode(CAPTIONS), texts)):
+        theirs = getattr(theirs, "pooler_output", theirs).numpy()
+        theirs /= np.linalg.norm(theirs, axis=1, keepdims=True)
+        assert float((ours * theirs).sum(axis=1).min()) >= 0.9999
+
+
+def test_an_imported_bundle_indexes_and_searches(imported: tuple[Path, Path], tmp_path: Path,
+                                                 sample_album: Path) -> None:
+    _, bundle = imported
+    with closing(Library.open(data_paths(tmp_path / "data"), model=bundle, roots=[str(sample_album)])) as library:
+        assert library.index().added == len(SAMPLE_PHOTOS)
+        hits = library.search_text("a cat", k=3).results
+        assert len(hits) == 3 and library.status().embed_dim == 24
+        assert library.similar(hits[0].id, k=1).results[0].id != hits[0].id
+
+
+def test_text_int8_passes_its_gate_or_is_refused_with_the_figures(imported: tuple[Path, Path], tmp_path: Path,
+                                                                  capsys: pytest.CaptureFixture) -> None:
+    source, _ = imported
+    code = main(["model", "import", str(source), "--out", str(tmp_path / "int8"), "--quantize", "text-int8", "-q"])
+    out, err = capsys.readouterr()
+    if code == 0:
+        manifest = read_manifest(tmp_path / "int8")
+        assert manifest.text.quantization == "int8" and manifest.image.quantization == "fp32"
+        assert manifest.metrics["parity_text_min_cosine"] >= 0.99 and manifest.model_id.endswith("-text-int8")
+    else:
+        assert code == 3 and "refused: text tower: ONNX (int8)" in err and "min cosine" in err
+        assert not (tmp_path / "int8").exists()
+
+
+def test_a_tower_under_its_gate_is_refused_and_nothing_is_written(imported: tuple[Path, Path], tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch,
+                                                                  capsys: pytest.CaptureFixture) -> None:
+    from clipalbum.export import model_import
+
+    source, _ = imported
+    monkeypatch.setattr(model_import, "PARITY_FLOORS", {"fp32": 1.5, "int8": 1.5})  # no graph can pass
+    assert main(["model", "import", str(source), "--out", str(tmp_path / "never"), "-q"]) == 3
+    err = capsys.readouterr().err
+    assert "refused: image tower: ONNX (fp32) output differs from torch (min cosine 1.000000 < 1.5)" in err
+    assert not (tmp_path / "never").exists() and not list(tmp_path.glob(".never*"))
+
+
+@pytest.mark.parametrize(("problem", "message"), [
+    ("bilinear", "resampling 2 (clipalbum resizes bicubic)"),
+    ("not clip", "clipalbum model import takes CLIP"),
+    ("no tokenizer", "no tokenizer found"),
+    ("another model's tokenizer", "it is not this model's tokenizer"),
+    ("missing", "not a transformers checkpoint folder or hub name"),
+])
+def test_checkpoints_a_bundle_cannot_express_are_refused_in_one_line(tmp_path: Path, problem: str, message: str,
+                                                                     capsys: pytest.CaptureFixture) -> None:
+    source = tmp_path / "source"
+    if problem == "bilinear":
+        tiny_clip(source, resample=2)
+    elif problem == "not clip":
+        source.mkdir()
+        (source / "config.json").write_text(json.dumps({"model_type": "bert"}))
+    elif problem == "no tokenizer":
+        tiny_clip(source)
+        (source / "tokenizer.json").unlink()
+    elif problem == "another model's tokenizer":
+        from clipalbum.training.pretrained import bert_uncased_tokenizer_file
+
+        tiny_clip(source)
+        (source / "tokenizer.json").write_bytes(bert_uncased_tokenizer_file().read_bytes())
+    assert main(["model", "import", str(source), "--out", str(tmp_path / "out"), "-q"]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "out").exists()
+
+
+def _sample_photos() -> list[Path]:
+    from clipalbum.export.default_bundle import parity_photos
+
+    return parity_photos()
