@@ -1,0 +1,121 @@
+"""What an imported CLIP costs on this machine: bundle size, indexing photos/s and text-query latency for real
+architectures (random weights: the same graphs, so the same speed), side by side with the default bundle in
+the same run; prints JSON.
+
+Each architecture is built with transformers' CLIPConfig at its published sizes, saved as a checkpoint
+folder, and imported with `clipalbum model import` (the code path, parity gates included). The stand-in
+tokenizer is the packaged BERT-uncased one (English queries come out at about CLIP's token counts).
+
+    python bench/import_speed.py [--arch vit-b-32 vit-b-16] [--quantize none text-int8] [--photos 32]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from contextlib import closing
+from pathlib import Path
+
+from serving import queries, resolve_model
+
+from clipalbum.server.demo import skimage_data_dir
+from clipalbum.server.encoders import load_encoders
+from clipalbum.server.library import Library
+from clipalbum.server.settings import data_paths
+
+# transformers CLIPConfig sizes of the published checkpoints (openai/clip-vit-base-patch32 and -patch16).
+ARCHITECTURES = {
+    "vit-b-32": {"patch_size": 32},
+    "vit-b-16": {"patch_size": 16},
+}
+PHOTOS = ["astronaut.png", "chelsea.png", "coffee.png", "rocket.jpg", "motorcycle_left.png",
+          "hubble_deep_field.jpg", "retina.jpg", "page.png"]
+
+
+def random_checkpoint(arch: str, folder: Path) -> Path:
+    import torch
+    from transformers import CLIPConfig, CLIPModel
+
+    from clipalbum.training.pretrained import bert_uncased_tokenizer_file
+
+    torch.manual_seed(0)
+    config = CLIPConfig(text_config={"bos_token_id": 101, "eos_token_id": 102, "pad_token_id": 0},
+                        vision_config=ARCHITECTURES[arch])
+    CLIPModel(config).save_pretrained(str(folder))
+    shutil.copyfile(bert_uncased_tokenizer_file(), folder / "tokenizer.json")
+    return folder
+
+
+def album(folder: Path, photos: int) -> Path:
+    source = skimage_data_dir()
+    folder.mkdir(parents=True)
+    for i in range(photos):
+        name = PHOTOS[i % len(PHOTOS)]
+        shutil.copyfile(source / name, folder / f"{i:03d}-{name}")
+    return folder
+
+
+def measure(bundle: Path, photos: Path, work: Path, texts: list[str]) -> dict:
+    size = sum(p.stat().st_size for p in bundle.iterdir() if p.is_file())
+    with closing(Library.open(data_paths(work), model=bundle, roots=[str(photos)])) as library:
+        summary = library.index()
+    encoders = load_encoders(bundle)
+    for text in texts[:5]:
+        encoders.text.encode([text])  # warm-up
+    times = []
+    for text in texts:
+        started = time.perf_counter()
+        encoders.text.encode([text])
+        times.append((time.perf_counter() - started) * 1000)
+    times.sort()
+    return {"model_id": encoders.manifest.model_id, "embed_dim": encoders.manifest.embed_dim,
+            "bundle_mb": round(size / 1e6, 1), "index_photos_per_s": round(summary.embedded / summary.seconds, 2),
+            "text_query_ms_p50": round(statistics.median(times), 2),
+            "text_query_ms_p95": round(times[int(0.95 * (len(times) - 1))], 2),
+            "parity": {k: round(v, 6) for k, v in encoders.manifest.metrics.items() if "parity" in k}}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--arch", nargs="+", default=list(ARCHITECTURES), choices=list(ARCHITECTURES),
+                        help="architectures to import (default: all)")
+    parser.add_argument("--quantize", nargs="+", default=["none", "text-int8"], choices=["none", "text-int8", "int8"],
+                        help="import variants to measure (default: none text-int8)")
+    parser.add_argument("--photos", type=int, default=32, help="photos indexed per model (default 32)")
+    parser.add_argument("--queries", type=int, default=60, help="text queries timed per model (default 60)")
+    parser.add_argument("--model", help="the baseline bundle (default: the default model)")
+    args = parser.parse_args()
+    from clipalbum.export.model_import import import_model
+
+    texts, source = queries(args.queries)
+    report: dict = {"machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count()},
+                    "photos": args.photos, "queries": f"{len(texts)} {source}", "models": {}}
+    with tempfile.TemporaryDirectory(prefix="bench-import-") as tmp:
+        root = Path(tmp)
+        photos = album(root / "album", args.photos)
+        report["models"]["default"] = measure(resolve_model(args.model), photos, root / "data-default", texts)
+        for arch in args.arch:
+            checkpoint = random_checkpoint(arch, root / arch)
+            for quantize in args.quantize:
+                bundle = root / f"{arch}-{quantize}"
+                started = time.perf_counter()
+                import_model(str(checkpoint), bundle, quantize=quantize, progress=False)
+                imported_s = time.perf_counter() - started
+                result = {**measure(bundle, photos, root / f"data-{arch}-{quantize}", texts),
+                          "import_seconds": round(imported_s, 1)}
+                report["models"][f"{arch} {quantize}"] = result
+                shutil.rmtree(bundle)
+                print(json.dumps({arch: quantize, **result}), flush=True, file=sys.stderr)  # progress
+    print(json.dumps(report, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
