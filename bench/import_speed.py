@@ -2,11 +2,12 @@
 architectures (random weights: the same graphs, so the same speed), side by side with the default bundle in
 the same run; prints JSON.
 
-Each architecture is built with transformers' CLIPConfig at its published sizes, saved as a checkpoint
-folder, and imported with `clipalbum model import` (the code path, parity gates included). The stand-in
-tokenizer is the packaged BERT-uncased one (English queries come out at about CLIP's token counts).
+The transformers ones are built with CLIPConfig at their published sizes and saved as a checkpoint folder
+(the stand-in tokenizer is the packaged BERT-uncased one: English queries come out at about CLIP's token
+counts); the OpenCLIP ones are imported by name with random weights (`--pretrained none`, OpenAI's BPE).
+All go through `clipalbum model import`, parity gates included.
 
-    python bench/import_speed.py [--arch vit-b-32 vit-b-16] [--quantize none text-int8] [--photos 32]
+    python bench/import_speed.py [--arch vit-b-32 rn50 ...] [--quantize none text-int8] [--photos 32]
 """
 
 from __future__ import annotations
@@ -30,16 +31,28 @@ from clipalbum.server.encoders import load_encoders
 from clipalbum.server.library import Library
 from clipalbum.server.settings import data_paths
 
-# transformers CLIPConfig sizes of the published checkpoints (openai/clip-vit-base-patch32 and -patch16).
-ARCHITECTURES = {
-    "vit-b-32": {"patch_size": 32},
-    "vit-b-16": {"patch_size": 16},
+# transformers CLIPConfig sizes of the published checkpoints (openai/clip-vit-base-patch32 and -patch16), and
+# open_clip architectures by name (imported with --pretrained none).
+ARCHITECTURES: dict[str, tuple[str, object]] = {
+    "vit-b-32": ("hf", {"patch_size": 32}),
+    "vit-b-16": ("hf", {"patch_size": 16}),
+    "rn50": ("open_clip", "RN50"),
+    "vit-b-32-256": ("open_clip", "ViT-B-32-256"),
+    "mobileclip2-s0": ("open_clip", "MobileCLIP2-S0"),
 }
 PHOTOS = ["astronaut.png", "chelsea.png", "coffee.png", "rocket.jpg", "motorcycle_left.png",
           "hubble_deep_field.jpg", "retina.jpg", "page.png"]
 
 
-def random_checkpoint(arch: str, folder: Path) -> Path:
+def random_source(arch: str, folder: Path) -> tuple[str, str | None]:
+    """What `clipalbum model import` takes for `arch`: (SOURCE, --pretrained)."""
+    kind, spec = ARCHITECTURES[arch]
+    if kind == "open_clip":
+        return f"open_clip:{spec}", "none"
+    return str(random_checkpoint(spec, folder)), None
+
+
+def random_checkpoint(vision: dict, folder: Path) -> Path:
     import torch
     from transformers import CLIPConfig, CLIPModel
 
@@ -47,7 +60,7 @@ def random_checkpoint(arch: str, folder: Path) -> Path:
 
     torch.manual_seed(0)
     config = CLIPConfig(text_config={"bos_token_id": 101, "eos_token_id": 102, "pad_token_id": 0},
-                        vision_config=ARCHITECTURES[arch])
+                        vision_config=vision)
     CLIPModel(config).save_pretrained(str(folder))
     shutil.copyfile(bert_uncased_tokenizer_file(), folder / "tokenizer.json")
     return folder
@@ -86,6 +99,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--arch", nargs="+", default=list(ARCHITECTURES), choices=list(ARCHITECTURES),
                         help="architectures to import (default: all)")
+    parser.add_argument("--no-baseline", action="store_true", help="skip measuring the default bundle")
     parser.add_argument("--quantize", nargs="+", default=["none", "text-int8"], choices=["none", "text-int8", "int8"],
                         help="import variants to measure (default: none text-int8)")
     parser.add_argument("--photos", type=int, default=32, help="photos indexed per model (default 32)")
@@ -100,13 +114,14 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="bench-import-") as tmp:
         root = Path(tmp)
         photos = album(root / "album", args.photos)
-        report["models"]["default"] = measure(resolve_model(args.model), photos, root / "data-default", texts)
+        if not args.no_baseline:
+            report["models"]["default"] = measure(resolve_model(args.model), photos, root / "data-default", texts)
         for arch in args.arch:
-            checkpoint = random_checkpoint(arch, root / arch)
+            source, pretrained = random_source(arch, root / arch)
             for quantize in args.quantize:
                 bundle = root / f"{arch}-{quantize}"
                 started = time.perf_counter()
-                import_model(str(checkpoint), bundle, quantize=quantize, progress=False)
+                import_model(source, bundle, quantize=quantize, progress=False, pretrained=pretrained)
                 imported_s = time.perf_counter() - started
                 result = {**measure(bundle, photos, root / f"data-{arch}-{quantize}", texts),
                           "import_seconds": round(imported_s, 1)}

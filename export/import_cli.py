@@ -10,11 +10,14 @@ from pathlib import Path
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="clipalbum model import", description=(
-        "Import a pretrained CLIP (a transformers CLIPModel folder, or a hub name where there is a network) as "
-        "a model bundle: ONNX towers checked against the original on real photos and captions, its own "
-        "preprocessing and tokenizer recorded. Serve it with --model BUNDLE."))
-    parser.add_argument("source", help="a folder holding config.json, the weights and the tokenizer, or a hub "
-                        "name such as openai/clip-vit-base-patch32 (downloads it)")
+        "Import a pretrained CLIP as a model bundle: a transformers CLIPModel (a folder, or a hub name where "
+        "there is a network) or an OpenCLIP model. ONNX towers are checked against the original on real photos "
+        "and captions; its own preprocessing and tokenizer are recorded. Serve it with --model BUNDLE."))
+    parser.add_argument("source", help="a folder holding config.json, the weights and the tokenizer; a hub name "
+                        "such as openai/clip-vit-base-patch32 (downloads it); or open_clip:ARCH, e.g. "
+                        "open_clip:ViT-B-32, with --pretrained")
+    parser.add_argument("--pretrained", metavar="FILE|TAG", help="for open_clip:ARCH: a local weights file, or "
+                        "one of open_clip's tags for ARCH (downloads it), or 'none' for random weights")
     parser.add_argument("--out", required=True, help="the bundle folder to write (replaced atomically)")
     parser.add_argument("--quantize", choices=["none", "text-int8", "int8"], default="none",
                         help="int8: both towers dynamically quantized; text-int8: the text tower only, for "
@@ -32,7 +35,7 @@ def main(argv: list[str]) -> int:
 
     try:
         manifest = import_model(args.source, Path(args.out), quantize=args.quantize, model_id=args.model_id,
-                                progress=not args.quiet)
+                                progress=not args.quiet, pretrained=args.pretrained)
     except ParityError as exc:
         print(f"clipalbum model import: refused: {exc}", file=sys.stderr)
         return 3

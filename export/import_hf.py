@@ -6,7 +6,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +13,7 @@ import torch
 from tokenizers import Tokenizer
 from torch import nn
 
+from clipalbum.export.imported import ImportedModel
 from clipalbum.server.bundle import ImageSpec, TextSpec
 from clipalbum.server.errors import ClipalbumError
 from clipalbum.server.textprep import tokenizer_lowercases
@@ -43,19 +43,7 @@ class HfClipTowers(nn.Module):
         return self._features(self.clip.get_text_features(input_ids=input_ids, attention_mask=attention_mask))
 
 
-@dataclass
-class HfImport:
-    source: str  # where from_pretrained reads it: a local folder's path or the hub name
-    is_local: bool
-    towers: HfClipTowers
-    image_spec: ImageSpec
-    text_spec: TextSpec
-    tokenizer_file: Path
-    model_id: str
-    description: str
-
-
-def load_hf_clip(source: str, work: Path, model_id: str | None = None) -> HfImport:
+def load_hf_clip(source: str, work: Path, model_id: str | None = None) -> ImportedModel:
     """Loads SOURCE (a local transformers folder, or a hub name where there is a network) and reads the
     preprocessing and tokenizer that go with it. Raises ClipalbumError for what a bundle cannot express."""
     from transformers import AutoConfig, CLIPModel
@@ -71,7 +59,8 @@ def load_hf_clip(source: str, work: Path, model_id: str | None = None) -> HfImpo
         raise ClipalbumError(f"{source} is a {config.model_type!r} model; clipalbum model import takes CLIP "
                              "(transformers CLIPModel) checkpoints")
     clip = CLIPModel.from_pretrained(where, local_files_only=is_local).eval()
-    image_spec = hf_image_spec(where, is_local, int(config.vision_config.image_size))
+    image_size = int(config.vision_config.image_size)
+    image_spec = hf_image_spec(where, is_local, image_size)
     tokenizer = local / "tokenizer.json" if is_local and (local / "tokenizer.json").is_file() else None
     if tokenizer is None:
         from clipalbum.training.tokenizer_source import fast_tokenizer_file
@@ -82,16 +71,18 @@ def load_hf_clip(source: str, work: Path, model_id: str | None = None) -> HfImpo
             raise ClipalbumError(str(exc)) from exc
     vocabulary = Tokenizer.from_file(str(tokenizer)).get_vocab_size()
     if vocabulary > int(config.text_config.vocab_size):
-        raise ClipalbumError(f"{tokenizer} has {vocabulary} tokens but the text model only {config.text_config.vocab_size}: "
-                             "it is not this model's tokenizer")
+        raise ClipalbumError(f"{tokenizer} has {vocabulary} tokens but the text model only "
+                             f"{config.text_config.vocab_size}: it is not this model's tokenizer")
     text_spec = TextSpec(max_length=int(config.text_config.max_position_embeddings),
                          lowercase=tokenizer_lowercases(tokenizer), input_names=("input_ids", "attention_mask"))
-    return HfImport(source=where, is_local=is_local, towers=HfClipTowers(clip), image_spec=image_spec, text_spec=text_spec, tokenizer_file=tokenizer,
-                    model_id=model_id or default_model_id(source, clip),
-                    description=f"{source}: transformers CLIPModel, imported by clipalbum model import")
+    return ImportedModel(
+        towers=HfClipTowers(clip), image_spec=image_spec, text_spec=text_spec, tokenizer_file=tokenizer,
+        model_id=model_id or default_model_id("hf", source, clip),
+        description=f"{source}: transformers CLIPModel, imported by clipalbum model import",
+        reference_pixels=lambda photos: processor_pixels(where, is_local, photos, image_size))
 
 
-def image_processor(where: str, is_local: bool, image_size: int):
+def image_processor(where: str, is_local: bool, image_size: int) -> object:
     """The checkpoint's CLIPImageProcessor (its defaults where the checkpoint has no preprocessor_config.json:
     OpenAI's mean and std, shortest side to the model's size, centre crop)."""
     from transformers import CLIPImageProcessor
@@ -128,22 +119,22 @@ def _entry(sizes: object, key: str) -> int | None:
     return None if value is None else int(value)
 
 
-def default_model_id(source: str, model: nn.Module) -> str:
-    """'hf-' + the source's last name + a digest of the weights: a changed checkpoint gets a new id (and the
-    index re-embeds), the same one keeps it."""
+def default_model_id(family: str, source: str, model: nn.Module) -> str:
+    """FAMILY-NAME-DIGEST: the source's last name and a digest of the weights, so a changed checkpoint gets a
+    new id (and the index re-embeds) and the same one keeps it."""
     digest = hashlib.sha256()
     for name, tensor in sorted(model.state_dict().items()):
         digest.update(name.encode())
         digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
     name = re.sub(r"[^a-z0-9]+", "-", Path(source.rstrip("/")).name.lower()).strip("-") or "clip"
-    return f"hf-{name[:40]}-{digest.hexdigest()[:10]}"
+    return f"{family}-{name[:40]}-{digest.hexdigest()[:10]}"
 
 
 def processor_pixels(where: str, is_local: bool, photos: list[Path], image_size: int) -> np.ndarray:
     """The checkpoint's own processor's pixels for `photos` (to measure how far clipalbum's preprocessing is
     from the original's)."""
-    from PIL import Image
+    from clipalbum.server.preprocess import decode_photo
 
-    images = [Image.open(p).convert("RGB") for p in photos]
+    images = [decode_photo(p, min_side=1 << 30).image.convert("RGB") for p in photos]  # full size
     processor = image_processor(where, is_local, image_size)
     return processor(images=images, return_tensors="np")["pixel_values"].astype(np.float32)

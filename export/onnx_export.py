@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
 import tempfile
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Literal, TypeVar
 
@@ -72,11 +74,23 @@ class _TextTower(nn.Module):
         return nn.functional.normalize(self.model.encode_text(**dict(zip(self.input_names, inputs))), dim=-1)
 
 
+@contextlib.contextmanager
+def _without_mha_fastpath() -> Iterator[None]:
+    """nn.MultiheadAttention (OpenCLIP's towers) takes a fused kernel in eval mode that has no ONNX export;
+    the plain path computes the same."""
+    enabled = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)
+    try:
+        yield
+    finally:
+        torch.backends.mha.set_fastpath_enabled(enabled)
+
+
 def _export_graph(module: nn.Module, args: tuple[torch.Tensor, ...], path: Path, input_names: list[str],
                   output_name: str, dynamic_axes: dict[str, dict[int, str]]) -> None:
     # The TorchScript exporter (dynamo=False) handles timm CNNs and transformers BERTs reliably here,
     # with symbolic batch/token axes; the dynamo exporter trips over data-dependent mask code.
-    with torch.inference_mode(), warnings.catch_warnings():
+    with torch.inference_mode(), warnings.catch_warnings(), _without_mha_fastpath():
         # Tracer warnings about Python-side checks on shapes and masks: those branches are the same for every
         # input the graph receives (masks are always given), and parity below checks the result anyway.
         warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)

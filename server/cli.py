@@ -320,7 +320,18 @@ def cmd_eval(args: argparse.Namespace) -> int:
     bundle = resolve_bundle(data_paths(args.data_dir), args.model)
     report = evaluate_bundle(bundle, Path(args.images), Path(args.captions), progress=not args.quiet,
                              limit=args.limit)
-    print(msgspec.json.encode(report).decode() if args.json else report.describe())
+    if args.against is None:
+        print(msgspec.json.encode(report).decode() if args.json else report.describe())
+        return 0
+    from clipalbum.server.evaluate import side_by_side
+    from clipalbum.server.model_resolver import named_bundle
+
+    baseline = evaluate_bundle(named_bundle(args.against), Path(args.images), Path(args.captions),
+                               progress=not args.quiet, limit=args.limit)
+    if args.json:
+        print(msgspec.json.encode({"model": report, "against": baseline}).decode())
+    else:
+        print(side_by_side(report, baseline))
     return 0
 
 
@@ -449,6 +460,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--images", required=True, help="folder of photos")
     ev.add_argument("--captions", required=True, help="CSV with columns image,caption")
     ev.add_argument("--limit", type=int, default=None, help="use only the first N photos")
+    ev.add_argument("--against", metavar="BUNDLE", help="also evaluate this bundle (folder or cached model id) "
+                    "on the same photos and captions, and show both side by side: a fine-tuned model against "
+                    "the one it started from")
     ev.add_argument("--json", action="store_true", help="print JSON")
     ev.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     ev.set_defaults(func=cmd_eval)

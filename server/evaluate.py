@@ -59,6 +59,26 @@ class EvalReport(msgspec.Struct):
         return "\n".join(lines)
 
 
+RECALLS = ("recall_at_1", "recall_at_5", "recall_at_10", "image_recall_at_1", "image_recall_at_5",
+           "image_recall_at_10")
+
+
+def side_by_side(model: EvalReport, baseline: EvalReport) -> str:
+    """Two bundles' recalls on the same photos and captions, and the difference in points (model - baseline):
+    how a fine-tuned or imported model compares with where it started."""
+    header = f"{'':<44}{'text -> image R@1 / R@5 / R@10':>32}{'image -> text R@1 / R@5 / R@10':>34}"
+
+    def row(name: str, values: list[float], points: bool = False) -> str:
+        cells = [f"{v * 100:+.2f}" if points else f"{v * 100:.2f}%" for v in values]
+        return f"{name[:43]:<44}{' / '.join(cells[:3]):>32}{' / '.join(cells[3:]):>34}"
+
+    ours = [getattr(model, k) for k in RECALLS]
+    theirs = [getattr(baseline, k) for k in RECALLS]
+    lines = [f"{model.photos} photos, {model.captions} captions", header, row(model.model_id, ours),
+             row(baseline.model_id, theirs), row("difference (points)", [a - b for a, b in zip(ours, theirs)], True)]
+    return "\n".join(lines)
+
+
 def recall_at_k(
     text_vectors: npt.NDArray[np.float32],
     image_vectors: npt.NDArray[np.float32],

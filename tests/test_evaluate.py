@@ -194,3 +194,22 @@ def test_cli_eval_prints_json(tiny_bundle: Path, photo_folder: Path, tmp_path: P
     assert code == 0
     printed = json.loads(capsys.readouterr().out)
     assert printed["photos"] == len(SAMPLE_PHOTOS) and set(printed) >= {"recall_at_1", "recall_at_5", "recall_at_10"}
+
+
+def test_cli_eval_against_shows_both_bundles_side_by_side(tiny_bundle: Path, photo_folder: Path, tmp_path: Path,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    from tests.tinybundle import make_tiny_bundle
+
+    other = make_tiny_bundle(tmp_path / "other", dim=8, model_id="tiny-other")
+    csv_path = _write_csv(tmp_path / "captions.csv", list(SAMPLE_PHOTOS.items()))
+    base = ["eval", "--model", str(tiny_bundle), "--images", str(photo_folder), "--captions", str(csv_path), "-q"]
+    assert cli_main([*base, "--against", str(other)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == f"{len(SAMPLE_PHOTOS)} photos, {len(SAMPLE_PHOTOS)} captions"
+    assert lines[2].startswith("tiny-test") and lines[3].startswith("tiny-other")
+    assert lines[4].startswith("difference (points)") and lines[4].count("+") + lines[4].count("-") == 6
+    assert cli_main([*base, "--against", str(other), "--json"]) == 0
+    both = json.loads(capsys.readouterr().out)
+    assert (both["model"]["model_id"], both["against"]["model_id"]) == ("tiny-test", "tiny-other")
+    alone = evaluate_bundle(tiny_bundle, photo_folder, csv_path, progress=False)
+    assert both["model"]["recall_at_10"] == alone.recall_at_10

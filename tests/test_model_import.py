@@ -176,3 +176,73 @@ def _sample_photos() -> list[Path]:
     from clipalbum.export.default_bundle import parity_photos
 
     return parity_photos()
+
+
+# -- OpenCLIP ----------------------------------------------------------------------------------------------
+
+TINY_OPEN_CLIP = {"embed_dim": 16,
+                  "vision_cfg": {"image_size": 64, "layers": 1, "width": 32, "patch_size": 16, "head_width": 16},
+                  "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1}}
+
+
+@pytest.fixture(scope="module")
+def open_clip_arch(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A small ViT architecture registered with open_clip as its own configs are (no weights exist for it)."""
+    open_clip = pytest.importorskip("open_clip", reason="OpenCLIP import needs open-clip-torch")
+    folder = tmp_path_factory.mktemp("open-clip-configs")
+    (folder / "clipalbum-tiny-vit.json").write_text(json.dumps(TINY_OPEN_CLIP))
+    # A text tower without a causal mask (as MobileCLIP's): every position counts, so queries are padded to 77.
+    bidirectional = {**TINY_OPEN_CLIP, "text_cfg": {**TINY_OPEN_CLIP["text_cfg"], "no_causal_mask": True}}
+    (folder / "clipalbum-tiny-vit-bidirectional.json").write_text(json.dumps(bidirectional))
+    open_clip.add_model_config(folder)
+    return "clipalbum-tiny-vit"
+
+
+@pytest.mark.parametrize("variant", ["", "-bidirectional"], ids=["causal text", "bidirectional text"])
+def test_an_open_clip_model_from_a_weights_file_serves_its_own_vectors(open_clip_arch: str, variant: str,
+                                                                       tmp_path: Path, sample_album: Path) -> None:
+    import open_clip
+
+    open_clip_arch += variant
+    torch.manual_seed(1)
+    original = open_clip.create_model(open_clip_arch, pretrained=None).eval()
+    weights = tmp_path / "tiny.pt"
+    torch.save(original.state_dict(), weights)
+    assert main(["model", "import", f"open_clip:{open_clip_arch}", "--pretrained", str(weights),
+                 "--out", str(tmp_path / "bundle"), "-q"]) == 0
+    manifest = read_manifest(tmp_path / "bundle")
+    assert manifest.model_id.startswith(f"openclip-{open_clip_arch}-tiny-") and manifest.embed_dim == 16
+    # A causal tower runs only the query's own tokens; a bidirectional one all 77.
+    assert manifest.text.input_names == ("input_ids",) and manifest.text.pad_to_max_length == bool(variant)
+    assert (manifest.text.max_length, manifest.text.lowercase, manifest.image.size) == (77, True, 64)
+    assert manifest.metrics["preprocess_min_cosine"] > 0.99
+
+    encoders = load_encoders(tmp_path / "bundle")
+    tokenizer = open_clip.get_tokenizer(open_clip_arch)
+    pixels = np.stack([load_model_input(p, manifest.image) for p in _sample_photos()])
+    with torch.no_grad():
+        texts = original.encode_text(tokenizer(CAPTIONS), normalize=True).numpy()
+        images = original.encode_image(torch.from_numpy(pixels), normalize=True).numpy()
+    assert float((encoders.text.encode(CAPTIONS) * texts).sum(axis=1).min()) >= 0.9999
+    assert float((encoders.image.encode(pixels) * images).sum(axis=1).min()) >= 0.9999
+    with closing(Library.open(data_paths(tmp_path / "data"), model=tmp_path / "bundle",
+                              roots=[str(sample_album)])) as library:
+        assert library.index().added == len(SAMPLE_PHOTOS)
+        assert len(library.search_text("a cat", k=3).results) == 3
+
+
+@pytest.mark.parametrize(("arch", "args", "message"), [
+    (None, ["--pretrained", "none"], None),  # random weights: for measuring an architecture's speed
+    (None, [], "say which weights with --pretrained"),
+    ("no-such-arch", ["--pretrained", "none"], "open_clip has no architecture 'no-such-arch'"),
+])
+def test_open_clip_sources_need_an_architecture_and_weights(open_clip_arch: str, tmp_path: Path, arch: str | None,
+                                                            args: list[str], message: str | None,
+                                                            capsys: pytest.CaptureFixture) -> None:
+    code = main(["model", "import", f"open_clip:{arch or open_clip_arch}", *args, "--out", str(tmp_path / "out"),
+                 "-q"])
+    err = capsys.readouterr().err
+    if message is None:
+        assert code == 0 and read_manifest(tmp_path / "out").model_id.startswith("openclip-clipalbum-tiny-vit-none-")
+    else:
+        assert code == 2 and message in err and not (tmp_path / "out").exists()

@@ -120,3 +120,46 @@ def test_demo_assembles_indexes_and_serves_the_sample_album(tmp_path: Path, defa
         assert cat[0]["path"] == "pets/chelsea.png", cat
     log = (tmp_path / "demo.log").read_text()
     assert f"http://localhost:{port}/" in log
+
+
+def test_health_answers_only_once_the_index_is_loaded(tmp_path: Path, tiny_bundle: Path) -> None:
+    """A server whose index takes 4 s to open: the port stays closed (no /health) until it is open, and the
+    first /health it gives comes with the index loaded."""
+    port = free_port()
+    data = tmp_path / "data"
+    probe = (
+        "import sys, time\n"
+        "from clipalbum.server import library\n"
+        "real = library.Library._load_ann\n"
+        "def slow(self):\n"
+        "    time.sleep(4)\n"
+        "    real(self)\n"
+        "library.Library._load_ann = slow\n"
+        "from clipalbum.server.cli import main\n"
+        f"sys.exit(main(['serve', '--data-dir', {str(data)!r}, '--model', {str(tiny_bundle)!r}, '--port', '{port}']))\n"
+    )
+    log = (tmp_path / "serve.log").open("wb")
+    proc = subprocess.Popen([sys.executable, "-c", probe], cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+    started = time.monotonic()
+    try:
+        refused_while_loading = 0
+        while time.monotonic() - started < 3:  # inside the 4 s the index takes to open
+            with pytest.raises(httpx.TransportError):
+                httpx.get(f"http://127.0.0.1:{port}/health", timeout=1)
+            refused_while_loading += 1
+            time.sleep(0.3)
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while True:
+            try:
+                health = httpx.get(f"http://127.0.0.1:{port}/health", timeout=5)
+                break
+            except httpx.TransportError:
+                assert time.monotonic() < deadline and proc.poll() is None, (tmp_path / "serve.log").read_text()
+                time.sleep(0.1)
+        assert health.status_code == 200 and time.monotonic() - started >= 4
+        assert refused_while_loading >= 5
+        assert health.json()["model_id"] == "tiny-test"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=60)
+        log.close()

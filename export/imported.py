@@ -1,0 +1,35 @@
+"""What an importer hands `clipalbum model import`: the towers, the bundle's specs and tokenizer, and the
+original's own preprocessing and tokenizer to compare clipalbum's with."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from torch import nn
+
+from clipalbum.server.bundle import ImageSpec, TextSpec
+
+
+@dataclass
+class ImportedModel:
+    towers: nn.Module  # encode_image(pixels) and encode_text(**tokens), as export_dual_encoder takes
+    image_spec: ImageSpec
+    text_spec: TextSpec
+    tokenizer_file: Path
+    model_id: str
+    description: str
+    # The original's own pipeline, for the agreement figures: its pixels for photo files, and its token ids
+    # (without padding) for captions, or None where the bundle's tokenizer is the original's own file.
+    reference_pixels: Callable[[list[Path]], np.ndarray]
+    reference_tokens: Callable[[list[str]], list[list[int]]] | None = None
+
+
+def unpadded(ids: list[int]) -> list[int]:
+    """Token ids without the padding (zeros after the end token; id 0 inside a query is a real token)."""
+    end = len(ids)
+    while end and ids[end - 1] == 0:
+        end -= 1
+    return ids[:end]
