@@ -1,8 +1,9 @@
 """Weighs the web client in a real Chromium: bytes of the page's own files, first and repeat visit; prints JSON.
 
-    python bench/web_page.py --model BUNDLE [--album DIR | --sample-album] [--query "a cat"] [--screenshot PNG]
+    python -m bench.web_page --model BUNDLE [--album DIR | --sample-album] [--query "a cat"] [--screenshot PNG]
 
-Starts `clipalbum serve` on a free loopback port (over DIR, or an empty album), loads the page, and reads the
+Run as a module from the repository root: it builds its album and starts its server with the browser tests'
+own helpers (tests/browser/conftest.py), so the page it weighs is the one they test. Starts `clipalbum serve` on a free loopback port (over DIR, or an empty album), loads the page, and reads the
 browser's Resource Timing entries. With --query it also searches, counts the thumbnails' bytes, and can save a
 screenshot of the results (palette PNG, for the README).
 """
@@ -18,10 +19,11 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))  # the browser tests' album and server helpers (clipalbum itself is installed)
-
-from tests.browser.conftest import CHROMIUM, CHROMIUM_ARGS, make_album, start_server  # noqa: E402
-from tests.conftest import skimage_data_dir  # noqa: E402
+try:
+    from tests.browser.conftest import CHROMIUM, CHROMIUM_ARGS, make_album, start_server
+    from tests.conftest import skimage_data_dir
+except ModuleNotFoundError as exc:  # `python bench/web_page.py`: the repository root is not on the path
+    sys.exit(f"run it from the repository root as a module: python -m bench.web_page ... ({exc})")
 
 # More of scikit-image's pictures, so the screenshot's album is not only the nine test photos.
 EXTRA_PHOTOS = ("motorcycle_right.png", "horse.png", "camera.png", "moon.png", "coins.png", "brick.png",
