@@ -249,7 +249,7 @@ def export_dual_encoder(
         )
         manifest = with_checksums(work, manifest, [image_spec.file, text_spec.file, text_spec.tokenizer])
         write_manifest(work, manifest)
-        _swap_into_place(work, out_dir)
+        swap_into_place(work, out_dir)
         steps.update()
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
@@ -260,7 +260,7 @@ def export_dual_encoder(
     return manifest
 
 
-def _swap_into_place(work: Path, out_dir: Path) -> None:
+def swap_into_place(work: Path, out_dir: Path) -> None:
     """Replaces out_dir with the finished build; an old bundle is moved aside first and removed after."""
     _fsync_dir(work)
     old = None

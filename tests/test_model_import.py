@@ -246,3 +246,29 @@ def test_open_clip_sources_need_an_architecture_and_weights(open_clip_arch: str,
         assert code == 0 and read_manifest(tmp_path / "out").model_id.startswith("openclip-clipalbum-tiny-vit-none-")
     else:
         assert code == 2 and message in err and not (tmp_path / "out").exists()
+
+
+def test_a_dev_set_measures_a_quantized_import_against_fp32(imported: tuple[Path, Path], tmp_path: Path,
+                                                            sample_album: Path, monkeypatch: pytest.MonkeyPatch,
+                                                            capsys: pytest.CaptureFixture) -> None:
+    from clipalbum.export import model_import
+
+    source, _ = imported
+    monkeypatch.setattr(model_import, "PARITY_FLOORS", {"fp32": 0.9999, "int8": 0.5})  # the recall gate's turn
+    captions = tmp_path / "captions.csv"
+    captions.write_text("image,caption\n" + "".join(
+        f"{p.relative_to(sample_album)},{SAMPLE_PHOTOS[p.name]}\n" for p in sorted(sample_album.rglob("*.*"))))
+    args = ["model", "import", str(source), "--quantize", "text-int8", "--dev-set", str(sample_album),
+            str(captions), "-q"]
+    assert main([*args, "--out", str(tmp_path / "checked")]) == 0
+    metrics = read_manifest(tmp_path / "checked").metrics
+    assert metrics["dev_photos"] == len(SAMPLE_PHOTOS)
+    assert metrics["dev_recall_at_10_fp32"] - metrics["dev_recall_at_10_text_int8"] <= 0.01
+    assert read_manifest(tmp_path / "checked").text.quantization == "int8"
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".checked")]  # the fp32 copy is gone
+
+    monkeypatch.setattr(model_import, "MAX_RECALL_LOSS", -1.0)  # no loss is small enough
+    assert main([*args, "--out", str(tmp_path / "refused")]) == 3
+    err = capsys.readouterr().err
+    assert "text-int8 loses" in err and "points of text -> image Recall@10 on the dev set" in err
+    assert not (tmp_path / "refused").exists()
