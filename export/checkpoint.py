@@ -6,11 +6,21 @@ import logging
 from pathlib import Path
 from typing import Literal
 
-from clipalbum.server.bundle import Manifest, file_sha256
+import msgspec
+
+from clipalbum.server.bundle import Manifest, TextSpec, file_sha256
+from clipalbum.training.config import Config
 from clipalbum.training.model import image_spec, text_spec
 from clipalbum.training.trainer import TOKENIZER, WEIGHTS, checkpoint_dir, load_checkpoint
 
 log = logging.getLogger(__name__)
+
+
+def served_text_spec(cfg: Config, tokenizer: Path, meta: dict) -> TextSpec:
+    """The query tokenization the model was trained with: a checkpoint records its lower-casing; one written
+    before it did was trained on lower-cased captions whatever its tokenizer."""
+    spec = text_spec(cfg, tokenizer)
+    return msgspec.structs.replace(spec, lowercase=bool(meta.get("text_lowercase", True)))
 
 
 def checkpoint_model_id(name: str, weights: Path, quantize: str) -> str:
@@ -46,6 +56,7 @@ def export_checkpoint(checkpoint: Path, bundle_dir: Path, quantize: Quantize = "
     return export_dual_encoder(
         model, Path(bundle_dir), model_id=model_id, tokenizer_file=tokenizer,
         image_spec=with_quantization(image_spec(cfg), "int8" if quantize == "int8" else "none"),
-        text_spec=with_quantization(text_spec(cfg, tokenizer), "none" if quantize == "none" else "int8"),
+        text_spec=with_quantization(served_text_spec(cfg, tokenizer, meta),
+                                    "none" if quantize == "none" else "int8"),
         parity_images=parity_images, description=description, metrics=metrics, progress=progress,
     )

@@ -15,10 +15,11 @@ import torch
 from PIL import Image
 from torch import nn
 
-from clipalbum.export.onnx_export import OPSET, _swap_into_place
+from clipalbum.export.onnx_export import OPSET, check_replaceable, swap_into_place
 from clipalbum.server.enhance.cases import degrade_case
 from clipalbum.server.enhance.evaluate import psnr
-from clipalbum.server.enhance.manifest import ENHANCER_FORMAT_VERSION, EnhancerManifest, write_enhancer_manifest
+from clipalbum.server.enhance.manifest import (ENHANCER_FORMAT_VERSION, MANIFEST_NAME, EnhancerManifest,
+                                              write_enhancer_manifest)
 from clipalbum.server.enhance.runtime import EnhanceOptions, Enhancer
 from clipalbum.training.enhance.model import RESIDUAL_SCALE, train_scheduler
 from clipalbum.training.enhance.trainer import load_enhancer
@@ -108,6 +109,7 @@ def export_enhancer(run: Path, out_dir: Path, photos: list[npt.NDArray[np.uint8]
         raise ValueError("export needs at least one photo for the parity check")
     unet, head, cfg, meta = load_enhancer(run, "cpu")
     out_dir = Path(out_dir)
+    check_replaceable(out_dir, marker=MANIFEST_NAME)  # before minutes of work
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     try:
@@ -143,7 +145,7 @@ def export_enhancer(run: Path, out_dir: Path, photos: list[npt.NDArray[np.uint8]
             manifest = EnhancerManifest(**{**_fields(manifest), "unet": unets})
         write_enhancer_manifest(work, manifest)
         work.chmod(0o755)  # mkdtemp made it private; an installed enhancer is read by whoever serves
-        _swap_into_place(work, out_dir)
+        swap_into_place(work, out_dir, marker=MANIFEST_NAME)
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
         raise

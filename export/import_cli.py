@@ -25,17 +25,24 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--dev-set", nargs=2, metavar=("IMAGES", "CAPTIONS"), help="a photo folder and its "
                         "image,caption CSV: a quantized import is also measured against fp32 there and refused if "
                         "it loses more than one point of Recall@10 (default: the cosine gates only)")
-    parser.add_argument("--model-id", help="the bundle's model id (default: hf-NAME-DIGEST of the weights)")
+    parser.add_argument("--model-id", help="the bundle's model id (default: hf-NAME-DIGEST or "
+                        "openclip-ARCH-WEIGHTS-DIGEST, a digest of the weights)")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
+    if args.dev_set and args.quantize == "none":
+        parser.error("--dev-set measures a quantized import against fp32; add --quantize text-int8 or int8")
     logging.getLogger("clipalbum.export").setLevel(logging.INFO)
-    if args.quiet:
+    try:
         from transformers.utils import logging as transformers_logging
 
+        from clipalbum.export.model_import import import_model
+        from clipalbum.export.onnx_export import ParityError
+    except ImportError as exc:
+        print(f"clipalbum model import: needs the export extras ({exc}); pip install 'clipalbum[export]'",
+              file=sys.stderr)
+        return 2
+    if args.quiet:
         transformers_logging.disable_progress_bar()
-    from clipalbum.export.model_import import import_model
-    from clipalbum.export.onnx_export import ParityError
-
     try:
         manifest = import_model(args.source, Path(args.out), quantize=args.quantize, model_id=args.model_id,
                                 progress=not args.quiet, pretrained=args.pretrained,
@@ -43,6 +50,9 @@ def main(argv: list[str]) -> int:
     except ParityError as exc:
         print(f"clipalbum model import: refused: {exc}", file=sys.stderr)
         return 3
+    except (OSError, RuntimeError, ValueError) as exc:  # weights that do not load, a tag open_clip lacks, ...
+        print(f"clipalbum model import: {args.source}: {exc}".splitlines()[0], file=sys.stderr)
+        return 2
     figures = ", ".join(f"{k} {v:.6f}" for k, v in sorted(manifest.metrics.items()))
     print(f"model bundle {manifest.model_id} ({manifest.embed_dim}-d) written to {args.out}; {figures}")
     print(f"try it: clipalbum index ALBUM --model {args.out}")

@@ -108,6 +108,10 @@ def load_open_clip(source: str, pretrained: str | None, work: Path, model_id: st
     def reference_tokens(captions: list[str]) -> list[list[int]]:
         return [unpadded(row.tolist()) for row in tokenizer(captions)]
 
+    @torch.no_grad()
+    def reference_text(captions: list[str]) -> np.ndarray:
+        return model.encode_text(tokenizer(captions)).numpy()  # open_clip's own forward, all 77 positions
+
     def reference_pixels(photos: list[Path]) -> np.ndarray:
         from clipalbum.server.preprocess import decode_photo
 
@@ -119,7 +123,8 @@ def load_open_clip(source: str, pretrained: str | None, work: Path, model_id: st
         tokenizer_file=tokenizer_file,
         model_id=model_id or default_model_id("openclip", f"{arch}-{Path(pretrained).stem}", model),
         description=f"{arch} ({pretrained}): open_clip, imported by clipalbum model import",
-        reference_pixels=reference_pixels, reference_tokens=reference_tokens)
+        reference_pixels=reference_pixels, reference_tokens=reference_tokens,
+        reference_text=reference_text if towers.variable_length else None)
 
 
 def open_clip_image_spec(source: str, cfg: dict) -> ImageSpec:

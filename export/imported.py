@@ -25,6 +25,8 @@ class ImportedModel:
     # (without padding) for captions, or None where the bundle's tokenizer is the original's own file.
     reference_pixels: Callable[[list[Path]], np.ndarray]
     reference_tokens: Callable[[list[str]], list[list[int]]] | None = None
+    # The original's own text embeddings for captions, where `towers` computes them another way.
+    reference_text: Callable[[list[str]], np.ndarray] | None = None
 
 
 def unpadded(ids: list[int]) -> list[int]:

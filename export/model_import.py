@@ -17,8 +17,8 @@ from clipalbum.export.import_hf import load_hf_clip
 from clipalbum.export.import_openclip import PREFIX as OPEN_CLIP
 from clipalbum.export.import_openclip import load_open_clip
 from clipalbum.export.imported import ImportedModel, unpadded
-from clipalbum.export.onnx_export import (DEFAULT_PARITY_TEXTS, ParityError, export_dual_encoder, swap_into_place,
-                                          with_quantization)
+from clipalbum.export.onnx_export import (DEFAULT_PARITY_TEXTS, ParityError, check_replaceable, export_dual_encoder,
+                                          swap_into_place, with_quantization)
 from clipalbum.server.bundle import Manifest, write_manifest
 from clipalbum.server.errors import ClipalbumError
 from clipalbum.server.evaluate import evaluate_bundle
@@ -45,6 +45,7 @@ def import_model(source: str, out: Path, quantize: ImportQuantize = "none", mode
     one on it, and refused when it loses more than MAX_RECALL_LOSS of text -> image Recall@10."""
     photos = parity_photos()
     out = Path(out)
+    check_replaceable(out)  # before minutes of work: a mistyped --out must not cost a folder
     out.parent.mkdir(parents=True, exist_ok=True)
     # Beside `out`: the checked bundle is renamed into place, which needs the same file system.
     with tempfile.TemporaryDirectory(prefix=f".{out.name}.import-", dir=out.parent) as tmp:
@@ -55,6 +56,8 @@ def import_model(source: str, out: Path, quantize: ImportQuantize = "none", mode
             loaded = load_hf_clip(source, work, model_id)
         check_tokenizer(loaded)
         metrics = {"preprocess_min_cosine": preprocessing_agreement(loaded, photos)}
+        if loaded.reference_text is not None:
+            metrics["original_text_min_cosine"] = text_agreement(loaded)
         log.info("clipalbum's preprocessing against the original's: min cosine %.5f", metrics["preprocess_min_cosine"])
 
         def export(quantization: ImportQuantize, target: Path, model_id: str) -> Manifest:
@@ -104,6 +107,21 @@ def check_tokenizer(loaded: ImportedModel) -> None:
     for caption, row, theirs in zip(CAPTIONS, ours, loaded.reference_tokens(CAPTIONS)):
         if unpadded(row.tolist()) != theirs:
             raise ClipalbumError(f"the converted tokenizer does not reproduce the original's ids for {caption!r}")
+
+
+@torch.no_grad()
+def text_agreement(loaded: ImportedModel) -> float:
+    """Min cosine between the towers' text embeddings (the bundle's tokenization) and the original's own
+    forward; under the fp32 gate, a ParityError. Guards towers that compute the text side another way."""
+    tokens = TextTokenizer(loaded.tokenizer_file, loaded.text_spec)(CAPTIONS)
+    ours = loaded.towers.encode_text(**{n: torch.from_numpy(tokens[n]) for n in loaded.text_spec.input_names})
+    theirs = torch.from_numpy(loaded.reference_text(CAPTIONS))
+    cosine = float((torch.nn.functional.normalize(ours, dim=-1) * torch.nn.functional.normalize(theirs, dim=-1))
+                   .sum(-1).min())
+    if cosine < PARITY_FLOORS["fp32"]:
+        raise ParityError(f"text tower: the exported computation differs from the original's (min cosine "
+                          f"{cosine:.6f} < {PARITY_FLOORS['fp32']}); the bundle was not written")
+    return cosine
 
 
 @torch.no_grad()

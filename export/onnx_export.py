@@ -20,7 +20,9 @@ from torch import nn
 from tqdm import tqdm
 
 from clipalbum.export.quantize import quantize_int8
-from clipalbum.server.bundle import FORMAT_VERSION, ImageSpec, Manifest, TextSpec, with_checksums, write_manifest
+from clipalbum.server.bundle import (FORMAT_VERSION, MANIFEST_NAME, ImageSpec, Manifest, TextSpec, with_checksums,
+                                     write_manifest)
+from clipalbum.server.errors import BundleError
 from clipalbum.server.encoders import make_session
 from clipalbum.server.preprocess import load_model_input
 from clipalbum.server.textprep import TextTokenizer
@@ -159,7 +161,8 @@ def export_dual_encoder(
             input_ids and attention_mask, int64 (N, T)). Put in eval mode here; outputs are L2-normalised
             in the graph whether or not the model already does it. embed_dim is read from model.embed_dim
             when present, else from the output.
-        out_dir: the bundle directory; replaced atomically (built beside it, renamed at the end).
+        out_dir: the bundle directory, built beside it and renamed into place at the end; an existing folder is
+            replaced only if it is an earlier bundle (or empty).
         quantize: "int8" quantizes both towers dynamically; "none" leaves each tower as its spec's
             `quantization` says (fp32 unless set; with_quantization picks one tower).
         parity_images / parity_texts: real inputs on which torch and ONNX Runtime outputs are compared;
@@ -171,6 +174,7 @@ def export_dual_encoder(
     if quantize == "int8":
         image_spec, text_spec = with_quantization(image_spec, "int8"), with_quantization(text_spec, "int8")
     out_dir = Path(out_dir)
+    check_replaceable(out_dir)  # before minutes of work
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     model = model.eval()
     image_tower = _ImageTower(model).eval()
@@ -260,8 +264,21 @@ def export_dual_encoder(
     return manifest
 
 
-def swap_into_place(work: Path, out_dir: Path) -> None:
-    """Replaces out_dir with the finished build; an old bundle is moved aside first and removed after."""
+def check_replaceable(out_dir: Path, marker: str = MANIFEST_NAME) -> None:
+    """Refuses an output folder that holds something other than an earlier build (its `marker` file): a
+    mistyped --out must never delete someone's photos. A missing or empty folder is fine."""
+    out_dir = Path(out_dir)
+    if out_dir.is_symlink() or (out_dir.exists() and not out_dir.is_dir()):
+        raise BundleError(f"{out_dir} is not a folder; choose another output folder")
+    if out_dir.is_dir() and any(out_dir.iterdir()) and not (out_dir / marker).is_file():
+        raise BundleError(f"{out_dir} is not empty and holds no {marker}: it is not an earlier build, so it is "
+                          "not replaced; choose another output folder")
+
+
+def swap_into_place(work: Path, out_dir: Path, marker: str = MANIFEST_NAME) -> None:
+    """Replaces out_dir with the finished build; an old build is moved aside first and removed after (a
+    crash in between leaves it beside, as .NAME.old-PID). Anything else at out_dir is refused."""
+    check_replaceable(out_dir, marker)
     _fsync_dir(work)
     old = None
     if out_dir.exists():

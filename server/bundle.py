@@ -27,9 +27,6 @@ class ImageSpec(msgspec.Struct, frozen=True):
     input_name: str = "pixels"
     output_name: str = "embedding"
     quantization: Literal["fp32", "int8"] = "fp32"
-    # Pad every query to max_length tokens (with id 0): text towers whose graph has a fixed length (OpenCLIP's
-    # adds all 77 position embeddings); False pads a batch to its longest query.
-    pad_to_max_length: bool = False
 
 
 class TextSpec(msgspec.Struct, frozen=True):

@@ -56,14 +56,14 @@ def cmd_model_build(args: argparse.Namespace) -> int:
 
 def cmd_model_info(args: argparse.Namespace) -> int:
     from clipalbum.server.bundle import read_manifest, verify_bundle
-    from clipalbum.server.model_cache import folder_size, uses
+    from clipalbum.server.model_cache import folder_size, users_of
     from clipalbum.server.model_resolver import named_bundle, resolve_bundle
 
     paths = data_paths(args.data_dir)
     bundle = named_bundle(args.bundle) if args.bundle else resolve_bundle(paths, args.model, build_if_missing=False)
     manifest = read_manifest(bundle)
     verify_bundle(bundle, manifest)  # every file against its recorded checksum
-    used_by = [u.data_dir for u in uses() if Path(u.bundle) == bundle.resolve()]
+    used_by = users_of(bundle)
     if args.json:
         print(msgspec.json.encode({"path": str(bundle), "size_bytes": folder_size(bundle), "verified": True,
                                    "used_by": used_by, "manifest": manifest}).decode())
@@ -314,19 +314,22 @@ def cmd_token(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
+    from clipalbum.server.bundle import read_manifest
     from clipalbum.server.evaluate import evaluate_bundle
-    from clipalbum.server.model_resolver import resolve_bundle
+    from clipalbum.server.model_resolver import named_bundle, resolve_bundle
 
     bundle = resolve_bundle(data_paths(args.data_dir), args.model)
+    against = named_bundle(args.against) if args.against is not None else None
+    if against is not None:
+        read_manifest(against)  # a mistyped --against fails now, not after the first evaluation
     report = evaluate_bundle(bundle, Path(args.images), Path(args.captions), progress=not args.quiet,
                              limit=args.limit)
-    if args.against is None:
+    if against is None:
         print(msgspec.json.encode(report).decode() if args.json else report.describe())
         return 0
     from clipalbum.server.evaluate import side_by_side
-    from clipalbum.server.model_resolver import named_bundle
 
-    baseline = evaluate_bundle(named_bundle(args.against), Path(args.images), Path(args.captions),
+    baseline = evaluate_bundle(against, Path(args.images), Path(args.captions),
                                progress=not args.quiet, limit=args.limit)
     if args.json:
         print(msgspec.json.encode({"model": report, "against": baseline}).decode())
@@ -385,7 +388,7 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("--json", action="store_true", help="print JSON")
     info.set_defaults(func=cmd_model_info)
     # Parsed by export/import_cli.py (torch): main() hands it the arguments; listed here for --help.
-    model_sub.add_parser("import", help="import a pretrained CLIP (transformers) as a bundle; see "
+    model_sub.add_parser("import", help="import a pretrained CLIP (transformers or OpenCLIP) as a bundle; see "
                          "`clipalbum model import --help`", add_help=False)
     remove = model_sub.add_parser("remove", help="delete a bundle from the model cache")
     remove.add_argument("model_id", help="the model id, as `clipalbum model list` shows it")
@@ -484,13 +487,14 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     delegated = bool(argv) and argv[0] in (*DELEGATED, "enhance")
-    importing = argv[:2] == ["model", "import"]  # export/import_cli.py parses the rest
-    args = build_parser().parse_args(argv[:1] if delegated else argv[:2] if importing else argv)
+    flags = next((i for i, arg in enumerate(argv) if arg not in ("-v", "--verbose")), len(argv))
+    importing = argv[flags:flags + 2] == ["model", "import"]  # export/import_cli.py parses the rest
+    args = build_parser().parse_args(argv[:1] if delegated else argv[:flags + 2] if importing else argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     try:
         if importing:
-            return delegate("clipalbum.export.import_cli", "export", "model import", argv[2:])
+            return delegate("clipalbum.export.import_cli", "export", "model import", argv[flags + 2:])
         if delegated and argv[0] == "enhance":
             from clipalbum.server.enhance.cli import main as enhance_main
 

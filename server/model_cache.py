@@ -73,12 +73,16 @@ def _locked_uses() -> Iterator[Path]:
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
-def _read_uses(path: Path) -> dict[str, dict]:
+def _read_uses(path: Path) -> dict[str, dict[str, dict]]:
+    """{data directory: {bundle path: {"model_id", "last_used"}}}; anything malformed is left out."""
     try:
         entries = json.loads(path.read_text()).get("data_dirs", {})
     except (OSError, ValueError, AttributeError):
         return {}  # missing or damaged: it is only a record, rebuilt as data directories are used
-    return {k: v for k, v in entries.items() if isinstance(v, dict)} if isinstance(entries, dict) else {}
+    if not isinstance(entries, dict):
+        return {}
+    return {data_dir: {bundle: use for bundle, use in bundles.items() if isinstance(use, dict)}
+            for data_dir, bundles in entries.items() if isinstance(bundles, dict)}
 
 
 def _write_uses(path: Path, entries: dict[str, dict]) -> None:
@@ -93,29 +97,35 @@ def _write_uses(path: Path, entries: dict[str, dict]) -> None:
 
 
 def record_use(data_dir: Path, model_id: str, bundle: Path) -> None:
-    """Notes that `data_dir` searches with `bundle`. Best effort: a read-only cache only loses the note."""
-    entry = {"model_id": model_id, "bundle": str(Path(bundle).resolve()),
-             "last_used": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-    key = str(Path(data_dir).resolve())
+    """Notes that `data_dir` has searched with `bundle` (every bundle it used is kept, so `model remove`
+    protects the index's model after a one-off `--model`). Best effort: a read-only cache loses the note."""
+    today = time.strftime("%Y-%m-%d", time.gmtime())
+    key, bundle_key = str(Path(data_dir).resolve()), str(Path(bundle).resolve())
     with contextlib.suppress(OSError):
         with _locked_uses() as path:
             entries = _read_uses(path)
-            if {k: v for k, v in entries.get(key, {}).items() if k != "last_used"} == {
-                    k: v for k, v in entry.items() if k != "last_used"}:
-                return  # unchanged: no write at every start
-            entries[key] = entry
+            known = entries.get(key, {}).get(bundle_key, {})
+            if known.get("model_id") == model_id and str(known.get("last_used", "")).startswith(today):
+                return  # noted today already: no write at every start
+            entries.setdefault(key, {})[bundle_key] = {
+                "model_id": model_id, "last_used": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
             _write_uses(path, entries)
 
 
 def uses() -> list[Use]:
-    """The recorded data directories that still exist, with the bundle each used last."""
-    path = cache_dir() / USES_FILE
+    """Each bundle each recorded data directory has used, for the data directories that still exist."""
     found = []
-    for data_dir, entry in sorted(_read_uses(path).items()):
+    for data_dir, bundles in sorted(_read_uses(cache_dir() / USES_FILE).items()):
         if Path(data_dir).is_dir():
-            found.append(Use(data_dir=data_dir, model_id=str(entry.get("model_id", "")),
-                             bundle=str(entry.get("bundle", "")), last_used=str(entry.get("last_used", ""))))
+            found += [Use(data_dir=data_dir, model_id=str(use.get("model_id", "")), bundle=bundle,
+                          last_used=str(use.get("last_used", ""))) for bundle, use in sorted(bundles.items())]
     return found
+
+
+def users_of(bundle: Path, recorded: list[Use] | None = None) -> list[str]:
+    """The data directories on record that have used `bundle`."""
+    target = Path(bundle).resolve()
+    return sorted({u.data_dir for u in (uses() if recorded is None else recorded) if Path(u.bundle) == target})
 
 
 # -- the bundles in the cache ---------------------------------------------------------------------------
@@ -136,8 +146,8 @@ def cached_bundles() -> list[CachedBundle]:
     recorded = uses()
     found = []
     for bundle in sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".") and is_bundle(p)):
-        users = [u.data_dir for u in recorded if Path(u.bundle) == bundle.resolve()]
-        found.append(CachedBundle(model_id=bundle.name, path=bundle, size_bytes=folder_size(bundle), used_by=users))
+        found.append(CachedBundle(model_id=bundle.name, path=bundle, size_bytes=folder_size(bundle),
+                                  used_by=users_of(bundle, recorded)))
     return found
 
 
@@ -147,10 +157,13 @@ def remove_cached(model_id: str, force: bool = False) -> Path:
     if not is_bundle(bundle):
         known = ", ".join(b.model_id for b in cached_bundles()) or "none"
         raise ClipalbumError(f"no model {model_id!r} in {cache_dir()} (cached: {known})")
-    users = [u.data_dir for u in uses() if Path(u.bundle) == bundle.resolve()]
+    users = users_of(bundle)
     if users and not force:
         raise ClipalbumError(f"model {model_id} is used by {', '.join(users)}; remove it anyway with --force "
                              "(the next search or index there builds or asks for a model again)")
+    if bundle.is_symlink():  # a bundle linked into the cache: the link goes, what it points to stays
+        bundle.unlink()
+        return bundle
     # Renamed first, so a half-deleted bundle is never found under its id.
     doomed = bundle.with_name(f".removing-{model_id}-{os.getpid()}")
     os.replace(bundle, doomed)

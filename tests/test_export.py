@@ -15,6 +15,7 @@ from torch import nn  # noqa: E402
 
 from clipalbum.export import onnx_export  # noqa: E402
 from clipalbum.export.onnx_export import ParityError, export_dual_encoder  # noqa: E402
+from clipalbum.server.errors import BundleError  # noqa: E402
 from clipalbum.server.bundle import ImageSpec, TextSpec, read_manifest, verify_bundle  # noqa: E402
 from clipalbum.server.encoders import load_encoders  # noqa: E402
 from clipalbum.server.preprocess import load_model_input  # noqa: E402
@@ -112,11 +113,21 @@ def test_int8_export_is_smaller_and_records_parity(tmp_path: Path, tiny_model: T
 def test_export_replaces_an_existing_bundle_whole(tmp_path: Path, tiny_model: TinyDualEncoder,
                                                   photos: list[Path]) -> None:
     out = tmp_path / "bundle"
-    out.mkdir()
-    (out / "stale.onnx").write_bytes(b"old")
+    _export(tiny_model, out, photos)
+    (out / "stale.onnx").write_bytes(b"old")  # a file of the earlier build's that the new one lacks
     _export(tiny_model, out, photos)
     assert not (out / "stale.onnx").exists()
     verify_bundle(out, read_manifest(out))
+
+
+def test_export_never_replaces_a_folder_that_is_not_a_bundle(tmp_path: Path, tiny_model: TinyDualEncoder,
+                                                             photos: list[Path]) -> None:
+    out = tmp_path / "Pictures"
+    out.mkdir()
+    (out / "holiday.jpg").write_bytes(b"a photo")
+    with pytest.raises(BundleError, match="holds no manifest.json"):
+        _export(tiny_model, out, photos)
+    assert [p.name for p in out.iterdir()] == ["holiday.jpg"] and [p.name for p in tmp_path.iterdir()] == ["Pictures"]
 
 
 def test_failed_parity_leaves_the_previous_bundle_untouched(tmp_path: Path, tiny_model: TinyDualEncoder,

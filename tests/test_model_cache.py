@@ -155,8 +155,19 @@ def test_a_damaged_record_of_uses_is_started_again(tmp_path: Path, cache: Path, 
     (cache / USES_FILE).write_text("{not json")
     with closing(Library.open(data_paths(tmp_path / "data"))):
         pass
-    assert json.loads((cache / USES_FILE).read_text())["data_dirs"][str((tmp_path / "data").resolve())][
-        "model_id"] == "tiny-test"
+    recorded = json.loads((cache / USES_FILE).read_text())["data_dirs"][str((tmp_path / "data").resolve())]
+    assert recorded[str((cache / DEFAULT_MODEL_ID).resolve())]["model_id"] == "tiny-test"
+
+
+def test_a_one_off_model_does_not_unprotect_the_index_model(tmp_path: Path, cache: Path, tiny_bundle: Path,
+                                                           no_builds, capsys: pytest.CaptureFixture) -> None:
+    bundle = cached_default(cache, tiny_bundle)
+    make_tiny_bundle(cache / "tiny-7", model_id="tiny-7")
+    data = str(tmp_path / "data")
+    assert run(capsys, "status", "--data-dir", data, "--model", str(bundle))[0] == 0
+    assert run(capsys, "status", "--data-dir", data, "--model", "tiny-7")[0] == 0  # a one-off look
+    code, _, err = run(capsys, "model", "remove", DEFAULT_MODEL_ID)
+    assert code != 0 and "is used by" in err and bundle.is_dir()
 
 
 def test_an_older_data_directory_keeps_its_own_copy_of_the_default(tmp_path: Path, cache: Path, no_builds) -> None:

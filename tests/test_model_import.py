@@ -216,6 +216,8 @@ def test_an_open_clip_model_from_a_weights_file_serves_its_own_vectors(open_clip
     assert manifest.text.input_names == ("input_ids",) and manifest.text.pad_to_max_length == bool(variant)
     assert (manifest.text.max_length, manifest.text.lowercase, manifest.image.size) == (77, True, 64)
     assert manifest.metrics["preprocess_min_cosine"] > 0.99
+    assert manifest.metrics.get("original_text_min_cosine", 1.0) >= 0.9999  # checked where the text path differs
+    assert ("original_text_min_cosine" in manifest.metrics) == (not variant)
 
     encoders = load_encoders(tmp_path / "bundle")
     tokenizer = open_clip.get_tokenizer(open_clip_arch)
@@ -272,3 +274,16 @@ def test_a_dev_set_measures_a_quantized_import_against_fp32(imported: tuple[Path
     err = capsys.readouterr().err
     assert "text-int8 loses" in err and "points of text -> image Recall@10 on the dev set" in err
     assert not (tmp_path / "refused").exists()
+
+
+def test_an_output_folder_that_is_not_a_bundle_is_never_replaced(imported: tuple[Path, Path], tmp_path: Path,
+                                                                 capsys: pytest.CaptureFixture) -> None:
+    source, bundle = imported
+    photos = tmp_path / "Pictures"
+    photos.mkdir()
+    (photos / "holiday.jpg").write_bytes(b"a photo")
+    assert main(["model", "import", str(source), "--out", str(photos), "-q"]) == 2
+    err = capsys.readouterr().err
+    assert "is not empty and holds no manifest.json" in err and "Traceback" not in err
+    assert [p.name for p in photos.iterdir()] == ["holiday.jpg"] and not list(tmp_path.glob(".Pictures*"))
+    assert main(["model", "import", str(source), "--out", str(bundle), "-q"]) == 0  # an earlier bundle: replaced

@@ -275,7 +275,9 @@ class Trainer:
         scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
 
         config = config_to_dict(cfg)
-        meta_base = {"config": config, "text_hf_config": text_model_config(cfg.text)}
+        # text_lowercase: how the captions were tokenized, so export serves queries the same way.
+        meta_base = {"config": config, "text_hf_config": text_model_config(cfg.text),
+                     "text_lowercase": text_spec(cfg, self.tokenizer_file).lowercase}
         step, epoch, next_batch, best_score, best_metrics = 0, 0, 0, -math.inf, {}
         state_path = self.run_dir / "last" / TRAINER_STATE
         if state_path.is_file():

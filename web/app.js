@@ -35,6 +35,7 @@ let exhausted = true;
 let lastTypingPush = 0;
 let lastTookMs = 0; // the server's time for the latest page, for the summary line
 let albumStatus = null;
+let searchCut = null; // the min_score of the search on screen, fixed when it starts (see cutoff())
 let statusReady = null; // resolves after the first status poll
 let syncingHistory = false; // true while the viewer follows a URL change, so it doesn't write the URL back
 
@@ -136,6 +137,7 @@ async function runSearch() {
   summary.textContent = "Searching…";
   await statusReady; // it says the model's cut-off for weak matches
   if (mine !== generation) return;
+  searchCut = cutoff(); // one cut for every page of this search, whatever later status polls say
   await fetchPage(mine, 0);
   if (mine === generation) showViewFromState();
 }
@@ -153,6 +155,7 @@ function showWeaker() {
   state = { ...state, weak: true, view: null };
   navigate({ ...state, uploadKey: upload?.key }, "push");
   if (state.sort !== "relevance") { runSearch(); return; }
+  searchCut = null;
   hideMessage();
   weakerButton.hidden = true;
   exhausted = false;
@@ -171,7 +174,7 @@ async function fetchPage(mine, offset) {
   moreButton.disabled = true;
   const signal = controller.signal;
   try {
-    const cut = cutoff();
+    const cut = searchCut;
     const answer = upload ? await api.searchByPhoto(upload.file, state, PAGE, offset, signal)
       : state.similar != null ? await api.searchSimilar(state, PAGE, offset, signal)
       : await api.searchText(state, PAGE, offset, signal, cut);
@@ -208,7 +211,7 @@ async function showSummary(tookMs) {
     : null;
   const order = state.sort === "date" ? ", by capture date" : "";
   const found = `${plural(count, "photo")}${exhausted ? "" : " so far"}${order}`;
-  const cut = count > 0 && exhausted && cutoff() != null ? " · weaker matches left out" : "";
+  const cut = count > 0 && exhausted && searchCut != null ? " · weaker matches left out" : "";
   summary.textContent = `${what ? `${what}: ` : ""}${found} in ${Math.round(tookMs)} ms${cut}`;
   if (count > 0) return;
   await statusReady;
@@ -221,7 +224,7 @@ async function showSummary(tookMs) {
         + "Add photos there and press “Rescan album”.");
     return;
   }
-  if (cutoff() != null) {
+  if (searchCut != null) {
     showMessage("none", `No strong matches for “${state.q}”${state.from || state.to ? " in this date range" : ""}.`,
       "Show weaker matches", showWeaker);
     return;

@@ -83,3 +83,14 @@ def test_a_hub_tower_asks_the_hub_for_its_own_tokenizer(tmp_path: Path, monkeypa
     found = tokenizer_file(cfg, tmp_path / "run")
     assert asked == [("someone/cased-bert", False)]
     assert found == tmp_path / "run" / "tokenizer.json" and not tokenizer_lowercases(found)
+
+
+def test_export_serves_queries_as_the_checkpoint_was_trained(tmp_path: Path) -> None:
+    from clipalbum.export.checkpoint import served_text_spec
+
+    checkpoint = cased_checkpoint(tmp_path / "cased-bert")
+    cfg = Config(text=TextTowerCfg(kind="hf", pretrained=str(checkpoint)))
+    tokenizer = checkpoint / "tokenizer.json"
+    assert not served_text_spec(cfg, tokenizer, {"text_lowercase": False}).lowercase  # recorded by training
+    # A checkpoint from before the tokenizer's own rule was used was trained on lower-cased captions.
+    assert served_text_spec(cfg, tokenizer, {}).lowercase
