@@ -24,9 +24,9 @@ import time
 from contextlib import closing
 from pathlib import Path
 
+from index_throughput import skimage_photos
 from serving import queries, resolve_model
 
-from clipalbum.server.demo import skimage_data_dir
 from clipalbum.server.encoders import load_encoders
 from clipalbum.server.library import Library
 from clipalbum.server.settings import data_paths
@@ -40,8 +40,6 @@ ARCHITECTURES: dict[str, tuple[str, object]] = {
     "vit-b-32-256": ("open_clip", "ViT-B-32-256"),
     "mobileclip2-s0": ("open_clip", "MobileCLIP2-S0"),
 }
-PHOTOS = ["astronaut.png", "chelsea.png", "coffee.png", "rocket.jpg", "motorcycle_left.png",
-          "hubble_deep_field.jpg", "retina.jpg", "page.png"]
 
 
 def random_source(arch: str, folder: Path) -> tuple[str, str | None]:
@@ -67,11 +65,12 @@ def random_checkpoint(vision: dict, folder: Path) -> Path:
 
 
 def album(folder: Path, photos: int) -> Path:
-    source = skimage_data_dir()
+    """`photos` copies of index_throughput's real photos, round-robin."""
+    sources = skimage_photos()
     folder.mkdir(parents=True)
     for i in range(photos):
-        name = PHOTOS[i % len(PHOTOS)]
-        shutil.copyfile(source / name, folder / f"{i:03d}-{name}")
+        source = sources[i % len(sources)]
+        shutil.copyfile(source, folder / f"{i:03d}-{source.name}")
     return folder
 
 

@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import contextlib
 import importlib.util
 import logging
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 from clipalbum.export.onnx_export import Quantization, export_dual_encoder, with_quantization
 from clipalbum.server.bundle import read_manifest, verify_bundle
 from clipalbum.server.errors import BundleError
+from clipalbum.server.filelock import exclusive
 from clipalbum.server.model_cache import DEFAULT_MODEL_ID
 
 log = logging.getLogger(__name__)
@@ -60,28 +59,13 @@ def build_default_bundle(out_dir: Path, force: bool = False, progress: bool = Tr
 
     out_dir = Path(out_dir)
     assert MODEL_ID.endswith(f"-v{RECIPE_VERSION}"), "bump MODEL_ID with the bootstrap recipe version"
-    with _build_lock(out_dir):  # a second builder (server start, tests) waits, then finds the bundle built
+    # A second builder (server start, tests) waits, then finds the bundle built.
+    with exclusive(out_dir.parent / f".{out_dir.name}.lock"):
         if not force and existing_bundle_ok(out_dir):
             log.info("default bundle %s already at %s", MODEL_ID, out_dir)
             return out_dir
         _build(out_dir, progress, image_quantize, text_quantize)
     return out_dir
-
-
-@contextlib.contextmanager
-def _build_lock(out_dir: Path) -> Iterator[None]:
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    with (out_dir.parent / f".{out_dir.name}.lock").open("a") as lock:
-        try:
-            import fcntl
-        except ImportError:  # not POSIX: builds are not serialised, the atomic rename still protects readers
-            yield
-            return
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def _build(out_dir: Path, progress: bool, image_quantize: Quantization, text_quantize: Quantization) -> None:

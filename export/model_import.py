@@ -18,7 +18,7 @@ from clipalbum.export.import_openclip import PREFIX as OPEN_CLIP
 from clipalbum.export.import_openclip import load_open_clip
 from clipalbum.export.imported import ImportedModel, unpadded
 from clipalbum.export.onnx_export import (DEFAULT_PARITY_TEXTS, ParityError, check_replaceable, export_dual_encoder,
-                                          swap_into_place, with_quantization)
+                                          lowest_cosine, swap_into_place, with_quantization)
 from clipalbum.server.bundle import Manifest, write_manifest
 from clipalbum.server.errors import ClipalbumError
 from clipalbum.server.evaluate import evaluate_bundle
@@ -115,9 +115,7 @@ def text_agreement(loaded: ImportedModel) -> float:
     forward; under the fp32 gate, a ParityError. Guards towers that compute the text side another way."""
     tokens = TextTokenizer(loaded.tokenizer_file, loaded.text_spec)(CAPTIONS)
     ours = loaded.towers.encode_text(**{n: torch.from_numpy(tokens[n]) for n in loaded.text_spec.input_names})
-    theirs = torch.from_numpy(loaded.reference_text(CAPTIONS))
-    cosine = float((torch.nn.functional.normalize(ours, dim=-1) * torch.nn.functional.normalize(theirs, dim=-1))
-                   .sum(-1).min())
+    cosine = lowest_cosine(ours.numpy(), loaded.reference_text(CAPTIONS))
     if cosine < PARITY_FLOORS["fp32"]:
         raise ParityError(f"text tower: the exported computation differs from the original's (min cosine "
                           f"{cosine:.6f} < {PARITY_FLOORS['fp32']}); the bundle was not written")
@@ -128,8 +126,7 @@ def text_agreement(loaded: ImportedModel) -> float:
 def preprocessing_agreement(loaded: ImportedModel, photos: list[Path]) -> float:
     """Min cosine, over real photos, between the original model's embeddings of its own pipeline's pixels
     and of clipalbum's (the resize, crop and normalisation server/preprocess.py does)."""
-    theirs = torch.from_numpy(loaded.reference_pixels(photos))
-    ours = torch.from_numpy(np.stack([load_model_input(p, loaded.image_spec) for p in photos]))
-    a = torch.nn.functional.normalize(loaded.towers.encode_image(theirs), dim=-1)
-    b = torch.nn.functional.normalize(loaded.towers.encode_image(ours), dim=-1)
-    return float((a * b).sum(-1).min())
+    ours = np.stack([load_model_input(p, loaded.image_spec) for p in photos])
+    theirs = loaded.reference_pixels(photos)
+    return lowest_cosine(loaded.towers.encode_image(torch.from_numpy(ours)).numpy(),
+                      loaded.towers.encode_image(torch.from_numpy(theirs)).numpy())

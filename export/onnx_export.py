@@ -119,7 +119,8 @@ def _parity_pixels(image_spec: ImageSpec, parity_images: list[Path] | None) -> n
     return rng.standard_normal((4, 3, image_spec.size, image_spec.size)).astype(np.float32)
 
 
-def _min_cosine(a: npt.NDArray[np.float32], b: npt.NDArray[np.float32]) -> float:
+def lowest_cosine(a: npt.NDArray[np.float32], b: npt.NDArray[np.float32]) -> float:
+    """The lowest cosine between matching rows of `a` and `b`."""
     a = a / np.maximum(np.linalg.norm(a, axis=1, keepdims=True), 1e-12)
     b = b / np.maximum(np.linalg.norm(b, axis=1, keepdims=True), 1e-12)
     return float((a * b).sum(axis=1).min())
@@ -219,11 +220,11 @@ def export_dual_encoder(
         steps.set_postfix_str("parity")
         text_arrays = tuple(text_inputs[n] for n in text_spec.input_names)
         torch_images = _torch_embeddings(image_tower, (pixels,))
-        image_cos = _min_cosine(
+        image_cos = lowest_cosine(
             torch_images,
             _onnx_embeddings(work / image_spec.file, (image_spec.input_name,), (pixels,), image_spec.output_name),
         )
-        text_cos = _min_cosine(
+        text_cos = lowest_cosine(
             _torch_embeddings(text_tower, text_arrays),
             _onnx_embeddings(work / text_spec.file, text_spec.input_names, text_arrays, text_spec.output_name),
         )

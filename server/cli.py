@@ -184,11 +184,16 @@ def cmd_search(args: argparse.Namespace) -> int:
 
 
 def _no_model_yet(args: argparse.Namespace) -> bool:
-    """True when no --model is chosen and the default bundle has not been built (read-only commands then
-    answer from the database instead of building it)."""
-    from clipalbum.server.model_resolver import default_bundle_ready
+    """True when no model is chosen and the default one has not been built (read-only commands then answer
+    from the database instead of building it)."""
+    from clipalbum.server.errors import BundleError
+    from clipalbum.server.model_resolver import resolve_bundle
 
-    return not (args.model or os.environ.get("CLIPALBUM_MODEL")) and not default_bundle_ready(data_paths(args.data_dir))
+    try:
+        resolve_bundle(data_paths(args.data_dir), args.model, build_if_missing=False)
+    except BundleError:
+        return True
+    return False
 
 
 def _indexed_photos(paths: DataPaths) -> int:

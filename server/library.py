@@ -368,10 +368,7 @@ class Library:
             rows, scores = self._newest_relevant(vector, k, offset, window, exclude, min_score)
         else:
             rows, scores = self._most_relevant(vector, offset + k, window, exclude)
-            rows, scores = rows[offset:offset + k], scores[offset:offset + k]
-            if min_score is not None:  # best first: the weak ones are a tail
-                strong = [i for i, score in enumerate(scores) if score >= min_score]
-                rows, scores = [rows[i] for i in strong], [scores[i] for i in strong]
+            rows, scores = _at_least(rows[offset:offset + k], scores[offset:offset + k], min_score)
         hits = [Hit(id=row.id, path=display(row.rel_path), root=display(row.root), score=round(float(score), 6),
                     width=row.width, height=row.height, taken_at=row.taken_at) for row, score in zip(rows, scores)]
         return SearchResponse(results=hits, took_ms=round((time.perf_counter() - started) * 1000, 3),
@@ -388,10 +385,7 @@ class Library:
                          ) -> tuple[list[VectorRow], list[float]]:
         """A page of the DATE_SORT_POOL most relevant photos (those scoring at least `min_score`), newest first
         (undated last, ties by score)."""
-        ids, approx = self._candidates(vector, DATE_SORT_POOL, window, exclude)
-        if min_score is not None:
-            strong = [i for i, score in enumerate(approx) if score >= min_score]
-            ids, approx = [ids[i] for i in strong], [approx[i] for i in strong]
+        ids, approx = _at_least(*self._candidates(vector, DATE_SORT_POOL, window, exclude), min_score)
         taken = self.store.taken_at(ids)
         order = sorted(range(len(ids)), key=lambda i: (taken.get(ids[i]) is not None, taken.get(ids[i]) or "",
                                                        approx[i]), reverse=True)
@@ -466,6 +460,14 @@ def index_status(store: Store, model_id: str, embed_dim: int, progress: ScanProg
                           embed_dim=embed_dim, progress=progress, errors=errors,
                           errors_truncated=len(errors) < len(walk) + counts["failed"],
                           errors_total=len(walk) + counts["failed"], suggested_min_score=min_score)
+
+
+def _at_least(items: list, scores: list[float], min_score: float | None) -> tuple[list, list[float]]:
+    """`items` and their `scores`, those scoring below `min_score` left out (None: all)."""
+    if min_score is None:
+        return items, scores
+    strong = [i for i, score in enumerate(scores) if score >= min_score]
+    return [items[i] for i in strong], [scores[i] for i in strong]
 
 
 def _known_id(photo_id: int) -> int:

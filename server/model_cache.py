@@ -7,14 +7,13 @@ import contextlib
 import json
 import os
 import shutil
-import tempfile
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from clipalbum.server.bundle import MANIFEST_NAME
 from clipalbum.server.errors import ClipalbumError
+from clipalbum.server.filelock import exclusive
 
 # The offline default: export/default_bundle.py builds it, and checks that it ends in training.bootstrap.RECIPE_VERSION.
 DEFAULT_MODEL_ID = "bootstrap-effnetlite0-minilm-v2"
@@ -55,24 +54,6 @@ class Use:
     last_used: str  # ISO 8601, UTC
 
 
-@contextlib.contextmanager
-def _locked_uses() -> Iterator[Path]:
-    """The uses file, locked against other processes updating it at the same time."""
-    folder = cache_dir()
-    folder.mkdir(parents=True, exist_ok=True)
-    with (folder / f".{USES_FILE}.lock").open("a") as lock:
-        try:
-            import fcntl
-        except ImportError:  # not POSIX: the atomic replace still keeps the file whole
-            yield folder / USES_FILE
-            return
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield folder / USES_FILE
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
-
-
 def _read_uses(path: Path) -> dict[str, dict[str, dict]]:
     """{data directory: {bundle path: {"model_id", "last_used"}}}; anything malformed is left out."""
     try:
@@ -86,14 +67,10 @@ def _read_uses(path: Path) -> dict[str, dict[str, dict]]:
 
 
 def _write_uses(path: Path, entries: dict[str, dict]) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{USES_FILE}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as out:
-            json.dump({"data_dirs": entries}, out, indent=1, sort_keys=True)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Replaces the record whole (callers hold its lock, so one temporary name is enough)."""
+    tmp = path.with_name(f".{USES_FILE}.tmp")
+    tmp.write_text(json.dumps({"data_dirs": entries}, indent=1, sort_keys=True))
+    tmp.replace(path)
 
 
 def record_use(data_dir: Path, model_id: str, bundle: Path) -> None:
@@ -101,15 +78,15 @@ def record_use(data_dir: Path, model_id: str, bundle: Path) -> None:
     protects the index's model after a one-off `--model`). Best effort: a read-only cache loses the note."""
     today = time.strftime("%Y-%m-%d", time.gmtime())
     key, bundle_key = str(Path(data_dir).resolve()), str(Path(bundle).resolve())
-    with contextlib.suppress(OSError):
-        with _locked_uses() as path:
-            entries = _read_uses(path)
-            known = entries.get(key, {}).get(bundle_key, {})
-            if known.get("model_id") == model_id and str(known.get("last_used", "")).startswith(today):
-                return  # noted today already: no write at every start
-            entries.setdefault(key, {})[bundle_key] = {
-                "model_id": model_id, "last_used": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-            _write_uses(path, entries)
+    path = cache_dir() / USES_FILE
+    with contextlib.suppress(OSError), exclusive(path.with_name(f".{USES_FILE}.lock")):
+        entries = _read_uses(path)
+        known = entries.get(key, {}).get(bundle_key, {})
+        if known.get("model_id") == model_id and str(known.get("last_used", "")).startswith(today):
+            return  # noted today already: no write at every start
+        entries.setdefault(key, {})[bundle_key] = {
+            "model_id": model_id, "last_used": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        _write_uses(path, entries)
 
 
 def uses() -> list[Use]:

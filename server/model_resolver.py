@@ -59,10 +59,6 @@ def _legacy_default(paths: DataPaths) -> Path | None:
     return None
 
 
-def default_bundle_ready(paths: DataPaths) -> bool:
-    return _legacy_default(paths) is not None or is_bundle(cached_bundle(DEFAULT_MODEL_ID))
-
-
 def resolve_bundle(paths: DataPaths, model: str | Path | None = None, build_if_missing: bool = True) -> Path:
     """--model, else $CLIPALBUM_MODEL, else the default bundle in the model cache (built on first use)."""
     chosen = model or os.environ.get("CLIPALBUM_MODEL")
