@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 
+from real_geometry import real_vectors
 from serving import (REPO, free_port, load_average, percentile, proc_cpu_seconds, queries,
                      resolve_model, start_server, stop_server, synthetic_index)
 
@@ -101,8 +102,9 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=30)
     parser.add_argument("--k", type=int, default=20)
     parser.add_argument("--model", help="bundle directory (default: the cached default bundle)")
-    parser.add_argument("--vectors", choices=["clustered", "uniform"], default="clustered",
-                        help="synthetic photo vectors: clustered like real albums (default) or uniform")
+    parser.add_argument("--vectors", choices=["real", "clustered", "uniform"], default="real",
+                        help="photo vectors: real photos' vectors extended by bench/real_geometry.py (default; "
+                        "needs ../shared/data/flickr8k-dev), clustered synthetic ones, or uniform")
     parser.add_argument("--workdir", default=str(REPO / ".cache" / "bench-serving"),
                         help="where the synthetic indexes are kept (reused between runs)")
     args = parser.parse_args()
@@ -120,8 +122,9 @@ def main() -> None:
     }
     for size in (int(s) for s in args.sizes.split(",")):
         started = time.perf_counter()
+        real = real_vectors(bundle)["images"] if args.vectors == "real" else None
         paths = synthetic_index(Path(args.workdir) / manifest.model_id / f"{args.vectors}-{size}", bundle, size,
-                                clustered=args.vectors == "clustered")
+                                clustered=args.vectors == "clustered", real=real)
         built_s = time.perf_counter() - started
         port = free_port()
         proc = start_server(paths, bundle, port)

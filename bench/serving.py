@@ -70,15 +70,17 @@ def synthetic_vectors(rng: np.random.Generator, count: int, dim: int, centres: n
     return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
 
 
-def synthetic_index(root: Path, bundle: Path, photos: int, seed: int = 0, clustered: bool = True) -> DataPaths:
+def synthetic_index(root: Path, bundle: Path, photos: int, seed: int = 0, clustered: bool = True,
+                    real: np.ndarray | None = None) -> DataPaths:
     """A data directory whose index holds `photos` photos with synthetic unit vectors (of the bundle's dim and
     model id), written through the Store like a scan would, plus the ANN index built and saved.
 
-    clustered: one centre per ~25 photos (real albums are bursts of similar shots; uniform random vectors
-    in 256-d are a worst case no photo collection looks like); False: uniform on the sphere."""
+    real: real photo vectors that bench/real_geometry.py's generator extends to `photos` (the model's own
+    geometry); otherwise clustered: one centre per ~25 photos; False: uniform on the sphere."""
     from clipalbum.server.bundle import read_manifest
     from clipalbum.server.library import Library
     from clipalbum.server.store import Changes, PhotoFields, Store
+    from real_geometry import extended
 
     paths = data_paths(root).ensure()
     manifest = read_manifest(bundle)
@@ -93,10 +95,12 @@ def synthetic_index(root: Path, bundle: Path, photos: int, seed: int = 0, cluste
             root_id = store.add_root(album)
             rng = np.random.default_rng(seed)
             centres = synthetic_vectors(rng, max(1, photos // 25), manifest.embed_dim, None) if clustered else None
+            grown = extended(real, photos, seed) if real is not None else None
             for start in range(0, photos, 5000):
                 changes = Changes()
                 count = min(5000, photos - start)
-                vectors = synthetic_vectors(rng, count, manifest.embed_dim, centres)
+                vectors = (grown[start:start + count] if grown is not None
+                           else synthetic_vectors(rng, count, manifest.embed_dim, centres))
                 for i in range(count):
                     n = start + i
                     day = f"20{10 + n % 15:02d}-{1 + n % 12:02d}-{1 + n % 28:02d}T12:00:00"
