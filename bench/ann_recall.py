@@ -22,19 +22,10 @@ import numpy.typing as npt
 import onnxruntime  # noqa: F401  (before usearch: see server/ann.py)
 from usearch.index import Index, MetricKind, search
 
-from real_geometry import extended, real_vectors
+from real_geometry import exact_top, extended, real_vectors
 from serving import resolve_model
 
 K = 20
-
-
-def exact_top(gallery: npt.NDArray[np.float32], queries: npt.NDArray[np.float32], k: int) -> npt.NDArray:
-    out = np.empty((len(queries), k), dtype=np.int64)
-    for s in range(0, len(queries), 64):
-        scores = queries[s:s + 64] @ gallery.T
-        part = np.argpartition(-scores, k, axis=1)[:, :k]
-        out[s:s + 64] = part
-    return out
 
 
 def rerank(gallery: npt.NDArray[np.float32], query: npt.NDArray[np.float32], candidates: npt.NDArray,
@@ -59,9 +50,8 @@ class Method:
 
 
 class Graph(Method):
-    def __init__(self, gallery: npt.NDArray[np.float32], dtype: str, connectivity: int, expansion: int,
-                 shift: npt.NDArray[np.float32] | None = None) -> None:
-        self.name = f"hnsw-{dtype}-m{connectivity}-ef{expansion}" + ("-shift" if shift is not None else "")
+    def __init__(self, gallery: npt.NDArray[np.float32], dtype: str, connectivity: int, expansion: int) -> None:
+        self.name = f"hnsw-{dtype}-m{connectivity}-ef{expansion}"
         self.index = Index(ndim=gallery.shape[1], metric="cos", dtype=dtype, connectivity=connectivity,
                            expansion_add=128, expansion_search=expansion)
         started = time.perf_counter()
@@ -71,7 +61,7 @@ class Graph(Method):
             print(f"\r  {self.name}: {min(s + 100_000, len(gallery))} added", end="", file=sys.stderr, flush=True)
         print(file=sys.stderr)
         self.build_s = round(time.perf_counter() - started, 1)
-        self.shift = shift
+        self.shift: npt.NDArray[np.float32] | None = None  # added to the query: a move across the modality gap
 
     def memory_mb(self) -> float:
         return round(self.index.memory_usage / 1e6, 1)
@@ -88,7 +78,6 @@ class Flat(Method):
     def __init__(self, gallery: npt.NDArray[np.float32], dtype: str) -> None:
         self.name = f"flat-{dtype}"
         self.data = to_i8(gallery) if dtype == "i8" else gallery.astype(np.float16)
-        self.scale = 127 / np.abs(gallery).max()
 
     def memory_mb(self) -> float:
         return round(self.data.nbytes / 1e6, 1)
@@ -151,8 +140,9 @@ def main() -> None:
         images = gallery[rng.choice(size, args.queries, replace=False)]
         sets = {"text": (texts, exact_top(gallery, texts, K)), "image": (images, exact_top(gallery, images, K))}
         started = time.perf_counter()
-        exact_top(gallery, texts[:50], K)
-        entry: dict[str, object] = {"exact_numpy_f32_ms_per_query": round((time.perf_counter() - started) * 20, 2)}
+        exact_top(gallery, texts[:64], K)  # one block of 64 queries, as numpy's matrix product takes them
+        entry: dict[str, object] = {
+            "exact_numpy_f32_ms_per_query_in_blocks_of_64": round((time.perf_counter() - started) * 1000 / 64, 2)}
         methods: list[Method] = []
         if "flat-i8" in wanted:
             methods.append(Flat(gallery, "i8"))

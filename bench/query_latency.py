@@ -120,9 +120,9 @@ def main() -> None:
         "embed_dim": manifest.embed_dim, "queries_from": source, "k": args.k, "vectors": args.vectors,
         "bar": {"p50_ms": 15, "p99_ms": 40, "at_photos": 100_000}, "sizes": {},
     }
+    real = real_vectors(bundle)["images"] if args.vectors == "real" else None
     for size in (int(s) for s in args.sizes.split(",")):
         started = time.perf_counter()
-        real = real_vectors(bundle)["images"] if args.vectors == "real" else None
         paths = synthetic_index(Path(args.workdir) / manifest.model_id / f"{args.vectors}-{size}", bundle, size,
                                 clustered=args.vectors == "clustered", real=real)
         built_s = time.perf_counter() - started
