@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import fcntl
 import logging
 import math
 import operator
@@ -12,7 +11,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from datetime import date
 from pathlib import Path
 from typing import BinaryIO, Literal
@@ -34,7 +33,7 @@ from clipalbum.server.relevance import suggested_min_score
 from clipalbum.server.scanner import BATCH_SIZE, INFER_BATCH, IndexSummary, Scan
 from clipalbum.server.schemas import FailedFile, Hit, ScanProgress, SearchResponse, StatusResponse
 from clipalbum.server.settings import DataPaths
-from clipalbum.server.store import PhotoRecord, Store, VectorRow
+from clipalbum.server.store import IndexBusyError, PhotoRecord, Store, VectorRow, open_store
 
 __all__ = ["IndexBusyError", "IndexSummary", "Library", "PhotoRecord"]
 
@@ -51,10 +50,6 @@ COMPACT_MIN_REMOVED = 1000  # rebuild the ANN index once this many (and a fifth 
 _ISO_DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
 
 SortOrder = Literal["relevance", "date"]
-
-
-class IndexBusyError(ClipalbumError):
-    """A scan is already running (in this process or another one on the same data directory)."""
 
 
 class Library:
@@ -97,7 +92,7 @@ class Library:
         bundle = resolve_bundle(paths, model, build_if_missing)
         encoders = load_encoders(bundle)
         record_use(paths.root, encoders.manifest.model_id, bundle)
-        store = Store(paths.database)
+        store = open_store(paths)
         try:
             library = cls(paths, encoders, store)
             for root in roots or []:
@@ -144,7 +139,13 @@ class Library:
 
     def _load_ann(self) -> None:
         """Sets up the ANN index at start-up, and saves it when it changed and no other process is indexing
-        (the lock keeps SQLite still between reading it and recording the generation the file matches)."""
+        (the lock keeps SQLite still between reading it and recording the generation the file matches).
+        In PostgreSQL the database keeps the index: it only has to exist."""
+        if self.store.keeps_vector_index:
+            self.ann = self.store.vector_index(self.model_id, self.embed_dim)
+            if self.store.get_meta("ann_model_id") != self.model_id:  # what `clipalbum status` names
+                self.store.set_meta({"ann_model_id": self.model_id})
+            return
         try:
             with self._writer():
                 self._ann_generation = self.store.generation()
@@ -188,6 +189,8 @@ class Library:
 
     def _save_ann(self) -> None:
         # Save first, then record it: a crash in between leaves a mismatch, which means a rebuild, never a lie.
+        if self.store.keeps_vector_index:
+            return
         generation = self.store.generation()
         if (self.store.get_meta("ann_generation") == str(generation) and self.paths.ann_index.is_file()
                 and self.store.get_meta("ann_model_id") == self.model_id):
@@ -205,19 +208,9 @@ class Library:
                 raise
             log.warning("vector index not saved: %s", problem)
 
-    @contextmanager
-    def _writer(self) -> Iterator[None]:
-        """An exclusive lock on the data directory across processes (one indexer at a time)."""
-        with open(self.paths.root / "index.lock", "a+b") as lock_file:
-            try:
-                fcntl.flock(lock_file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError as exc:
-                raise IndexBusyError(f"another clipalbum process is indexing {self.paths.root}; "
-                                     "wait for it to finish") from exc
-            try:
-                yield
-            finally:
-                fcntl.flock(lock_file.fileno(), fcntl.LOCK_UN)
+    def _writer(self) -> AbstractContextManager[None]:
+        """One indexer at a time across processes (the store's lock: a file lock, or advisory locks)."""
+        return self.store.exclusive_writer()
 
     # -- indexing ------------------------------------------------------------------------------------------
 
@@ -235,7 +228,8 @@ class Library:
                 pass
             with self._writer():
                 self._refresh_settings()  # another process may have added a folder or changed the setting
-                if self.store.generation() != self._ann_generation:  # another process indexed meanwhile
+                if self._follows_commits() and self.store.generation() != self._ann_generation:
+                    # another process indexed meanwhile
                     log.info("taking in the photos another process indexed")
                     self._catch_up(self.ann, since=self._ann_generation)
                 scan = Scan(self.store, self.ann, self.encoders, batch_size=self.batch_size or BATCH_SIZE,
@@ -284,7 +278,7 @@ class Library:
             # Read the generation before the rows: rows committed in between are read now and again next
             # time, which AnnIndex.add makes harmless (it replaces a key it holds).
             generation = self.store.generation()
-            if generation != self._ann_generation:
+            if self._follows_commits() and generation != self._ann_generation:
                 log.info("taking in the photos another process indexed (generation %d -> %d)",
                          self._ann_generation, generation)
                 self._catch_up(self.ann, since=self._ann_generation)
@@ -292,6 +286,11 @@ class Library:
                 self._ann_generation = generation
         finally:
             self._follow_lock.release()
+
+    def _follows_commits(self) -> bool:
+        """Whether this process keeps a vector index of its own that must take in other processes' commits
+        (not in PostgreSQL, whose index is the database's)."""
+        return not self.store.keeps_vector_index
 
     def _refresh_settings(self) -> None:
         """Re-reads what another process may have changed in this data directory: the album folders and

@@ -6,6 +6,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from clipalbum.server.errors import ClipalbumError
+
 APP_NAME = "clipalbum"
 
 
@@ -17,9 +19,15 @@ def default_data_dir() -> Path:
     return Path(xdg).expanduser() / APP_NAME
 
 
+POSTGRES_SCHEMES = ("postgresql://", "postgres://")
+
+
 @dataclass(frozen=True)
 class DataPaths:
     root: Path
+    # A PostgreSQL database (with pgvector) that holds the index instead of the SQLite file in `root`;
+    # thumbnails and the token stay in `root`.
+    database_url: str | None = None
 
     @property
     def database(self) -> Path:
@@ -47,5 +55,11 @@ class DataPaths:
         return self
 
 
-def data_paths(data_dir: str | Path | None = None) -> DataPaths:
-    return DataPaths(Path(data_dir).expanduser() if data_dir else default_data_dir())
+def data_paths(data_dir: str | Path | None = None, database: str | None = None) -> DataPaths:
+    """The data directory (default_data_dir() when not given) and the database: `database`, else
+    $CLIPALBUM_DATABASE, else none (the data directory's SQLite file)."""
+    database = database or os.environ.get("CLIPALBUM_DATABASE") or None
+    if database is not None and not database.startswith(POSTGRES_SCHEMES):
+        raise ClipalbumError(f"the database must be a PostgreSQL URL (postgresql://user@host/dbname), not "
+                             f"{database.split('://')[0]!r}; leave it out to keep the index in the data directory")
+    return DataPaths(Path(data_dir).expanduser() if data_dir else default_data_dir(), database)

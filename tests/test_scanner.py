@@ -12,6 +12,7 @@ from PIL import Image
 
 import clipalbum.server.scanner as scanner
 from clipalbum.server.library import Library
+from clipalbum.server.pathnames import from_db
 from clipalbum.server.preprocess import MAX_PIXELS
 from clipalbum.server.scanner import walk_album
 from clipalbum.server.settings import data_paths
@@ -21,15 +22,16 @@ from tests.tinybundle import make_tiny_bundle
 
 
 @pytest.fixture()
-def library(tmp_path: Path, tiny_bundle: Path, sample_album: Path):
-    lib = Library.open(data_paths(tmp_path / "data"), model=tiny_bundle, roots=[str(sample_album)])
+def library(tmp_path: Path, tiny_bundle: Path, sample_album: Path, database: str | None):
+    """The scanner's rules hold on both stores: SQLite and PostgreSQL."""
+    lib = Library.open(data_paths(tmp_path / "data", database), model=tiny_bundle, roots=[str(sample_album)])
     yield lib
     lib.close()
 
 
 def ids_by_path(lib: Library) -> dict[str, int]:
     rows = lib.store._reader.execute("SELECT rel_path, id FROM photos").fetchall()
-    return dict(rows)
+    return {from_db(rel if isinstance(rel, str) else bytes(rel)): i for rel, i in rows}  # Postgres: BYTEA
 
 
 def assert_ann_matches_sqlite(lib: Library) -> None:
@@ -129,8 +131,8 @@ class TestIncremental:
         assert library.photo(ids_by_path(library)["2023/coffee.png"]).mtime_ns == 1_600_000_000_000_000_000
 
     def test_a_new_model_re_embeds_everything_even_with_another_dimension(
-            self, tmp_path: Path, tiny_bundle: Path, sample_album: Path) -> None:
-        paths = data_paths(tmp_path / "data")
+            self, tmp_path: Path, tiny_bundle: Path, sample_album: Path, database: str | None) -> None:
+        paths = data_paths(tmp_path / "data", database)
         with_closing(Library.open(paths, model=tiny_bundle, roots=[str(sample_album)]), lambda lib: lib.index())
         other = make_tiny_bundle(tmp_path / "other", dim=8, model_id="tiny-other")
         lib = Library.open(paths, model=other)
