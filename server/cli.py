@@ -1,5 +1,5 @@
 """The `clipalbum` command line: model build|list|info|remove, index, search, status, serve, service, token, eval,
-demo; train, export and enhance hand over to their own modules."""
+demo, db migrate; train, export and enhance hand over to their own modules."""
 
 from __future__ import annotations
 
@@ -29,6 +29,13 @@ def _add_common(p: argparse.ArgumentParser) -> None:
                    "or $XDG_DATA_HOME/clipalbum)")
     p.add_argument("--model", help="model bundle folder or cached model id (default: $CLIPALBUM_MODEL, else the "
                    "default model in the model cache)")
+    p.add_argument("--database", metavar="URL", help="keep the index in this PostgreSQL database (with pgvector; "
+                   "the postgres extra) instead of the data directory (default: $CLIPALBUM_DATABASE)")
+
+
+def _paths(args: argparse.Namespace) -> DataPaths:
+    """The data directory and database the command's options (or the environment) name."""
+    return data_paths(args.data_dir, getattr(args, "database", None))
 
 
 def _add_follow_links(p: argparse.ArgumentParser) -> None:
@@ -40,7 +47,7 @@ def _add_follow_links(p: argparse.ArgumentParser) -> None:
 def _open_library(args: argparse.Namespace, roots: list[str] | None = None):
     from clipalbum.server.library import Library
 
-    return Library.open(data_paths(args.data_dir), model=args.model, roots=roots,
+    return Library.open(_paths(args), model=args.model, roots=roots,
                         follow_links_outside=getattr(args, "follow_links_outside", None))
 
 
@@ -152,7 +159,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     if len(given) > 1:
         raise ClipalbumError(f"search by one thing at a time: {' and '.join(given)} were both given")
     query_photo = _query_photo(args.image) if args.image is not None else None
-    if _no_model_yet(args) and _indexed_photos(data_paths(args.data_dir)) == 0:
+    if _no_model_yet(args) and _indexed_photos(_paths(args)) == 0:
         # Nothing to find: say so rather than build a model (a minute, 1.5 GB) to search nothing.
         from clipalbum.server.schemas import SearchResponse
 
@@ -198,21 +205,21 @@ def _no_model_yet(args: argparse.Namespace) -> bool:
 
 def _indexed_photos(paths: DataPaths) -> int:
     """Photos with a vector in the data directory's index, whichever model embedded them (no model loaded)."""
-    from clipalbum.server.store import Store
+    from clipalbum.server.store import open_store
 
-    if not paths.database.is_file():
+    if not paths.database_url and not paths.database.is_file():
         return 0
-    with closing(Store(paths.database)) as store:
+    with closing(open_store(paths)) as store:
         return store.embedded_count()
 
 
 def _status_without_model(args: argparse.Namespace) -> StatusResponse:
     from clipalbum.server.library import index_status
     from clipalbum.server.schemas import ScanProgress
-    from clipalbum.server.store import Store
+    from clipalbum.server.store import open_store
 
-    paths = data_paths(args.data_dir).ensure()
-    with closing(Store(paths.database)) as store:
+    paths = _paths(args).ensure()
+    with closing(open_store(paths)) as store:
         model_id = store.get_meta("ann_model_id") or "none yet"
         return index_status(store, model_id, 0, ScanProgress(), max_errors=args.max_errors)
 
@@ -263,7 +270,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     paths = data_paths(args.data_dir)
     source = find_config(paths.root, args.config)
     config = with_overrides(read_config(source) if source else ServeConfig(), {
-        "albums": args.album, "host": args.host, "port": args.port, "rescan_minutes": args.rescan_minutes,
+        "database": args.database, "albums": args.album, "host": args.host, "port": args.port, "rescan_minutes": args.rescan_minutes,
         "allowed_hosts": args.allowed_host, "cors_origins": args.cors_origin,
         "require_token": True if args.require_token else None, "model": args.model,
         "follow_links_outside": args.follow_links_outside})
@@ -273,9 +280,26 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return 0
     from clipalbum.server.app import serve
 
-    serve(paths, model=config.model, albums=config.albums, host=config.host, port=config.port,
+    serve(data_paths(args.data_dir, config.database), model=config.model, albums=config.albums, host=config.host, port=config.port,
           rescan_minutes=config.rescan_minutes, allowed_hosts=config.allowed_hosts, cors_origins=config.cors_origins,
           require_token=config.require_token, follow_links_outside=config.follow_links_outside)
+    return 0
+
+
+def cmd_db_migrate(args: argparse.Namespace) -> int:
+    from clipalbum.server.dbmigrate import migrate
+
+    to = args.to or os.environ.get("CLIPALBUM_DATABASE")
+    if not to:
+        raise ClipalbumError("say which database to migrate into: --to postgresql://user@host/dbname")
+    summary = migrate(data_paths(args.data_dir), to, progress=not args.quiet)
+    if args.json:
+        print(msgspec.json.encode(summary).decode())
+        return 0
+    print(f"migrated {summary.photos} photos ({summary.copied} copied by this run) into {summary.database} in "
+          f"{summary.seconds:.0f} s; models: {', '.join(summary.models) or 'none'}")
+    print(f"serve from it: clipalbum serve --database '{summary.database}'  (the data directory keeps the "
+          "thumbnails; the SQLite file is left as it was)")
     return 0
 
 
@@ -346,7 +370,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from clipalbum.server.demo import run_demo
 
-    run_demo(data_paths(args.data_dir), host=args.host, port=args.port, no_serve=args.no_serve)
+    run_demo(_paths(args), host=args.host, port=args.port, no_serve=args.no_serve)
     return 0
 
 
@@ -449,6 +473,17 @@ def build_parser() -> argparse.ArgumentParser:
     _add_follow_links(serve)
     serve.set_defaults(func=cmd_serve)
 
+    db = sub.add_parser("db", help="move the index into PostgreSQL (db migrate)")
+    db_sub = db.add_subparsers(dest="db_command", required=True)
+    mig = db_sub.add_parser("migrate", help="copy the data directory's index into a PostgreSQL database with "
+                            "pgvector (resumable: run it again after a stop)")
+    mig.add_argument("--data-dir", help="the data directory to copy (default: $CLIPALBUM_DATA_DIR or "
+                     "$XDG_DATA_HOME/clipalbum)")
+    mig.add_argument("--to", metavar="URL", help="postgresql://user@host/dbname (default: $CLIPALBUM_DATABASE)")
+    mig.add_argument("--json", action="store_true", help="print the summary as JSON")
+    mig.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    mig.set_defaults(func=cmd_db_migrate)
+
     svc = sub.add_parser("service", help="install (or uninstall) a systemd user unit that runs serve at boot")
     svc.add_argument("action", choices=["install", "uninstall"], help="write or remove the systemd user unit")
     svc.add_argument("--data-dir", help="the data directory serve uses (default: $CLIPALBUM_DATA_DIR or "
@@ -515,6 +550,11 @@ def main(argv: list[str] | None = None) -> int:
         if (problem := storage_problem(exc, data_paths(getattr(args, "data_dir", None)).root)) is None:
             raise
         print(f"clipalbum: {problem}", file=sys.stderr)
+        return 2
+    except Exception as exc:  # psycopg's (the postgres extra): a database that went away, a full disk there
+        if type(exc).__module__.split(".")[0] != "psycopg":
+            raise
+        print(f"clipalbum: database error: {str(exc).strip() or type(exc).__name__}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("clipalbum: interrupted; run the same command again to resume", file=sys.stderr)

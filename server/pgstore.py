@@ -92,7 +92,7 @@ def connect(url: str) -> "psycopg.Connection[Any]":
     try:
         return psycopg.connect(url, autocommit=True, connect_timeout=10)
     except psycopg.Error as exc:
-        reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+        reason = "; ".join(line.strip() for line in str(exc).splitlines() if line.strip()) or type(exc).__name__
         raise ClipalbumError(f"cannot connect to the database {redacted(url)}: {reason}") from exc
 
 

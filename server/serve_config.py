@@ -28,12 +28,14 @@ class ServeConfig:
     require_token: bool = False
     model: str | None = None
     follow_links_outside: bool | None = None  # None: as the data directory remembers it
+    database: str | None = None  # a PostgreSQL URL; None: $CLIPALBUM_DATABASE, else the data directory's SQLite
 
 
 # What each key's value must be, for the messages of a file that says otherwise.
 _KINDS: dict[str, tuple[type, ...]] = {
     "albums": (list,), "host": (str,), "port": (int,), "rescan_minutes": (int, float), "allowed_hosts": (list,),
     "cors_origins": (list,), "require_token": (bool,), "model": (str,), "follow_links_outside": (bool,),
+    "database": (str,),
 }
 
 

@@ -59,7 +59,12 @@ def data_paths(data_dir: str | Path | None = None, database: str | None = None) 
     """The data directory (default_data_dir() when not given) and the database: `database`, else
     $CLIPALBUM_DATABASE, else none (the data directory's SQLite file)."""
     database = database or os.environ.get("CLIPALBUM_DATABASE") or None
-    if database is not None and not database.startswith(POSTGRES_SCHEMES):
-        raise ClipalbumError(f"the database must be a PostgreSQL URL (postgresql://user@host/dbname), not "
-                             f"{database.split('://')[0]!r}; leave it out to keep the index in the data directory")
     return DataPaths(Path(data_dir).expanduser() if data_dir else default_data_dir(), database)
+
+
+def check_database_url(url: str) -> str:
+    """`url` if it names a PostgreSQL database, else a ClipalbumError that says what is expected."""
+    if not url.startswith(POSTGRES_SCHEMES):
+        raise ClipalbumError(f"the database must be a PostgreSQL URL (postgresql://user@host/dbname), not "
+                             f"{url.split('://')[0]!r}; leave it out to keep the index in the data directory")
+    return url

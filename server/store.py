@@ -20,7 +20,7 @@ import numpy.typing as npt
 from clipalbum.server.diskerrors import storage_problem
 from clipalbum.server.errors import ClipalbumError
 from clipalbum.server.pathnames import display, from_db, to_db
-from clipalbum.server.settings import DataPaths
+from clipalbum.server.settings import DataPaths, check_database_url
 
 log = logging.getLogger(__name__)
 
@@ -143,7 +143,7 @@ def open_store(paths: DataPaths) -> "Store":
     if paths.database_url:
         from clipalbum.server.pgstore import PgStore  # psycopg: the optional [postgres] extra
 
-        return PgStore(paths.database_url)  # type: ignore[return-value]  # the same interface
+        return PgStore(check_database_url(paths.database_url))  # type: ignore[return-value]  # same interface
     return Store(paths.database)
 
 
