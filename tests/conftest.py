@@ -7,6 +7,7 @@ import shutil
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from functools import partialmethod
 from pathlib import Path
 
@@ -116,18 +117,24 @@ def postgres_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object
     server.cleanup()
 
 
-@pytest.fixture()
-def postgres_url(postgres_server) -> Iterator[str]:
-    """A fresh, empty database on the test server, dropped afterwards."""
+@contextmanager
+def fresh_database(server) -> Iterator[str]:
+    """A new, empty database on the test server (its URL), dropped afterwards."""
     import psycopg
 
     name = f"test_{uuid.uuid4().hex[:16]}"
-    admin = postgres_server.get_uri()
+    admin = server.get_uri()
     with psycopg.connect(admin, autocommit=True) as con:
         con.execute(f'CREATE DATABASE "{name}"')
-    yield postgres_server.get_uri(name)
+    yield server.get_uri(name)
     with psycopg.connect(admin, autocommit=True) as con:
         con.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+
+
+@pytest.fixture()
+def postgres_url(postgres_server) -> Iterator[str]:
+    with fresh_database(postgres_server) as url:
+        yield url
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
@@ -135,6 +142,16 @@ def database(request: pytest.FixtureRequest) -> str | None:
     """The store a test runs on, both in turn: None (the data directory's SQLite file) or a fresh
     PostgreSQL database's URL."""
     return None if request.param == "sqlite" else request.getfixturevalue("postgres_url")
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgres"])
+def module_database(request: pytest.FixtureRequest) -> Iterator[str | None]:
+    """`database` for a module's shared fixtures: each module runs once per store."""
+    if request.param == "sqlite":
+        yield None
+        return
+    with fresh_database(request.getfixturevalue("postgres_server")) as url:
+        yield url
 
 
 @pytest.fixture(scope="session")

@@ -35,8 +35,8 @@ def make_album(folder: Path) -> Path:
     return folder
 
 
-def open_indexed(data_dir: Path, bundle: Path, album: Path) -> Library:
-    library = Library.open(data_paths(data_dir), model=bundle, roots=[str(album)])
+def open_indexed(data_dir: Path, bundle: Path, album: Path, database: str | None = None) -> Library:
+    library = Library.open(data_paths(data_dir, database), model=bundle, roots=[str(album)])
     library.index()
     return library
 
@@ -56,8 +56,10 @@ def album(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def library(tmp_path_factory: pytest.TempPathFactory, tiny_bundle: Path, album: Path) -> Iterator[Library]:
-    lib = open_indexed(tmp_path_factory.mktemp("shared-data"), tiny_bundle, album)
+def library(tmp_path_factory: pytest.TempPathFactory, tiny_bundle: Path, album: Path,
+            module_database: str | None) -> Iterator[Library]:
+    """The API answers the same on both stores: this module runs on SQLite, then on PostgreSQL."""
+    lib = open_indexed(tmp_path_factory.mktemp("shared-data"), tiny_bundle, album, module_database)
     yield lib
     lib.close()
 
@@ -84,8 +86,11 @@ def own_album(tmp_path: Path) -> Path:
 
 
 @pytest.fixture()
-def own_library(tmp_path: Path, tiny_bundle: Path, own_album: Path) -> Iterator[Library]:
-    lib = open_indexed(tmp_path / "data", tiny_bundle, own_album)
+def own_library(tmp_path: Path, tiny_bundle: Path, own_album: Path, module_database: str | None,
+                request: pytest.FixtureRequest) -> Iterator[Library]:
+    """A library of the test's own, in a database of its own when the module runs on PostgreSQL."""
+    database = request.getfixturevalue("postgres_url") if module_database else None
+    lib = open_indexed(tmp_path / "data", tiny_bundle, own_album, database)
     yield lib
     lib.close()
 

@@ -72,10 +72,10 @@ def wait_indexed(client: httpx.Client, count: int) -> dict:
 
 
 def test_serve_indexes_in_the_background_and_answers(tmp_path: Path, default_bundle: Path,
-                                                    sample_album: Path) -> None:
+                                                    sample_album: Path, database: str | None) -> None:
     port = free_port()
     args = ["serve", "--album", str(sample_album), "--port", str(port), "--data-dir", str(tmp_path / "data"),
-            "--model", str(default_bundle)]
+            "--model", str(default_bundle), *(["--database", database] if database else [])]
     with running(args, port, tmp_path / "serve.log") as client:
         status = wait_indexed(client, len(SAMPLE_PHOTOS))
         assert status["failed"] == 0 and status["roots"] == [str(sample_album.resolve())]
