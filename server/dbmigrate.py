@@ -58,6 +58,7 @@ def migrate(paths: DataPaths, url: str, progress: bool = True) -> MigrationSumma
         with target._transaction() as con:  # new photos get ids after the copied ones
             con.execute("SELECT setval(pg_get_serial_sequence('photos', 'id'), "
                         "GREATEST((SELECT COALESCE(MAX(id), 0) FROM photos), 1))")
+        target.refresh_statistics()  # for the planner, before anyone searches
         values = {key: value for key in _META_KEYS if (value := source.get_meta(key)) is not None}
         values["generation"] = str(max(source.generation(), target.generation()) + 1)
         target.set_meta(values)

@@ -253,6 +253,8 @@ class Library:
                         self._compact_ann()
                         self._save_ann_if_writable()
                         self._ann_generation = self.store.generation()
+                if summary.added or summary.updated or summary.removed:
+                    self.store.refresh_statistics()
             log.info("%s", summary.describe())
             return summary
         finally:

@@ -18,7 +18,7 @@ from clipalbum.server import dbmigrate
 from clipalbum.server.cli import main
 from clipalbum.server.errors import ClipalbumError
 from clipalbum.server.library import IndexBusyError, Library
-from clipalbum.server.pgstore import PgStore, redacted
+from clipalbum.server.pgstore import PgStore, redacted, vector_index_name
 from clipalbum.server.settings import data_paths
 from clipalbum.server.store import Changes, PhotoFields
 from tests import faulttools
@@ -118,6 +118,85 @@ class TestPgStore:
                                                               capsys: pytest.CaptureFixture[str]) -> None:
         assert main(["status", "--data-dir", str(tmp_path), "--database", "mysql://db/photos"]) == 2
         assert "must be a PostgreSQL URL" in capsys.readouterr().err
+
+
+class _Recording:
+    """A reader connection that notes each statement it runs (to EXPLAIN them afterwards)."""
+
+    def __init__(self, con: psycopg.Connection) -> None:
+        self.con, self.seen = con, []
+        self.closed = False
+
+    def execute(self, query, params=None):
+        self.seen.append((query, params))
+        return self.con.execute(query, params)
+
+    def cursor(self, **options):
+        recording, cursor = self, self.con.cursor(**options)
+
+        class Cursor:
+            def execute(self, query, params=None):
+                recording.seen.append((query, params))
+                return cursor.execute(query, params)
+
+        return Cursor()
+
+
+class TestHotQueryPlans:
+    """As for SQLite (tests/test_store.py): a search, a thumbnail or a photo page reads photos by primary key,
+    and the graph search runs on the model's HNSW index. The table has no statistics yet (no ANALYZE), as
+    right after a scan, which is when a planner picks worst; sequential scans are off, as a small test table
+    would rightly get one: which index the planner takes is the question."""
+
+    @staticmethod
+    def plans(store: PgStore, call) -> list[str]:
+        real = store._reader
+        recording = store._local.con = _Recording(real)
+        try:
+            call()
+        finally:
+            store._local.con = real
+        out = []
+        real.execute("SET enable_seqscan = off")
+        try:
+            for query, params in recording.seen:
+                statement = query if isinstance(query, psycopg.sql.Composable) else psycopg.sql.SQL(query)
+                rows = real.execute(psycopg.sql.SQL("EXPLAIN {}").format(statement), params).fetchall()
+                out.append(" | ".join(r[0] for r in rows))
+        finally:
+            real.execute("RESET enable_seqscan")
+        return out
+
+    @pytest.fixture()
+    def filled(self, postgres_url: str):
+        store = PgStore(postgres_url)
+        rng = np.random.default_rng(1)
+        vectors = rng.standard_normal((300, 16)).astype(np.float32)
+        vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+        root = store.add_root(Path("/album"))
+        store.apply(Changes(writes=[(None, PhotoFields(root, f"{i}.jpg", 1, 1, f"h{i}", model_id="m1",
+                                                       taken_at=f"2020-01-{1 + i % 28:02d}T10:00:00",
+                                                       vector=vectors[i])) for i in range(300)]))
+        yield store
+        store.close()
+
+    def test_search_and_serving_read_photos_by_primary_key(self, filled: PgStore) -> None:
+        ids = list(range(1, 30))
+        for call in (lambda: filled.vector_rows(ids, "m1"), lambda: filled.taken_at(ids),
+                     lambda: filled.photo(7, "m1"), lambda: filled.vector(7)):
+            (plan,) = self.plans(filled, call)
+            assert "photos_pkey" in plan and "photos_by_" not in plan, plan
+
+    def test_the_graph_search_can_use_the_models_partial_hnsw_index(self, filled: PgStore) -> None:
+        # The question is whether the index's expression and predicate match the query, so that it can
+        # serve the ORDER BY ... LIMIT: sorting 300 rows is rightly cheaper, so sorts are off here.
+        index = filled.vector_index("m1", 16)
+        filled._reader.execute("SET enable_sort = off")
+        try:
+            (plan,) = self.plans(filled, lambda: index.search(np.ones(16, dtype=np.float32) / 4, 20))
+        finally:
+            filled._reader.execute("RESET enable_sort")
+        assert vector_index_name("m1") in plan, plan
 
 
 class TestMigrate:
