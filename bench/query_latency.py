@@ -26,8 +26,8 @@ import numpy as np
 
 
 from real_geometry import real_vectors
-from serving import (REPO, free_port, load_average, percentile, postgres_database, proc_cpu_seconds, queries,
-                     resolve_model, start_server, stop_server, synthetic_index)
+from serving import (REPO, free_port, load_average, percentile, postgres_database, proc_cpu_seconds,
+                     proc_memory_mb, queries, resolve_model, start_server, stop_server, synthetic_index)
 
 
 def summarize(samples: list[float]) -> dict[str, float]:
@@ -56,9 +56,11 @@ def http_latency(pid: int, port: int, texts: list[str], warmup: int, k: int) -> 
             "server_cpu_ms_per_query": round(cpu_ms, 2), "queries": len(wall)}
 
 
-def breakdown(paths, bundle: Path, texts: list[str], k: int, ef_search: list[int]) -> dict[str, object]:
+def breakdown(paths, bundle: Path, texts: list[str], k: int, ef_search: list[int],
+              hnsw_builds: list[tuple[int, int]] = ()) -> dict[str, object]:
     """Where one query's time goes, measured in-process on the same index, and the exact-scan baseline
-    (and, in PostgreSQL, the graph path at each hnsw.ef_search of the sweep)."""
+    (and, in PostgreSQL, the graph path at each hnsw.ef_search of the sweep, for the shipped graph and for
+    graphs built with each (m, ef_construction) of `hnsw_builds`)."""
     from clipalbum.server.library import Library, rerank, rerank_pool
 
     library = Library.open(paths, model=bundle)
@@ -101,14 +103,39 @@ def breakdown(paths, bundle: Path, texts: list[str], k: int, ef_search: list[int
         report: dict[str, object] = {"text_encoder_ms": summarize(encode), **graph_path(),
                                      "baseline_exact_numpy_scan_ms": summarize(exact)}
         if library.store.keeps_vector_index and ef_search:
-            sweep = {}
-            for ef in ef_search:
-                library.store._reader.execute(f"SET hnsw.ef_search = {int(ef)}")
-                sweep[str(ef)] = graph_path()
-            report["ef_search_sweep"] = sweep
+            def sweep() -> dict[str, object]:
+                results = {}
+                for ef in ef_search:
+                    library.ann.ef_search = ef
+                    results[str(ef)] = graph_path()
+                library.ann.ef_search = None  # as the server chooses it
+                return results
+
+            report["ef_search_sweep"] = sweep()
+            if hnsw_builds:
+                report["hnsw_builds"] = {f"m{m}_efc{efc}": {"build_s": rebuild_graph(library, m, efc), **sweep()}
+                                         for m, efc in hnsw_builds}
+                rebuild_graph(library, None, None)  # as shipped, for later runs
         return report
     finally:
         library.close()
+
+
+def rebuild_graph(library, m: int | None, ef_construction: int | None) -> float:
+    """Replaces the model's HNSW index in PostgreSQL with one built with these settings (None: as shipped);
+    returns the seconds it took."""
+    from clipalbum.server import pgstore
+
+    name = pgstore.vector_index_name(library.model_id)
+    shipped = (pgstore.HNSW_M, pgstore.HNSW_EF_CONSTRUCTION)
+    library.store._writer.execute(f'DROP INDEX IF EXISTS "{name}"')
+    pgstore.HNSW_M, pgstore.HNSW_EF_CONSTRUCTION = m or shipped[0], ef_construction or shipped[1]
+    try:
+        started = time.perf_counter()
+        library.store.ensure_vector_index(library.model_id, library.embed_dim)
+        return round(time.perf_counter() - started, 1)
+    finally:
+        pgstore.HNSW_M, pgstore.HNSW_EF_CONSTRUCTION = shipped
 
 
 def main() -> None:
@@ -123,6 +150,8 @@ def main() -> None:
                         "needs ../shared/data/flickr8k-dev), clustered synthetic ones, or uniform")
     parser.add_argument("--stores", default="sqlite", help="sqlite, postgres, or both (comma-separated)")
     parser.add_argument("--ef-search", default="", help="PostgreSQL: hnsw.ef_search values to sweep in-process")
+    parser.add_argument("--hnsw-builds", default="", help="PostgreSQL: graphs to build and sweep too, as "
+                        "m:ef_construction pairs (e.g. 16:200,32:200); the shipped one is rebuilt after")
     parser.add_argument("--workdir", default=str(REPO / ".cache" / "bench-serving"),
                         help="where the synthetic indexes are kept (reused between runs)")
     args = parser.parse_args()
@@ -140,6 +169,7 @@ def main() -> None:
     }
     real = real_vectors(bundle)["images"] if args.vectors == "real" else None
     ef_search = [int(e) for e in args.ef_search.split(",") if e]
+    hnsw_builds = [tuple(int(x) for x in pair.split(":")) for pair in args.hnsw_builds.split(",") if pair]
     for store in args.stores.split(","):
         for size in (int(s) for s in args.sizes.split(",")):
             started = time.perf_counter()
@@ -153,10 +183,12 @@ def main() -> None:
             proc = start_server(paths, bundle, port)
             try:
                 http = http_latency(proc.pid, port, texts, args.warmup, args.k)
+                http["server_memory_mb"] = proc_memory_mb(proc.pid)
             finally:
                 stop_server(proc)
             entry = {"index_ready_s": round(built_s, 1), "load_average_before": load_average(), **http,
-                     "in_process_breakdown": breakdown(paths, bundle, texts[args.warmup:][:200], args.k, ef_search)}
+                     "in_process_breakdown": breakdown(paths, bundle, texts[args.warmup:][:200], args.k, ef_search,
+                                                              hnsw_builds)}
             report["sizes"][f"{store}-{size}"] = entry  # type: ignore[index]
             print(f"{store}, {size} photos: http p50 {http['http_ms']['p50']} ms, p99 {http['http_ms']['p99']} ms",
                   file=sys.stderr, flush=True)

@@ -270,7 +270,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     paths = data_paths(args.data_dir)
     source = find_config(paths.root, args.config)
     config = with_overrides(read_config(source) if source else ServeConfig(), {
-        "database": args.database, "albums": args.album, "host": args.host, "port": args.port, "rescan_minutes": args.rescan_minutes,
+        "database": args.database, "thumbnails": args.thumbnails, "albums": args.album, "host": args.host, "port": args.port, "rescan_minutes": args.rescan_minutes,
         "allowed_hosts": args.allowed_host, "cors_origins": args.cors_origin,
         "require_token": True if args.require_token else None, "model": args.model,
         "follow_links_outside": args.follow_links_outside})
@@ -280,7 +280,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return 0
     from clipalbum.server.app import serve
 
-    serve(data_paths(args.data_dir, config.database), model=config.model, albums=config.albums, host=config.host, port=config.port,
+    serve(data_paths(args.data_dir, config.database, config.thumbnails), model=config.model, albums=config.albums, host=config.host, port=config.port,
           rescan_minutes=config.rescan_minutes, allowed_hosts=config.allowed_hosts, cors_origins=config.cors_origins,
           require_token=config.require_token, follow_links_outside=config.follow_links_outside)
     return 0
@@ -458,6 +458,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", help="address to listen on (default 127.0.0.1; 0.0.0.0: every interface)")
     serve.add_argument("--port", type=int, help="default 8000")
     serve.add_argument("--rescan-minutes", type=float, help="periodic rescan (0: never; default 30)")
+    serve.add_argument("--thumbnails", metavar="DIR", help="cache thumbnails in this folder (default: the data "
+                       "directory's); servers sharing a database may share it")
     serve.add_argument("--config", metavar="FILE", help="settings file (default: $CLIPALBUM_CONFIG, else "
                        "clipalbum.toml in the data directory, else in $XDG_CONFIG_HOME/clipalbum); options given "
                        "here override it")

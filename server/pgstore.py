@@ -36,17 +36,22 @@ except ImportError as exc:  # the base install (and the Pi) has no database driv
 from clipalbum.server.errors import ClipalbumError
 from clipalbum.server.pathnames import display, from_db
 from clipalbum.server.store import (Changes, FileState, IndexBusyError, MetaRecords, PhotoFields, PhotoRecord,
-                                    VectorRow, status_counts)
+                                    VectorRow, status_counts, window_condition)
 
 log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
 LOCK_CLASS = 0x636C6970  # 'clip': the first key of clipalbum's advisory locks (the second: a root id)
-# pgvector's HNSW settings: m and ef_construction as pgvector's defaults; ef_search measured by
-# bench/pg_search.py (text queries sit away from the photos and need a wider search than its default 40).
+# pgvector's HNSW settings, from bench/query_latency.py --stores postgres (--ef-search, --hnsw-builds) on
+# real-geometry vectors, caption queries, 30 candidates re-ranked exactly. Text queries sit away from the
+# photos (the modality gap) and need a far wider search than pgvector's default ef_search 40: at 100k photos
+# ef_search 1000 (pgvector's maximum) found 0.98 of the true top 20 with ef_construction 200 (0.974 with 128,
+# 0.979 with 64 in one run, 0.95 in another); at 10k, 400 found 0.999 in 3 ms while 800 took 15 ms.
 HNSW_M = 16
-HNSW_EF_CONSTRUCTION = 64
-EF_SEARCH = 400
+HNSW_EF_CONSTRUCTION = 200
+EF_SEARCH_SMALL = 400  # up to LARGE_INDEX photos of a model
+EF_SEARCH_LARGE = 1000
+LARGE_INDEX = 50_000
 COUNT_CACHE_SECONDS = 5.0
 
 _SCHEMA = """
@@ -98,7 +103,7 @@ def connect(url: str) -> "psycopg.Connection[Any]":
 
 class _VectorLoader(psycopg.adapt.Loader):
     """pgvector's binary `vector` (dims, unused, big-endian float32s) straight into a numpy array (pgvector's
-    own loader goes through a Python array: 3x slower for a search's rows)."""
+    own loader gives its Vector class)."""
 
     format = psycopg.pq.Format.BINARY
 
@@ -150,9 +155,9 @@ class PgStore(MetaRecords):
         if con is None or con.closed:
             con = connect(self.url)
             _prepare(con)
-            con.execute(f"SET hnsw.ef_search = {EF_SEARCH}")
-            # A partial index per model and date filters: keep scanning the graph until LIMIT rows qualify.
+            # Date filters: keep scanning the graph until LIMIT rows qualify.
             con.execute("SET hnsw.iterative_scan = relaxed_order")
+            self._local.ef_search = None
             with self._all_lock:
                 self._all.append(con)
             self._local.con = con
@@ -341,30 +346,19 @@ class PgStore(MetaRecords):
         return [VectorRow(i, from_db(bytes(root)), from_db(bytes(rel)), w, h, t, v)
                 for i, root, rel, w, h, t, v, status, model in rows if status == "indexed" and model == model_id]
 
-    @staticmethod
-    def _window_sql(start: str | None, end: str | None) -> tuple[str, list[object]]:
-        sql_text, params = " AND taken_at IS NOT NULL", []
-        if start:
-            sql_text += " AND taken_at >= %s"
-            params.append(start)
-        if end:
-            sql_text += " AND taken_at < %s"
-            params.append(end)
-        return sql_text, params
-
     def count_taken_between(self, model_id: str, start: str | None, end: str | None) -> int:
-        where, params = self._window_sql(start, end)
+        where, params = window_condition(start, end, "%s")
         return int(self._reader.execute(f"SELECT COUNT(*) FROM photos WHERE model_id = %s{where}",
                                         (model_id, *params)).fetchone()[0])
 
     def ids_taken_between(self, model_id: str, start: str | None, end: str | None) -> list[int]:
-        where, params = self._window_sql(start, end)
+        where, params = window_condition(start, end, "%s")
         return [int(i) for (i,) in self._reader.execute(f"SELECT id FROM photos WHERE model_id = %s{where} ORDER BY id",
                                                         (model_id, *params))]
 
     def vectors_taken_between(self, model_id: str, start: str | None, end: str | None
                               ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]:
-        where, params = self._window_sql(start, end)
+        where, params = window_condition(start, end, "%s")
         rows = self._reader.cursor(binary=True).execute(
             f"SELECT id, vector FROM photos WHERE model_id = %s{where} ORDER BY id", (model_id, *params)).fetchall()
         if not rows:
@@ -376,17 +370,21 @@ class PgStore(MetaRecords):
         return dict(self._reader.execute("SELECT id, taken_at FROM photos WHERE id = ANY(%s::bigint[])",
                                          ([int(i) for i in ids],)).fetchall())
 
-    def nearest(self, model_id: str, ndim: int, vector: npt.NDArray[np.float32], count: int
+    def nearest(self, model_id: str, ndim: int, vector: npt.NDArray[np.float32], count: int, ef_search: int
                 ) -> tuple[list[int], list[float]]:
-        """Up to `count` photo ids of `model_id` nearest to `vector` by its HNSW index, with their cosine
-        similarities (from half-precision vectors), best first."""
+        """Up to `count` photo ids of `model_id` nearest to `vector` by its HNSW index (searched `ef_search`
+        wide), with their cosine similarities (from half-precision vectors), best first."""
         if count <= 0:
             return [], []
+        reader = self._reader
+        if self._local.ef_search != ef_search:  # a session setting: set once per connection and value
+            reader.execute(f"SET hnsw.ef_search = {int(ef_search)}")
+            self._local.ef_search = ef_search
         cast = sql.SQL("vector::halfvec({})").format(sql.Literal(ndim))
         query = sql.SQL("SELECT id, {cast} <=> %(q)s::halfvec({d}) AS distance FROM photos WHERE model_id = {model} "
                         "ORDER BY {cast} <=> %(q)s::halfvec({d}) LIMIT %(n)s").format(
             cast=cast, d=sql.Literal(ndim), model=sql.Literal(model_id))  # a literal: the partial index matches it
-        rows = self._reader.execute(query, {"q": np.asarray(vector, dtype=np.float32), "n": count}).fetchall()
+        rows = reader.execute(query, {"q": np.asarray(vector, dtype=np.float32), "n": count}).fetchall()
         rows.sort(key=lambda r: r[1])  # relaxed_order iterative scans may return slightly out of order
         return [int(i) for i, _ in rows], [1.0 - float(d) for _, d in rows]
 
@@ -398,14 +396,16 @@ class PgStore(MetaRecords):
         if exists:
             return
         log.info("building the database's vector index for %s", model_id)
-        with self._write_lock:
-            self._writer.execute("SET maintenance_work_mem = '256MB'")  # the graph fits: builds 2x faster
-            self._writer.execute(sql.SQL(
+        with self._transaction() as con:
+            # One builder at a time (servers starting together would race to create it); the build blocks
+            # writers, not searches.
+            con.execute("SELECT pg_advisory_xact_lock(%s, 0)", (LOCK_CLASS,))
+            con.execute("SET LOCAL maintenance_work_mem = '256MB'")  # the graph fits: builds 2x faster
+            con.execute(sql.SQL(
                 "CREATE INDEX IF NOT EXISTS {name} ON photos USING hnsw ((vector::halfvec({d})) halfvec_cosine_ops) "
                 "WITH (m = {m}, ef_construction = {efc}) WHERE model_id = {model}").format(
                 name=sql.Identifier(name), d=sql.Literal(ndim), m=sql.Literal(HNSW_M),
                 efc=sql.Literal(HNSW_EF_CONSTRUCTION), model=sql.Literal(model_id)))
-            self._writer.execute("RESET maintenance_work_mem")
 
     def vector_index(self, model_id: str, ndim: int) -> "PgVectorIndex":
         self.ensure_vector_index(model_id, ndim)
@@ -470,6 +470,7 @@ class PgVectorIndex:
     def __init__(self, store: PgStore, model_id: str, ndim: int) -> None:
         self.store, self.model_id, self.ndim = store, model_id, ndim
         self._count = (0, -COUNT_CACHE_SECONDS)  # (count, when)
+        self.ef_search: int | None = None  # None: by the index's size (EF_SEARCH_SMALL or _LARGE)
 
     def __len__(self) -> int:
         # Date-window searches ask for it per query; a count of a million rows takes tens of milliseconds.
@@ -492,7 +493,8 @@ class PgVectorIndex:
         """Nothing to do: the rows' commit updated the database's index."""
 
     def search(self, vector: npt.NDArray[np.float32], count: int) -> tuple[list[int], list[float]]:
-        return self.store.nearest(self.model_id, self.ndim, vector, count)
+        ef = self.ef_search or (EF_SEARCH_LARGE if len(self) > LARGE_INDEX else EF_SEARCH_SMALL)
+        return self.store.nearest(self.model_id, self.ndim, vector, count, ef)
 
     def save(self, path: Path) -> None:
         """Nothing to save: the database holds the index."""

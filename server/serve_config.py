@@ -29,13 +29,14 @@ class ServeConfig:
     model: str | None = None
     follow_links_outside: bool | None = None  # None: as the data directory remembers it
     database: str | None = None  # a PostgreSQL URL; None: $CLIPALBUM_DATABASE, else the data directory's SQLite
+    thumbnails: str | None = None  # the thumbnail folder; None: in the data directory
 
 
 # What each key's value must be, for the messages of a file that says otherwise.
 _KINDS: dict[str, tuple[type, ...]] = {
     "albums": (list,), "host": (str,), "port": (int,), "rescan_minutes": (int, float), "allowed_hosts": (list,),
     "cors_origins": (list,), "require_token": (bool,), "model": (str,), "follow_links_outside": (bool,),
-    "database": (str,),
+    "database": (str,), "thumbnails": (str,),
 }
 
 
@@ -86,8 +87,9 @@ def read_config(path: Path) -> ServeConfig:
         values["rescan_minutes"] = float(values["rescan_minutes"])
     if "albums" in values:  # no shell expands ~ in a file
         values["albums"] = [os.path.expanduser(album) for album in values["albums"]]
-    if "model" in values:
-        values["model"] = os.path.expanduser(values["model"])
+    for key in ("model", "thumbnails"):
+        if key in values:
+            values[key] = os.path.expanduser(values[key])
     return ServeConfig(**values)
 
 

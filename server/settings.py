@@ -25,9 +25,12 @@ POSTGRES_SCHEMES = ("postgresql://", "postgres://")
 @dataclass(frozen=True)
 class DataPaths:
     root: Path
-    # A PostgreSQL database (with pgvector) that holds the index instead of the SQLite file in `root`;
-    # thumbnails and the token stay in `root`.
+    # A PostgreSQL database (with pgvector) that holds the index instead of the SQLite file in `root`
+    # (the access token stays in `root`).
     database_url: str | None = None
+    # Where thumbnails are cached instead of root/thumbnails: a folder several servers of one database can
+    # share (they are named by content hash and size, so any server's copy serves all).
+    thumbnail_dir: Path | None = None
 
     @property
     def database(self) -> Path:
@@ -39,7 +42,7 @@ class DataPaths:
 
     @property
     def thumbnails(self) -> Path:
-        return self.root / "thumbnails"
+        return self.thumbnail_dir or self.root / "thumbnails"
 
     @property
     def token(self) -> Path:
@@ -51,15 +54,18 @@ class DataPaths:
 
     def ensure(self) -> "DataPaths":
         self.root.mkdir(parents=True, exist_ok=True)
-        self.thumbnails.mkdir(exist_ok=True)
+        self.thumbnails.mkdir(parents=True, exist_ok=True)
         return self
 
 
-def data_paths(data_dir: str | Path | None = None, database: str | None = None) -> DataPaths:
-    """The data directory (default_data_dir() when not given) and the database: `database`, else
-    $CLIPALBUM_DATABASE, else none (the data directory's SQLite file)."""
+def data_paths(data_dir: str | Path | None = None, database: str | None = None,
+               thumbnails: str | Path | None = None) -> DataPaths:
+    """The data directory (default_data_dir() when not given), the database (`database`, else
+    $CLIPALBUM_DATABASE, else none: the data directory's SQLite file) and the thumbnail folder (default: in
+    the data directory)."""
     database = database or os.environ.get("CLIPALBUM_DATABASE") or None
-    return DataPaths(Path(data_dir).expanduser() if data_dir else default_data_dir(), database)
+    return DataPaths(Path(data_dir).expanduser() if data_dir else default_data_dir(), database,
+                     Path(thumbnails).expanduser() if thumbnails else None)
 
 
 def check_database_url(url: str) -> str:

@@ -423,35 +423,22 @@ class Store(MetaRecords):
                        for i, root, rel, w, h, t, v in rows)
         return out
 
-    @staticmethod
-    def _window_sql(start: str | None, end: str | None) -> tuple[str, list[object]]:
-        # Failed photos have no model_id, so "model_id = ?" alone means "embedded by this model" and the
-        # (model_id, taken_at) index answers the whole condition.
-        sql, params = " AND taken_at IS NOT NULL", []
-        if start:
-            sql += " AND taken_at >= ?"
-            params.append(start)
-        if end:
-            sql += " AND taken_at < ?"
-            params.append(end)
-        return sql, params
-
     def count_taken_between(self, model_id: str, start: str | None, end: str | None) -> int:
         """How many embedded photos have an EXIF capture time in [start, end) (ISO strings sort as times)."""
-        sql, params = self._window_sql(start, end)
+        sql, params = window_condition(start, end)
         return int(self._reader.execute(f"SELECT COUNT(*) FROM photos WHERE model_id = ?{sql}",
                                         (model_id, *params)).fetchone()[0])
 
     def ids_taken_between(self, model_id: str, start: str | None, end: str | None) -> list[int]:
         """Embedded photos whose EXIF capture time is in [start, end); undated photos never match."""
-        sql, params = self._window_sql(start, end)
+        sql, params = window_condition(start, end)
         return [int(i) for (i,) in self._reader.execute(f"SELECT id FROM photos WHERE model_id = ?{sql}",
                                                         (model_id, *params))]
 
     def vectors_taken_between(self, model_id: str, start: str | None, end: str | None
                               ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]:
         """(ids, vectors) of the embedded photos taken in [start, end), for ranking a small window exactly."""
-        sql, params = self._window_sql(start, end)
+        sql, params = window_condition(start, end)
         rows = self._reader.execute(f"SELECT id, vector FROM photos WHERE model_id = ?{sql}",
                                     (model_id, *params)).fetchall()
         if not rows:
@@ -498,6 +485,20 @@ class Store(MetaRecords):
             "SELECT r.path, p.rel_path, COALESCE(p.error, '') FROM photos p JOIN roots r ON r.id = p.root_id "
             "WHERE p.status = 'failed' ORDER BY p.mtime_ns DESC, p.id LIMIT ?", (limit,))
         return [(from_db(root), from_db(rel), err) for root, rel, err in rows]
+
+
+def window_condition(start: str | None, end: str | None, mark: str = "?") -> tuple[str, list[object]]:
+    """The SQL that follows "WHERE model_id = <mark>" to keep the photos taken in [start, end), and its
+    parameters (`mark`: the driver's placeholder). Failed photos have no model_id, so "model_id = ?" alone
+    means "embedded by this model" and the (model_id, taken_at) index answers the whole condition."""
+    sql, params = " AND taken_at IS NOT NULL", []
+    if start:
+        sql += f" AND taken_at >= {mark}"
+        params.append(start)
+    if end:
+        sql += f" AND taken_at < {mark}"
+        params.append(end)
+    return sql, params
 
 
 def status_counts(rows: Iterable[tuple[str, str | None, int]], model_id: str) -> dict[str, int]:

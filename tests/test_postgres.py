@@ -191,6 +191,7 @@ class TestHotQueryPlans:
         # The question is whether the index's expression and predicate match the query, so that it can
         # serve the ORDER BY ... LIMIT: sorting 300 rows is rightly cheaper, so sorts are off here.
         index = filled.vector_index("m1", 16)
+        index.search(np.ones(16, dtype=np.float32) / 4, 20)  # sets this connection's hnsw.ef_search
         filled._reader.execute("SET enable_sort = off")
         try:
             (plan,) = self.plans(filled, lambda: index.search(np.ones(16, dtype=np.float32) / 4, 20))

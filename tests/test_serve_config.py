@@ -11,6 +11,7 @@ import pytest
 from clipalbum.server.cli import main
 from clipalbum.server.errors import ClipalbumError
 from clipalbum.server.serve_config import ServeConfig, find_config, read_config, to_toml
+from clipalbum.server.settings import data_paths
 
 
 def print_config(capsys: pytest.CaptureFixture, *args: str) -> dict:
@@ -97,3 +98,22 @@ def test_serve_runs_with_the_merged_settings(tmp_path: Path, monkeypatch: pytest
     assert ran == {"data": tmp_path, "model": "/models/m", "albums": ["/srv/photos"], "host": "0.0.0.0",
                    "port": 8080, "rescan_minutes": 30.0, "allowed_hosts": [], "cors_origins": [],
                    "require_token": False, "follow_links_outside": None}
+
+
+def test_the_database_and_a_shared_thumbnail_folder_come_from_the_file_or_the_command_line(
+        tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("CLIPALBUM_CONFIG", raising=False)
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "clipalbum.toml").write_text('database = "postgresql://photos@db.lan/album"\n'
+                                         'thumbnails = "~/shared-thumbs"\n')
+    settings = print_config(capsys, "--data-dir", str(data))
+    assert settings["database"] == "postgresql://photos@db.lan/album"
+    assert settings["thumbnails"] == str(Path.home() / "shared-thumbs")
+    overridden = print_config(capsys, "--data-dir", str(data), "--database", "postgresql://other/db",
+                              "--thumbnails", "/srv/thumbs")
+    assert (overridden["database"], overridden["thumbnails"]) == ("postgresql://other/db", "/srv/thumbs")
+    paths = data_paths(data, overridden["database"], overridden["thumbnails"])
+    assert paths.thumbnails == Path("/srv/thumbs") and paths.database_url == "postgresql://other/db"
+    assert data_paths(data).thumbnails == data / "thumbnails"
