@@ -1,4 +1,5 @@
-"""Text-query latency over HTTP (real uvicorn server on loopback) at 10k and 100k indexed photos; prints JSON.
+"""Text-query (and "more like this" photo-query) latency over HTTP (real uvicorn server on loopback) at 10k
+and 100k indexed photos; prints JSON.
 
 Synthetic unit vectors stand in for photos (written through the Store, ANN built from SQLite, as a scan
 does). Besides the HTTP p50/p99 it breaks one query down in-process (text encoder, ANN, SQLite rows and
@@ -35,11 +36,14 @@ def summarize(samples: list[float]) -> dict[str, float]:
             "mean": round(float(np.mean(samples)), 2)}
 
 
-def http_latency(pid: int, port: int, texts: list[str], warmup: int, k: int) -> dict[str, object]:
+def http_latency(pid: int, port: int, texts: list[str], warmup: int, k: int,
+                 photo_ids: list[int]) -> dict[str, object]:
+    """Text searches (after `warmup` of them), then "more like this" of each of `photo_ids`, over HTTP."""
     import httpx
 
     wall: list[float] = []
     server: list[float] = []
+    similar: list[float] = []
     with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
         for text in texts[:warmup]:
             client.get("/api/search", params={"q": text, "k": k}).raise_for_status()
@@ -51,12 +55,17 @@ def http_latency(pid: int, port: int, texts: list[str], warmup: int, k: int) -> 
             response.raise_for_status()
             server.append(response.json()["took_ms"])
         cpu_ms = (proc_cpu_seconds(pid) - cpu_before) * 1000 / len(wall)
+        for photo_id in photo_ids:
+            started = time.perf_counter()
+            client.get(f"/api/images/{photo_id}/similar", params={"k": k}).raise_for_status()
+            similar.append((time.perf_counter() - started) * 1000)
     # CPU per query barely depends on what else runs on the machine; wall-clock latency does.
     return {"http_ms": summarize(wall), "library_ms_reported_by_server": summarize(server),
-            "server_cpu_ms_per_query": round(cpu_ms, 2), "queries": len(wall)}
+            "server_cpu_ms_per_query": round(cpu_ms, 2), "queries": len(wall),
+            "similar_http_ms": summarize(similar), "similar_queries": len(similar)}
 
 
-def breakdown(paths, bundle: Path, texts: list[str], k: int, ef_search: list[int],
+def breakdown(paths, bundle: Path, texts: list[str], k: int, ef_search: list[int], photo_ids: list[int],
               hnsw_builds: list[tuple[int, int]] = ()) -> dict[str, object]:
     """Where one query's time goes, measured in-process on the same index, and the exact-scan baseline
     (and, in PostgreSQL, the graph path at each hnsw.ef_search of the sweep, for the shipped graph and for
@@ -101,7 +110,8 @@ def breakdown(paths, bundle: Path, texts: list[str], k: int, ef_search: list[int
                     "ann_recall_at_k_vs_exact": round(float(np.mean(recall)), 4)}
 
         report: dict[str, object] = {"text_encoder_ms": summarize(encode), **graph_path(),
-                                     "baseline_exact_numpy_scan_ms": summarize(exact)}
+                                     "baseline_exact_numpy_scan_ms": summarize(exact),
+                                     "photo_queries": photo_recall(library, all_ids, matrix, photo_ids, k)}
         if library.store.keeps_vector_index and ef_search:
             def sweep() -> dict[str, object]:
                 results = {}
@@ -119,6 +129,23 @@ def breakdown(paths, bundle: Path, texts: list[str], k: int, ef_search: list[int
         return report
     finally:
         library.close()
+
+
+def photo_recall(library, all_ids: np.ndarray, matrix: np.ndarray, photo_ids: list[int], k: int
+                 ) -> dict[str, object]:
+    """"More like this" as the Library answers it, against an exact scan (the photo itself left out)."""
+    row_of = {int(i): n for n, i in enumerate(all_ids)}
+    recall, took = [], []
+    for photo_id in photo_ids:
+        scores = matrix @ matrix[row_of[photo_id]]
+        scores[row_of[photo_id]] = -np.inf
+        best = np.argpartition(-scores, k)[:k]
+        started = time.perf_counter()
+        found = {hit.id for hit in library.similar(photo_id, k=k).results}
+        took.append((time.perf_counter() - started) * 1000)
+        recall.append(len(found & set(all_ids[best].tolist())) / k)
+    return {"library_similar_ms": summarize(took), "recall_at_k_vs_exact": round(float(np.mean(recall)), 4),
+            "queries": len(photo_ids)}
 
 
 def rebuild_graph(library, m: int | None, ef_construction: int | None) -> float:
@@ -143,6 +170,7 @@ def main() -> None:
     parser.add_argument("--sizes", default="10000,100000", help="indexed photo counts, comma-separated")
     parser.add_argument("--queries", type=int, default=300, help="timed queries per size")
     parser.add_argument("--warmup", type=int, default=30)
+    parser.add_argument("--photo-queries", type=int, default=100, help='"more like this" queries per size')
     parser.add_argument("--k", type=int, default=20)
     parser.add_argument("--model", help="bundle directory (default: the cached default bundle)")
     parser.add_argument("--vectors", choices=["real", "clustered", "uniform"], default="real",
@@ -179,16 +207,19 @@ def main() -> None:
                                     bundle, size, clustered=args.vectors == "clustered", real=real,
                                     database=database)
             built_s = time.perf_counter() - started
+            # Photo queries ("more like this"): indexed photos picked at random (the synthetic ids are 1..size).
+            photo_ids = np.random.default_rng(7).choice(np.arange(1, size + 1), args.photo_queries,
+                                                        replace=False).tolist()
             port = free_port()
             proc = start_server(paths, bundle, port)
             try:
-                http = http_latency(proc.pid, port, texts, args.warmup, args.k)
+                http = http_latency(proc.pid, port, texts, args.warmup, args.k, photo_ids)
                 http["server_memory_mb"] = proc_memory_mb(proc.pid)
             finally:
                 stop_server(proc)
             entry = {"index_ready_s": round(built_s, 1), "load_average_before": load_average(), **http,
                      "in_process_breakdown": breakdown(paths, bundle, texts[args.warmup:][:200], args.k, ef_search,
-                                                              hnsw_builds)}
+                                                              photo_ids, hnsw_builds)}
             report["sizes"][f"{store}-{size}"] = entry  # type: ignore[index]
             print(f"{store}, {size} photos: http p50 {http['http_ms']['p50']} ms, p99 {http['http_ms']['p99']} ms",
                   file=sys.stderr, flush=True)
