@@ -108,6 +108,47 @@ class Binary(Method):
         return wide[np.argsort(-scores)[:pool]]
 
 
+class Clusters(Method):
+    """Inverted lists (IVF): spherical k-means centroids of the photos; a query scores the centroids, then
+    scans every photo of the `probes` best clusters exactly (an f16 copy, stored cluster by cluster)."""
+
+    def __init__(self, gallery: npt.NDArray[np.float32], lists: int, iterations: int = 10) -> None:
+        rng = np.random.default_rng(5)
+        started = time.perf_counter()
+        sample = gallery[rng.choice(len(gallery), min(len(gallery), lists * 50), replace=False)]
+        centroids = sample[rng.choice(len(sample), lists, replace=False)].copy()
+        for _ in range(iterations):
+            nearest = self._assign(sample, centroids)
+            sums = np.zeros_like(centroids)
+            np.add.at(sums, nearest, sample)
+            empty = np.linalg.norm(sums, axis=1) < 1e-6
+            sums[empty] = sample[rng.choice(len(sample), int(empty.sum()), replace=False)]
+            centroids = sums / np.linalg.norm(sums, axis=1, keepdims=True)
+        owner = self._assign(gallery, centroids)
+        self.order = np.argsort(owner, kind="stable")  # gallery rows, cluster by cluster
+        self.starts = np.concatenate([[0], np.cumsum(np.bincount(owner, minlength=lists))])
+        self.data = gallery[self.order].astype(np.float16)
+        self.centroids = centroids.astype(np.float32)
+        self.build_s = round(time.perf_counter() - started, 1)
+        self.lists, self.probes = lists, 16
+        self.name = f"ivf-{lists}-probe{self.probes}"
+
+    @staticmethod
+    def _assign(vectors: npt.NDArray[np.float32], centroids: npt.NDArray[np.float32]) -> npt.NDArray[np.int64]:
+        return np.concatenate([np.argmax(vectors[s:s + 20_000] @ centroids.T, axis=1)
+                               for s in range(0, len(vectors), 20_000)])
+
+    def memory_mb(self) -> float:
+        return round((self.data.nbytes + self.centroids.nbytes + self.order.nbytes) / 1e6, 1)
+
+    def candidates(self, query: npt.NDArray[np.float32], pool: int) -> npt.NDArray:
+        best = np.argpartition(-(self.centroids @ query), self.probes)[:self.probes]
+        rows = np.concatenate([np.arange(self.starts[c], self.starts[c + 1]) for c in best])
+        scores = self.data[rows].astype(np.float32) @ query
+        top = rows[np.argpartition(-scores, min(pool, len(rows) - 1))[:pool]]
+        return self.order[top]
+
+
 def measure(method: Method, gallery: npt.NDArray[np.float32], queries: npt.NDArray[np.float32],
             truth: npt.NDArray, pool: int) -> dict[str, object]:
     recall, took = [], []
@@ -125,7 +166,7 @@ def main() -> None:
     parser.add_argument("--sizes", default="100000,1000000")
     parser.add_argument("--queries", type=int, default=300)
     parser.add_argument("--pool", type=int, default=60, help="candidates each method hands to the re-rank")
-    parser.add_argument("--methods", default="flat-i8,flat-f16,binary,hnsw-f16,hnsw-i8,shift",
+    parser.add_argument("--methods", default="flat-i8,flat-f16,binary,hnsw-f16,hnsw-i8,shift,ivf",
                         help="which families to run")
     parser.add_argument("--model")
     args = parser.parse_args()
@@ -166,6 +207,15 @@ def main() -> None:
                                                                         args.pool)}
                         graph.shift = None
                 del graph
+        if "ivf" in wanted:
+            ivf = Clusters(gallery, lists=1024 if size <= 200_000 else 4096)
+            entry[f"ivf-{ivf.lists} build_s"] = ivf.build_s
+            for probes in (8, 16, 32, 64, 128):
+                ivf.probes, ivf.name = probes, f"ivf-{ivf.lists}-probe{probes}"
+                entry[ivf.name] = {"memory_mb": ivf.memory_mb(),
+                                   **{kind: measure(ivf, gallery, q, t, args.pool) for kind, (q, t) in sets.items()}}
+                print(f"{size} {ivf.name}: {entry[ivf.name]}", file=sys.stderr, flush=True)
+            del ivf
         for method in methods:
             entry[method.name] = {"memory_mb": method.memory_mb(),
                                   **{kind: measure(method, gallery, q, t, args.pool) for kind, (q, t) in sets.items()}}
