@@ -92,6 +92,24 @@ def _error_response(request: Request[Any, Any, Any], exc: Exception) -> Response
     return Response(content={"detail": str(exc)}, status_code=status)
 
 
+def _database_unavailable(request: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, str]]:
+    """A PostgreSQL store whose database went away (a restart, a network cut): 503, and the store reconnects
+    at the next request."""
+    log.warning("%s %s: the database is not reachable: %s", request.method, request.url.path, exc)
+    return Response(content={"detail": "the database is not reachable; try again in a few seconds"},
+                    status_code=503, headers={"Retry-After": "5"})
+
+
+def _database_errors(library: "Library") -> dict[type[Exception], Any]:
+    """Handlers for the PostgreSQL driver's connection errors, when the library's store is in PostgreSQL
+    (psycopg is the postgres extra: a SQLite server never imports it)."""
+    if not library.paths.database_url:
+        return {}
+    import psycopg
+
+    return {psycopg.OperationalError: _database_unavailable}
+
+
 def _validation_error(request: Request[Any, Any, Any], exc: ValidationException) -> Response[dict[str, str]]:
     """A parameter Litestar refused (type or declared bounds): the same {"detail"} body as our own 400s."""
     problems = exc.extra if isinstance(exc.extra, list) else []
@@ -219,7 +237,7 @@ def create_app(library: "Library", web_dir: Path | None = None, background_index
                      "enhance_jobs": jobs}),
         lifespan=[run_indexer],
         exception_handlers={**{cls: _error_response for cls in ERROR_STATUS}, ValidationException: _validation_error,
-                            HTTP_500_INTERNAL_SERVER_ERROR: _internal_error},
+                            HTTP_500_INTERNAL_SERVER_ERROR: _internal_error, **_database_errors(library)},
         logging_config=None,  # keep the CLI's logging set-up (WARNING unless -v); Litestar's would log INFO
         openapi_config=OpenAPIConfig(
             title="clipalbum", version=_package_version(), path=OPENAPI_PATH,

@@ -134,12 +134,12 @@ class PgStore(MetaRecords):
         self._all: list[psycopg.Connection[Any]] = []
         self._all_lock = threading.Lock()
         self._write_lock = threading.RLock()
-        self._writer = connect(url)
-        with self._all_lock:
-            self._all.append(self._writer)
+        self._writer_con: psycopg.Connection[Any] | None = None
+        self._migrated = False  # the vector types exist (and new connections register them)
         try:
             self._migrate()
             _prepare(self._writer)
+            self._migrated = True
         except BaseException:
             self.close()
             raise
@@ -149,10 +149,26 @@ class PgStore(MetaRecords):
 
     # -- connections ---------------------------------------------------------------------------------------
 
+    # A connection that failed (the database restarted, a network cut) is "broken" in psycopg; the next use
+    # opens a new one, so a server recovers on its own once the database is back (what failed meanwhile
+    # answered 503: server/app.py).
+
+    @property
+    def _writer(self) -> "psycopg.Connection[Any]":
+        with self._write_lock:
+            con = self._writer_con
+            if con is None or con.closed or con.broken:
+                con = self._writer_con = connect(self.url)
+                with self._all_lock:
+                    self._all.append(con)
+                if self._migrated:
+                    _prepare(con)
+            return con
+
     @property
     def _reader(self) -> "psycopg.Connection[Any]":
         con = getattr(self._local, "con", None)
-        if con is None or con.closed:
+        if con is None or con.closed or con.broken:
             con = connect(self.url)
             _prepare(con)
             # Date filters: keep scanning the graph until LIMIT rows qualify.
@@ -171,8 +187,10 @@ class PgStore(MetaRecords):
 
     @contextmanager
     def _transaction(self) -> Iterator["psycopg.Connection[Any]"]:
-        with self._write_lock, self._writer.transaction():
-            yield self._writer
+        with self._write_lock:
+            con = self._writer
+            with con.transaction():
+                yield con
 
     def _migrate(self) -> None:
         with self._transaction() as con:

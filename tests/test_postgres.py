@@ -75,6 +75,42 @@ class TestSharedDatabase:
             first.close()
 
 
+class TestDatabaseRestart:
+    def test_a_server_answers_503_while_its_connections_are_cut_then_recovers(
+            self, tmp_path: Path, tiny_bundle: Path, sample_album: Path, postgres_url: str) -> None:
+        from litestar.testing import TestClient
+
+        from clipalbum.server.app import create_app
+
+        library = Library.open(data_paths(tmp_path / "data", postgres_url), model=tiny_bundle,
+                               roots=[str(sample_album)])
+        try:
+            library.index()
+            with TestClient(create_app(library, background_index=False)) as client:
+                for _ in range(5):
+                    assert client.get("/api/search", params={"q": "a cat"}).status_code == 200
+                with psycopg.connect(postgres_url, autocommit=True) as admin:  # as a database restart would
+                    admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                                  "WHERE datname = current_database() AND pid <> pg_backend_pid()")
+                statuses = []
+                while statuses[-10:] != [200] * 10 and len(statuses) < 100:
+                    response = client.get("/api/search", params={"q": "a cat"})
+                    statuses.append(response.status_code)
+                    if response.status_code == 503:
+                        assert response.json()["detail"].startswith("the database is not reachable")
+                        assert response.headers["retry-after"] == "5"
+            assert statuses[0] == 503 and statuses[-10:] == [200] * 10, statuses
+            assert set(statuses) == {200, 503}
+            for attempt in range(3):  # the writer's connection was cut too: one failed scan at most per connection
+                try:
+                    assert library.index().unchanged == len(SAMPLE_PHOTOS)
+                    break
+                except psycopg.OperationalError:
+                    assert attempt < 2
+        finally:
+            library.close()
+
+
 class TestPgStore:
     def test_keeps_file_names_that_are_not_utf8_and_errors_with_nul(self, postgres_url: str) -> None:
         store = PgStore(postgres_url)
@@ -125,7 +161,7 @@ class _Recording:
 
     def __init__(self, con: psycopg.Connection) -> None:
         self.con, self.seen = con, []
-        self.closed = False
+        self.closed = self.broken = False
 
     def execute(self, query, params=None):
         self.seen.append((query, params))
