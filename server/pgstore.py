@@ -45,8 +45,8 @@ LOCK_CLASS = 0x636C6970  # 'clip': the first key of clipalbum's advisory locks (
 # pgvector's HNSW settings, from bench/query_latency.py --stores postgres (--ef-search, --hnsw-builds) on
 # real-geometry vectors, caption queries, 30 candidates re-ranked exactly. Text queries sit away from the
 # photos (the modality gap) and need a far wider search than pgvector's default ef_search 40: at 100k photos
-# ef_search 1000 (pgvector's maximum) found 0.98 of the true top 20 with ef_construction 200 (0.974 with 128,
-# 0.979 with 64 in one run, 0.95 in another); at 10k, 400 found 0.999 in 3 ms while 800 took 15 ms.
+# ef_search 1000 (pgvector's maximum) found 0.98 of the true top 20 with ef_construction 200 (0.975 with 128,
+# 0.979 with 64, single builds: they vary); at 10k, 400 found 0.997-0.999 in 3-4 ms while 800 took 15 ms.
 HNSW_M = 16
 HNSW_EF_CONSTRUCTION = 200
 EF_SEARCH_SMALL = 400  # up to LARGE_INDEX photos of a model
@@ -418,7 +418,9 @@ class PgStore(MetaRecords):
             # One builder at a time (servers starting together would race to create it); the build blocks
             # writers, not searches.
             con.execute("SELECT pg_advisory_xact_lock(%s, 0)", (LOCK_CLASS,))
-            con.execute("SET LOCAL maintenance_work_mem = '256MB'")  # the graph fits: builds 2x faster
+            # Room for the graph in memory: a build that outgrows it goes on much slower on disk (at 100k, 64 MB
+            # took twice as long as 256 MB). Only what the build needs is taken.
+            con.execute("SET LOCAL maintenance_work_mem = '1GB'")
             con.execute(sql.SQL(
                 "CREATE INDEX IF NOT EXISTS {name} ON photos USING hnsw ((vector::halfvec({d})) halfvec_cosine_ops) "
                 "WITH (m = {m}, ef_construction = {efc}) WHERE model_id = {model}").format(
