@@ -237,7 +237,8 @@ def create_app(library: "Library", web_dir: Path | None = None, background_index
                      "enhance_jobs": jobs}),
         lifespan=[run_indexer],
         exception_handlers={**{cls: _error_response for cls in ERROR_STATUS}, ValidationException: _validation_error,
-                            HTTP_500_INTERNAL_SERVER_ERROR: _internal_error, **_database_errors(library)},
+                            HTTP_500_INTERNAL_SERVER_ERROR: _internal_error,
+                            **_database_errors(library)},
         logging_config=None,  # keep the CLI's logging set-up (WARNING unless -v); Litestar's would log INFO
         openapi_config=OpenAPIConfig(
             title="clipalbum", version=_package_version(), path=OPENAPI_PATH,

@@ -270,8 +270,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     paths = data_paths(args.data_dir)
     source = find_config(paths.root, args.config)
     config = with_overrides(read_config(source) if source else ServeConfig(), {
-        "database": args.database, "thumbnails": args.thumbnails, "albums": args.album, "host": args.host, "port": args.port, "rescan_minutes": args.rescan_minutes,
-        "allowed_hosts": args.allowed_host, "cors_origins": args.cors_origin,
+        "database": args.database, "thumbnails": args.thumbnails, "albums": args.album, "host": args.host,
+        "port": args.port, "rescan_minutes": args.rescan_minutes, "allowed_hosts": args.allowed_host, "cors_origins": args.cors_origin,
         "require_token": True if args.require_token else None, "model": args.model,
         "follow_links_outside": args.follow_links_outside})
     if args.print_config:
@@ -280,8 +280,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return 0
     from clipalbum.server.app import serve
 
-    serve(data_paths(args.data_dir, config.database, config.thumbnails), model=config.model, albums=config.albums, host=config.host, port=config.port,
-          rescan_minutes=config.rescan_minutes, allowed_hosts=config.allowed_hosts, cors_origins=config.cors_origins,
+    serve(data_paths(args.data_dir, config.database, config.thumbnails), model=config.model, albums=config.albums,
+          host=config.host, port=config.port, rescan_minutes=config.rescan_minutes,
+          allowed_hosts=config.allowed_hosts, cors_origins=config.cors_origins,
           require_token=config.require_token, follow_links_outside=config.follow_links_outside)
     return 0
 
