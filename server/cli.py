@@ -290,10 +290,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_db_migrate(args: argparse.Namespace) -> int:
     from clipalbum.server.dbmigrate import migrate
 
-    to = args.to or os.environ.get("CLIPALBUM_DATABASE")
-    if not to:
+    paths = data_paths(args.data_dir, args.to)  # --to, else $CLIPALBUM_DATABASE
+    if not paths.database_url:
         raise ClipalbumError("say which database to migrate into: --to postgresql://user@host/dbname")
-    summary = migrate(data_paths(args.data_dir), to, progress=not args.quiet)
+    summary = migrate(paths, paths.database_url, progress=not args.quiet)
     if args.json:
         print(msgspec.json.encode(summary).decode())
         return 0

@@ -13,14 +13,13 @@ import time
 from contextlib import closing
 
 import msgspec
-import numpy as np
 from tqdm import tqdm
 
 from clipalbum.server.errors import ClipalbumError
 from clipalbum.server.pathnames import from_db
-from clipalbum.server.pgstore import PgStore, redacted
+from clipalbum.server.pgstore import PgStore, pg_text, redacted
 from clipalbum.server.settings import DataPaths, check_database_url
-from clipalbum.server.store import Store
+from clipalbum.server.store import Store, blob_vector
 
 log = logging.getLogger(__name__)
 
@@ -100,9 +99,8 @@ def _copy_photos(source: Store, target: PgStore, roots: dict[int, int], total: i
                                           "ORDER BY id LIMIT ?", (last, CHUNK)).fetchall()
             if not rows:
                 return copied
-            values = [(i, roots[root_id], os.fsencode(from_db(rel)), size, mtime, hash_, w, h, taken, status,
-                       None if error is None else error.replace("\x00", "\\x00"), model,
-                       None if blob is None else np.frombuffer(blob, dtype=np.float32), gen)
+            values = [(i, roots[root_id], os.fsencode(from_db(rel)), size, mtime, hash_, w, h, pg_text(taken),
+                       status, pg_text(error), model, None if blob is None else blob_vector(blob), gen)
                       for i, root_id, rel, size, mtime, hash_, w, h, taken, status, error, model, blob, gen in rows]
             with target._transaction() as con, con.cursor() as cur:
                 cur.executemany(insert, values)

@@ -117,7 +117,8 @@ def _prepare(con: "psycopg.Connection[Any]") -> None:
     con.adapters.register_loader(psycopg.types.TypeInfo.fetch(con, "vector").oid, _VectorLoader)
 
 
-def _text(value: str | None) -> str | None:
+def pg_text(value: str | None) -> str | None:
+    """`value` as Postgres TEXT can hold it."""
     # Postgres TEXT holds no NUL (a decoder's message or an EXIF field may carry one).
     return None if value is None else value.replace("\x00", "\\x00")
 
@@ -240,7 +241,7 @@ class PgStore(MetaRecords):
     def _upsert_meta(con: "psycopg.Connection[Any]", values: dict[str, str]) -> None:
         with con.cursor() as cur:
             cur.executemany("INSERT INTO meta VALUES (%s, %s) ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value",
-                            [(k, _text(v)) for k, v in values.items()])
+                            [(k, pg_text(v)) for k, v in values.items()])
 
     # -- roots ---------------------------------------------------------------------------------------------
 
@@ -305,8 +306,8 @@ class PgStore(MetaRecords):
     def _write_photo(con: "psycopg.Connection[Any]", photo_id: int | None, f: PhotoFields, generation: int) -> int:
         vector = None if f.vector is None else np.asarray(f.vector, dtype=np.float32)
         values = (f.root_id, os.fsencode(f.rel_path), f.size, f.mtime_ns, f.content_hash, f.width, f.height,
-                  _text(f.taken_at), "failed" if vector is None else "indexed",
-                  None if f.error is None else _text(display(f.error)),
+                  pg_text(f.taken_at), "failed" if vector is None else "indexed",
+                  None if f.error is None else pg_text(display(f.error)),
                   None if vector is None else f.model_id, vector, generation)
         if photo_id is None:
             return int(con.execute(f"INSERT INTO photos ({', '.join(_PHOTO_COLUMNS)}) VALUES "
@@ -350,8 +351,12 @@ class PgStore(MetaRecords):
         rows = self._reader.execute("SELECT id FROM photos WHERE model_id = %s", (model_id,)).fetchall()
         return np.fromiter((r[0] for r in rows), dtype=np.uint64, count=len(rows))
 
-    def embedded_count(self) -> int:
-        return int(self._reader.execute("SELECT COUNT(*) FROM photos WHERE model_id IS NOT NULL").fetchone()[0])
+    def embedded_count(self, model_id: str | None = None) -> int:
+        """Photos with a vector: of `model_id`, or of any model (None). Only the (model_id, ...) index is
+        read: a model_id means a vector."""
+        if model_id is None:
+            return int(self._reader.execute("SELECT COUNT(*) FROM photos WHERE model_id IS NOT NULL").fetchone()[0])
+        return int(self._reader.execute("SELECT COUNT(*) FROM photos WHERE model_id = %s", (model_id,)).fetchone()[0])
 
     def vector_rows(self, ids: Iterable[int], model_id: str) -> list[VectorRow]:
         rows = self._reader.cursor(binary=True).execute(
@@ -493,10 +498,11 @@ class PgVectorIndex:
         self.ef_search: int | None = None  # None: by the index's size (EF_SEARCH_SMALL or _LARGE)
 
     def __len__(self) -> int:
-        # Date-window searches ask for it per query; a count of a million rows takes tens of milliseconds.
+        # Searches ask for it per query (ef_search by size, date windows); a count of a million rows takes
+        # tens of milliseconds, so it is taken at most every COUNT_CACHE_SECONDS.
         count, when = self._count
         if time.monotonic() - when >= COUNT_CACHE_SECONDS:
-            count = self.store.vector_checksum(self.model_id)[0]
+            count = self.store.embedded_count(self.model_id)
             self._count = (count, time.monotonic())
         return count
 
