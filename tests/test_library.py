@@ -387,8 +387,10 @@ class TestStatusAndConcurrency:
                                                                          tiny_bundle: Path) -> None:
         library.close()
         library.paths.ann_index.unlink()
+        library.paths.legacy_ann_index.write_bytes(b"an older version's HNSW graph")
         again = Library.open(library.paths, model=tiny_bundle)
         assert again.ann.checksum() == again.store.vector_checksum(again.model_id)
+        assert not library.paths.legacy_ann_index.exists()  # replaced by the rebuilt file
         again.store.delete([1])  # SQLite moved on behind the saved index's back
         again.close()
         third = Library.open(library.paths, model=tiny_bundle)
@@ -401,12 +403,11 @@ class TestStatusAndConcurrency:
 
     def test_the_vector_index_is_compacted_when_removals_pile_up(self, library: Library, sample_album: Path,
                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
-        monkeypatch.setattr("clipalbum.server.library.COMPACT_MIN_REMOVED", 0)
+        monkeypatch.setattr("clipalbum.server.ann.COMPACT_MIN_REMOVED", 0)
         for name in ("2023/coffee.png", "2024/summer/chelsea.png"):
             (sample_album / name).unlink()
-        old_ann = library.ann
         assert library.index().removed == 2
-        assert library.ann is not old_ann and library.ann.removed == 0
+        assert library.ann.removed == 0 and library.ann._used == len(library.ann)  # no dead slot left
         assert library.ann.checksum() == library.store.vector_checksum(library.model_id)
         assert len(library.search_text("a cat", k=20).results) == len(SAMPLE_PHOTOS) - 2
 

@@ -1,4 +1,4 @@
-"""The SQLite store and the usearch ANN index, without models."""
+"""The SQLite store (and the PostgreSQL one, where the contract is shared), without models."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from clipalbum.server.ann import AnnIndex
 from clipalbum.server.settings import data_paths
 from clipalbum.server.store import Changes, PhotoFields, Store, open_store
 
@@ -151,65 +150,6 @@ class TestStore:
         assert ids.tolist() == [1, 2]
         np.testing.assert_array_equal(vectors, vecs[[2, 1]])
         assert store.embedded_ids("m1").tolist() == [1, 2]
-
-
-class TestAnnIndex:
-    def test_finds_the_nearest_and_replaces_updated_vectors(self) -> None:
-        rng = np.random.default_rng(6)
-        vecs = unit(rng, 200)
-        ann = AnnIndex(16)
-        ann.add(np.arange(1, 201), vecs)
-        ids, scores = ann.search(vecs[41], 5)
-        assert ids[0] == 42 and scores[0] == pytest.approx(1.0, abs=1e-2)
-        ann.add([42], -vecs[41:42])  # an updated photo keeps its key
-        assert len(ann) == 200
-        assert 42 not in ann.search(vecs[41], 5)[0]
-        ann.remove([1, 2, 1000])  # 1000 was never there
-        assert len(ann) == 198 and ann.checksum() == (198, sum(range(3, 201)))
-        assert ann.removed == 3  # the replaced vector of 42, then 1 and 2
-
-    def test_saves_atomically_and_loads_back(self, tmp_path: Path) -> None:
-        vecs = unit(np.random.default_rng(7), 50)
-        ann = AnnIndex.build(16, [(np.arange(1, 51, dtype=np.uint64), vecs)])
-        path = tmp_path / "vectors.usearch"
-        ann.save(path)
-        assert not (tmp_path / "vectors.usearch.tmp").exists()
-        loaded = AnnIndex.load(path, 16)
-        assert loaded is not None and loaded.checksum() == ann.checksum()
-        assert loaded.search(vecs[9], 1)[0] == [10]
-
-    def test_a_missing_damaged_or_other_dimension_file_means_rebuild(self, tmp_path: Path) -> None:
-        path = tmp_path / "vectors.usearch"
-        assert AnnIndex.load(path, 16) is None
-        AnnIndex.build(16, [(np.arange(1, 4, dtype=np.uint64), unit(np.random.default_rng(8), 3))]).save(path)
-        assert AnnIndex.load(path, 32) is None
-        path.write_bytes(b"garbage" * 10)
-        assert AnnIndex.load(path, 16) is None
-
-    def test_empty_index_searches_to_nothing(self) -> None:
-        assert AnnIndex(16).search(np.ones(16, dtype=np.float32), 10) == ([], [])
-
-    def test_albums_up_to_the_exact_limit_get_every_true_neighbour(self, monkeypatch: pytest.MonkeyPatch) -> None:
-        from clipalbum.server import ann as ann_module
-
-        rng = np.random.default_rng(3)
-        vectors = rng.standard_normal((6000, 256)).astype(np.float32)
-        vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
-        queries = rng.standard_normal((20, 256)).astype(np.float32)  # far from the photos, like text queries
-        queries /= np.linalg.norm(queries, axis=1, keepdims=True)
-        ann = AnnIndex.build(256, [(np.arange(1, 6001, dtype=np.uint64), vectors)])
-
-        def recall(limit: int) -> float:
-            monkeypatch.setattr(ann_module, "EXACT_SEARCH_MAX", limit)
-            found = 0
-            for q in queries:
-                truth = set((np.argsort(-(vectors @ q))[:20] + 1).tolist())
-                found += len(truth & set(ann.search(q, 20)[0]))
-            return found / (20 * len(queries))
-
-        ann._index.expansion_search = 16  # a narrow search stands in for a graph of millions at this size
-        assert recall(limit=0) < 0.95  # the graph misses some for queries unlike the photos...
-        assert recall(limit=6000) >= 0.99  # ...the exact scan doesn't (f16 storage may swap near ties)
 
 
 class TestHotQueryPlans:
