@@ -14,7 +14,7 @@ import numpy as np
 import psycopg
 import pytest
 
-from clipalbum.server import dbmigrate
+from clipalbum.server import dbmigrate, pgstore
 from clipalbum.server.cli import main
 from clipalbum.server.errors import ClipalbumError
 from clipalbum.server.library import IndexBusyError, Library
@@ -234,6 +234,36 @@ class TestHotQueryPlans:
         finally:
             filled._reader.execute("RESET enable_sort")
         assert vector_index_name("m1") in plan, plan
+
+
+    def test_a_large_model_searches_ivfflat_lists_rebuilt_as_it_grows(self, filled: PgStore,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch.setattr(pgstore, "IVFFLAT_MIN", 100)  # the fixture's 300 photos count as a large model
+        index = filled.vector_index("m1", 16)
+        assert filled.vector_index_kind("m1") == ("ivfflat", 17)  # about sqrt(300) lists
+        assert index.search_width() == pgstore.IVFFLAT_MIN_PROBES  # lists probed
+        target = filled.vector(7)[1]
+        assert index.search(target, 5)[0][0] == 7
+        filled._reader.execute("SET enable_sort = off")
+        try:
+            (plan,) = self.plans(filled, lambda: index.search(target, 20))
+        finally:
+            filled._reader.execute("RESET enable_sort")
+        assert vector_index_name("m1") in plan, plan
+
+        assert not index.maintain()  # the lists fit the photos
+        rng = np.random.default_rng(2)
+        more = rng.standard_normal((1000, 16)).astype(np.float32)
+        more /= np.linalg.norm(more, axis=1, keepdims=True)
+        root = filled.add_root(Path("/more"))
+        filled.apply(Changes(writes=[(None, PhotoFields(root, f"{i}.jpg", 1, 1, f"m{i}", model_id="m1",
+                                                        vector=more[i])) for i in range(1000)]))
+        assert index.maintain()  # grown fourfold: rebuilt with more lists, under the same name
+        assert filled.vector_index_kind("m1") == ("ivfflat", 36)
+        assert index.search_width() == pgstore.IVFFLAT_MIN_PROBES
+        assert index.search(target, 5)[0][0] == 7
+        indexes = [name for (name,) in filled._reader.execute("SELECT indexname FROM pg_indexes")]
+        assert vector_index_name("m1") + "_next" not in indexes
 
 
 class TestMigrate:
