@@ -27,6 +27,18 @@ from tests.conftest import REPO, SAMPLE_PHOTOS, skimage_data_dir
 from tests.tinybundle import make_tiny_bundle
 
 
+def add_photos(store: PgStore, folder: str, count: int, dim: int, seed: int, model: str = "m1",
+               dated: bool = False) -> np.ndarray:
+    """`count` photos of `model` with random unit vectors under a new root `folder`; returns the vectors."""
+    vectors = np.random.default_rng(seed).standard_normal((count, dim)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    root = store.add_root(Path(folder))
+    store.apply(Changes(writes=[(None, PhotoFields(
+        root, f"{i}.jpg", 1, 1, f"{folder}{i}", model_id=model, vector=vectors[i],
+        taken_at=f"2020-01-{1 + i % 28:02d}T10:00:00" if dated else None)) for i in range(count)]))
+    return vectors
+
+
 def photo_count(url: str) -> int:
     try:
         with psycopg.connect(url, autocommit=True) as con:
@@ -130,12 +142,7 @@ class TestPgStore:
     def test_the_models_own_vector_index_finds_the_nearest(self, postgres_url: str) -> None:
         store = PgStore(postgres_url)
         try:
-            rng = np.random.default_rng(0)
-            vectors = rng.standard_normal((500, 32)).astype(np.float32)
-            vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
-            root = store.add_root(Path("/album"))
-            store.apply(Changes(writes=[(None, PhotoFields(root, f"{i}.jpg", 1, 1, f"h{i}", model_id="m",
-                                                           vector=vectors[i])) for i in range(500)]))
+            vectors = add_photos(store, "/album", 500, 32, seed=0, model="m")
             index = store.vector_index("m", 32)
             ids, scores = index.search(vectors[41], 5)
             assert ids[0] == 42 and scores[0] == pytest.approx(1.0, abs=1e-3)
@@ -206,13 +213,7 @@ class TestHotQueryPlans:
     @pytest.fixture()
     def filled(self, postgres_url: str):
         store = PgStore(postgres_url)
-        rng = np.random.default_rng(1)
-        vectors = rng.standard_normal((300, 16)).astype(np.float32)
-        vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
-        root = store.add_root(Path("/album"))
-        store.apply(Changes(writes=[(None, PhotoFields(root, f"{i}.jpg", 1, 1, f"h{i}", model_id="m1",
-                                                       taken_at=f"2020-01-{1 + i % 28:02d}T10:00:00",
-                                                       vector=vectors[i])) for i in range(300)]))
+        add_photos(store, "/album", 300, 16, seed=1, dated=True)
         yield store
         store.close()
 
@@ -252,12 +253,7 @@ class TestHotQueryPlans:
         assert vector_index_name("m1") in plan, plan
 
         assert not index.maintain()  # the lists fit the photos
-        rng = np.random.default_rng(2)
-        more = rng.standard_normal((1000, 16)).astype(np.float32)
-        more /= np.linalg.norm(more, axis=1, keepdims=True)
-        root = filled.add_root(Path("/more"))
-        filled.apply(Changes(writes=[(None, PhotoFields(root, f"{i}.jpg", 1, 1, f"m{i}", model_id="m1",
-                                                        vector=more[i])) for i in range(1000)]))
+        add_photos(filled, "/more", 1000, 16, seed=2)
         assert index.maintain()  # grown fourfold: rebuilt with more lists, under the same name
         assert filled.vector_index_kind("m1") == ("ivfflat", 36)
         assert index.search_width() == pgstore.IVFFLAT_MIN_PROBES
