@@ -22,17 +22,10 @@ import numpy.typing as npt
 import onnxruntime  # noqa: F401  (before usearch: see server/ann.py)
 from usearch.index import Index, MetricKind, search
 
-from real_geometry import exact_top, extended, real_vectors
+from real_geometry import exact_top, extended, overlap, real_vectors, rerank
 from serving import resolve_model
 
 K = 20
-
-
-def rerank(gallery: npt.NDArray[np.float32], query: npt.NDArray[np.float32], candidates: npt.NDArray,
-           k: int) -> npt.NDArray:
-    candidates = candidates[candidates < len(gallery)]
-    scores = gallery[candidates] @ query
-    return candidates[np.argsort(-scores)[:k]]
 
 
 def to_i8(x: npt.NDArray[np.float32]) -> npt.NDArray[np.int8]:
@@ -145,7 +138,7 @@ def measure(method: Method, gallery: npt.NDArray[np.float32], queries: npt.NDArr
         started = time.perf_counter()
         found = rerank(gallery, q, method.candidates(q, pool), K)
         took.append((time.perf_counter() - started) * 1000)
-        recall.append(len(set(found.tolist()) & set(t.tolist())) / K)
+        recall.append(overlap(found, t, K))
     return {"recall_at_20": round(float(np.mean(recall)), 4), "min_recall": round(float(np.min(recall)), 2),
             "ms_p50": round(float(np.percentile(took, 50)), 2), "ms_p99": round(float(np.percentile(took, 99)), 2)}
 

@@ -22,7 +22,7 @@ import time
 
 import numpy as np
 
-from real_geometry import exact_top, extended, real_vectors
+from real_geometry import exact_top, extended, overlap, real_vectors, rerank
 from serving import postgres_database, resolve_model
 
 K, POOL = 20, 30
@@ -78,8 +78,7 @@ def main() -> None:
                     t0 = time.perf_counter()
                     ids = np.array([r[0] for r in con.execute(query, (model, str(q.tolist()))).fetchall()]) - 1
                     took.append((time.perf_counter() - t0) * 1000)
-                    best = ids[np.argsort(-(gallery[ids] @ q))[:K]]
-                    recall.append(len(set(best.tolist()) & set(t.tolist())) / K)
+                    recall.append(overlap(rerank(gallery, q, ids, K), t, K))
                 entry[f"probes_{probes}"] = {"recall_at_20": round(float(np.mean(recall)), 4),
                                              "query_ms_p50": round(float(np.percentile(took, 50)), 2),
                                              "query_ms_p99": round(float(np.percentile(took, 99)), 2)}

@@ -139,6 +139,19 @@ def exact_top(gallery: npt.NDArray[np.float32], queries: npt.NDArray[np.float32]
     return out
 
 
+def rerank(gallery: npt.NDArray[np.float32], query: npt.NDArray[np.float32], candidates: npt.NDArray,
+           k: int) -> npt.NDArray:
+    """The `k` best of `candidates` (gallery rows) by exact float32 score, as the server re-ranks them."""
+    candidates = candidates[candidates < len(gallery)]
+    scores = gallery[candidates] @ query
+    return candidates[np.argsort(-scores)[:k]]
+
+
+def overlap(found: npt.NDArray, truth: npt.NDArray, k: int) -> float:
+    """recall@k: the share of the true top k that `found` holds."""
+    return len(set(found.tolist()) & set(truth.tolist())) / k
+
+
 def _normalize(x: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
     return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
 
@@ -212,9 +225,7 @@ def _lists_recall(gallery: npt.NDArray[np.float32], queries: npt.NDArray[np.floa
             index.probes = p
             found = []
             for q, t in zip(queries, truth):
-                ids = np.asarray(index.search(q, 30)[0], dtype=np.int64)
-                top = ids[np.argsort(-(gallery[ids] @ q))[:k]]
-                found.append(len(set(top.tolist()) & set(t.tolist())) / k)
+                found.append(overlap(rerank(gallery, q, np.asarray(index.search(q, 30)[0], dtype=np.int64), k), t, k))
             result[f"{p} of {lists}"] = round(float(np.mean(found)), 4)
         return result
     finally:

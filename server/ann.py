@@ -80,19 +80,25 @@ class _KeyMap:
     def has_duplicates(self) -> bool:
         return bool(self._size > 1 and np.any(self._keys[1:self._size] == self._keys[:self._size - 1]))
 
+    def _positions(self, keys: npt.NDArray[np.uint64]) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.bool_]]:
+        """Where each key is or would go in the sorted keys (clipped to the last entry), and whether it is there."""
+        if not self._size:
+            return np.zeros(len(keys), dtype=np.int64), np.zeros(len(keys), dtype=bool)
+        known = self._keys[:self._size]
+        pos = np.minimum(np.searchsorted(known, keys), self._size - 1)
+        return pos, known[pos] == keys
+
     def find(self, keys: npt.NDArray[np.uint64]) -> npt.NDArray[np.int64]:
         """Each key's slot, -1 for a key not in the index."""
-        known = self._keys[:self._size]
-        pos = np.minimum(np.searchsorted(known, keys), max(self._size - 1, 0))
-        if not self._size:
-            return np.full(len(keys), -1, dtype=np.int64)
-        return np.where(known[pos] == keys, self._slots[pos], -1)
+        pos, hit = self._positions(keys)
+        slots = np.full(len(keys), -1, dtype=np.int64)
+        slots[hit] = self._slots[pos[hit]]
+        return slots
 
     def set(self, keys: npt.NDArray[np.uint64], slots: npt.NDArray[np.int64]) -> None:
         """Points sorted, unique `keys` at `slots` (-1: removed)."""
+        pos, hit = self._positions(keys)
         known = self._keys[:self._size]
-        pos = np.minimum(np.searchsorted(known, keys), max(self._size - 1, 0))
-        hit = (known[pos] == keys) if self._size else np.zeros(len(keys), dtype=bool)
         self._slots[pos[hit]] = slots[hit]
         new_keys, new_slots = keys[~hit], slots[~hit]
         if not len(new_keys):

@@ -421,21 +421,23 @@ class PgStore(MetaRecords):
         rows.sort(key=lambda r: r[1])  # relaxed_order iterative scans may return slightly out of order
         return [int(i) for i, _ in rows], [1.0 - float(d) for _, d in rows]
 
-    def ensure_vector_index(self, model_id: str, ndim: int) -> None:
+    def ensure_vector_index(self, model_id: str, ndim: int) -> bool:
         """Gives the model the index its size calls for: HNSW when it has none and fewer than IVFFLAT_MIN
         photos, else IVFFlat lists, rebuilt with more lists once its photos have grown about fourfold (a
         minute at a million photos). Searches go on meanwhile: a new IVFFlat index is built concurrently
-        and replaces the old one when it is complete."""
+        and replaces the old one when it is complete. True when this call built one."""
         name = vector_index_name(model_id)
         kind, lists = self.vector_index_kind(model_id)
         count = self.embedded_count(model_id)
         if count < IVFFLAT_MIN:
-            if kind is None:
-                self._build_hnsw(name, model_id, ndim)
-            return
+            if kind is not None:
+                return False
+            self._build_hnsw(name, model_id, ndim)
+            return True
         wanted = ivfflat_lists(count)
-        if kind != "ivfflat" or 2 * (lists or 0) <= wanted:
-            self._build_ivfflat(name, model_id, ndim, wanted, count)
+        if kind == "ivfflat" and 2 * (lists or 0) > wanted:
+            return False
+        return self._build_ivfflat(name, model_id, ndim, wanted, count)
 
     def vector_index_kind(self, model_id: str) -> tuple[str | None, int | None]:
         """("hnsw", None), ("ivfflat", lists), or (None, None) when the model has no index yet."""
@@ -461,7 +463,7 @@ class PgStore(MetaRecords):
                 name=sql.Identifier(name), d=sql.Literal(ndim), m=sql.Literal(HNSW_M),
                 efc=sql.Literal(HNSW_EF_CONSTRUCTION), model=sql.Literal(model_id)))
 
-    def _build_ivfflat(self, name: str, model_id: str, ndim: int, lists: int, count: int) -> None:
+    def _build_ivfflat(self, name: str, model_id: str, ndim: int, lists: int, count: int) -> bool:
         log.info("building the database's vector index for %s: %d lists for %d photos", model_id, lists, count)
         started = time.monotonic()
         successor = name + "_next"
@@ -469,10 +471,10 @@ class PgStore(MetaRecords):
         with connect(self.url) as con:
             # One builder at a time; another server that finds the lock taken leaves the build to its holder.
             if not con.execute("SELECT pg_try_advisory_lock(%s, 0)", (LOCK_CLASS,)).fetchone()[0]:
-                return
+                return False
             try:
                 if self.vector_index_kind(model_id) == ("ivfflat", lists):
-                    return  # another server built it meanwhile
+                    return False  # another server built it meanwhile
                 con.execute("SET maintenance_work_mem = '1GB'")
                 con.execute(sql.SQL("DROP INDEX IF EXISTS {}").format(sql.Identifier(successor)))  # a failed build's
                 con.execute(sql.SQL(
@@ -487,6 +489,7 @@ class PgStore(MetaRecords):
             finally:
                 con.execute("SELECT pg_advisory_unlock(%s, 0)", (LOCK_CLASS,))
         log.info("vector index of %s built in %.0f s", model_id, time.monotonic() - started)
+        return True
 
     def vector_index(self, model_id: str, ndim: int) -> "PgVectorIndex":
         self.ensure_vector_index(model_id, ndim)
@@ -611,8 +614,8 @@ class PgVectorIndex:
 
     def maintain(self) -> bool:
         """Gives the model the index its size calls for (PgStore.ensure_vector_index): a scan calls it at
-        its checkpoints and at its end. True when the kind or the lists changed."""
-        before = self.store.vector_index_kind(self.model_id)
-        self.store.ensure_vector_index(self.model_id, self.ndim)
-        self._count = (0, -COUNT_CACHE_SECONDS)  # read both again at the next search
-        return self.store.vector_index_kind(self.model_id) != before
+        its checkpoints and at its end. True when it built one."""
+        if not self.store.ensure_vector_index(self.model_id, self.ndim):
+            return False
+        self._count = (0, -COUNT_CACHE_SECONDS)  # read the count and the kind again at the next search
+        return True
