@@ -19,6 +19,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from clipalbum.export.fuse import bert_shape, eager_attention, fuse_bert
 from clipalbum.export.quantize import quantize_int8
 from clipalbum.server.bundle import (FORMAT_VERSION, MANIFEST_NAME, ImageSpec, Manifest, TextSpec, with_checksums,
                                      write_manifest)
@@ -202,8 +203,11 @@ def export_dual_encoder(
         dummy = tokenize(["a photo of a dog on the grass", "a cat"])
         text_axes = {name: {0: "batch", 1: "tokens"} for name in text_spec.input_names}
         text_axes[text_spec.output_name] = {0: "batch"}
-        _export_graph(text_tower, tuple(torch.from_numpy(dummy[n]) for n in text_spec.input_names), text_fp32,
-                      list(text_spec.input_names), text_spec.output_name, text_axes)
+        with eager_attention(model):
+            _export_graph(text_tower, tuple(torch.from_numpy(dummy[n]) for n in text_spec.input_names), text_fp32,
+                          list(text_spec.input_names), text_spec.output_name, text_axes)
+        if (shape := bert_shape(model)) and fuse_bert(text_fp32, work / "text.fused.onnx", *shape):
+            (work / "text.fused.onnx").replace(text_fp32)
         steps.update()
 
         # 3) optional int8, per tower.

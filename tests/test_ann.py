@@ -220,3 +220,16 @@ def test_searches_go_on_while_photos_are_added_and_the_lists_rebuilt() -> None:
         searcher.join()
     assert not problems, problems[0]
     assert len(ann) == 4000 - 12
+
+
+def test_probed_rows_score_the_same_in_chunks_as_at_once() -> None:
+    rng = np.random.default_rng(7)
+    codes = rng.integers(-127, 128, (3000, 32)).astype(np.int8)
+    scales = rng.uniform(0.005, 0.01, 3000).astype(np.float32)
+    rows = rng.permutation(3000)[:2 * ann_module.SCAN_CHUNK + 77]  # two whole chunks and a part
+    query = random_unit(rng, 1, 32)[0]
+    found, scores = ann_module._scan_rows(codes, scales, rows, query, 25)
+    expected = (codes[rows].astype(np.float64) @ query) * scales[rows]
+    best = np.argsort(-expected)[:25]
+    assert found.tolist() == rows[best].tolist()
+    np.testing.assert_allclose(scores, expected[best], rtol=1e-5)

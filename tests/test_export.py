@@ -154,3 +154,34 @@ def test_a_model_that_cannot_export_writes_nothing(tmp_path: Path, photos: list[
     with pytest.raises(RuntimeError, match="text tower broken"):
         _export(NoText().eval(), tmp_path / "bundle", photos)
     assert list(tmp_path.iterdir()) == []
+
+
+class TinyDistilBertDualEncoder(TinyDualEncoder):
+    """The same with a one-layer DistilBERT, the text tower `clipalbum train` starts from."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        config = transformers.DistilBertConfig(vocab_size=30522, dim=32, n_layers=1, n_heads=2, hidden_dim=64,
+                                               max_position_embeddings=64)
+        self.text = transformers.DistilBertModel(config)
+
+
+@pytest.mark.parametrize("family", [TinyDualEncoder, TinyDistilBertDualEncoder])
+@pytest.mark.parametrize("quantize", ["none", "int8"])
+def test_bert_attention_is_fused_into_one_kernel_per_layer(tmp_path: Path, photos: list[Path], family: type,
+                                                           quantize: str) -> None:
+    import onnx
+
+    model = family().eval()
+    before = model.text.config._attn_implementation
+    manifest = _export(model, tmp_path / "bundle", photos, quantize=quantize)
+    ops = [node.op_type for node in onnx.load(tmp_path / "bundle" / "text.onnx").graph.node]
+    assert ops.count("QAttention" if quantize == "int8" else "Attention") == 1  # one layer, one kernel
+    assert "Softmax" not in ops
+    assert manifest.metrics["parity_text_min_cosine"] >= (0.999 if quantize == "none" else 0.95)
+    assert model.text.config._attn_implementation == before  # the model is left as it was
+    # Padding is masked inside the fused kernel: a text alone and in a batch with a longer one agree.
+    encoders = load_encoders(tmp_path / "bundle")
+    alone = encoders.text.encode(["a cat"])[0]
+    batched = encoders.text.encode(["a cat", TEXTS[2]])[0]
+    assert float(alone @ batched) > 0.999
