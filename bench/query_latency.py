@@ -2,7 +2,7 @@
 and 100k indexed photos; prints JSON.
 
 Synthetic unit vectors stand in for photos (written through the Store, ANN built from SQLite, as a scan
-does). Besides the HTTP p50/p99 it breaks one query down in-process (text encoder, ANN, SQLite rows and
+does). Besides the HTTP p50/p99 (two clients in turn: httpx and the standard library's) it breaks one query down in-process (text encoder, ANN, SQLite rows and
 exact re-rank) and runs the baseline side by side: an exact brute-force scan over every vector in numpy,
 which also gives the ANN path's recall@k.
 
@@ -39,29 +39,56 @@ def summarize(samples: list[float]) -> dict[str, float]:
 
 def http_latency(pid: int, port: int, texts: list[str], warmup: int, k: int,
                  photo_ids: list[int]) -> dict[str, object]:
-    """Text searches (after `warmup` of them), then "more like this" of each of `photo_ids`, over HTTP."""
+    """Text searches (after `warmup` of them), then "more like this" of each of `photo_ids`, over HTTP.
+
+    Each text is asked twice, by two clients in turn (which goes first alternates): httpx, and the standard
+    library's http.client, whose own per-request work is smaller (a browser's is smaller still). On 2 cores
+    the client's CPU competes with the server's, so the two give a range for the same server."""
+    import http.client
+    import urllib.parse
+
     import httpx
 
     wall: list[float] = []
+    wall_stdlib: list[float] = []
     server: list[float] = []
     similar: list[float] = []
+    stdlib = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+
+    def by_httpx(text: str) -> None:
+        started = time.perf_counter()
+        response = client.get("/api/search", params={"q": text, "k": k})
+        wall.append((time.perf_counter() - started) * 1000)
+        response.raise_for_status()
+        server.append(response.json()["took_ms"])
+
+    def by_stdlib(text: str) -> None:
+        started = time.perf_counter()
+        stdlib.request("GET", "/api/search?" + urllib.parse.urlencode({"q": text, "k": k}))
+        response = stdlib.getresponse()
+        body = response.read()
+        wall_stdlib.append((time.perf_counter() - started) * 1000)
+        if response.status != 200:
+            raise SystemExit(f"search answered {response.status}: {body[:200]!r}")
+
     with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
         for text in texts[:warmup]:
-            client.get("/api/search", params={"q": text, "k": k}).raise_for_status()
+            by_httpx(text)
+            by_stdlib(text)
+        del wall[:], wall_stdlib[:], server[:]
         cpu_before = proc_cpu_seconds(pid)
-        for text in texts[warmup:]:
-            started = time.perf_counter()
-            response = client.get("/api/search", params={"q": text, "k": k})
-            wall.append((time.perf_counter() - started) * 1000)
-            response.raise_for_status()
-            server.append(response.json()["took_ms"])
-        cpu_ms = (proc_cpu_seconds(pid) - cpu_before) * 1000 / len(wall)
+        for i, text in enumerate(texts[warmup:]):
+            for ask in ((by_httpx, by_stdlib) if i % 2 == 0 else (by_stdlib, by_httpx)):
+                ask(text)
+        cpu_ms = (proc_cpu_seconds(pid) - cpu_before) * 1000 / (len(wall) + len(wall_stdlib))
         for photo_id in photo_ids:
             started = time.perf_counter()
             client.get(f"/api/images/{photo_id}/similar", params={"k": k}).raise_for_status()
             similar.append((time.perf_counter() - started) * 1000)
+    stdlib.close()
     # CPU per query barely depends on what else runs on the machine; wall-clock latency does.
-    return {"http_ms": summarize(wall), "library_ms_reported_by_server": summarize(server),
+    return {"http_ms": summarize(wall), "http_ms_stdlib_client": summarize(wall_stdlib),
+            "library_ms_reported_by_server": summarize(server),
             "server_cpu_ms_per_query": round(cpu_ms, 2), "queries": len(wall),
             "similar_http_ms": summarize(similar), "similar_queries": len(similar)}
 
