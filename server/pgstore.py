@@ -99,6 +99,9 @@ def redacted(url: str) -> str:
     return re.sub(r"(://[^:/@]*):[^@]+@", r"\1:***@", url)
 
 
+_WRITER = "writer"  # the owner key of the writing connection
+
+
 def connect(url: str) -> "psycopg.Connection[Any]":
     """An autocommit connection, or a ClipalbumError that says which database could not be reached."""
     try:
@@ -139,7 +142,8 @@ class PgStore(MetaRecords):
     def __init__(self, url: str) -> None:
         self.url = url
         self._local = threading.local()
-        self._all: list[psycopg.Connection[Any]] = []
+        # Every open connection by its owner: the writer, or the thread that reads with it.
+        self._all: dict[object, psycopg.Connection[Any]] = {}
         self._all_lock = threading.Lock()
         self._write_lock = threading.RLock()
         self._writer_con: psycopg.Connection[Any] | None = None
@@ -167,8 +171,7 @@ class PgStore(MetaRecords):
             con = self._writer_con
             if con is None or con.closed or con.broken:
                 con = self._writer_con = connect(self.url)
-                with self._all_lock:
-                    self._all.append(con)
+                self._keep(_WRITER, con)
                 if self._migrated:
                     _prepare(con)
             return con
@@ -183,14 +186,24 @@ class PgStore(MetaRecords):
             con.execute("SET hnsw.iterative_scan = relaxed_order")
             con.execute("SET ivfflat.iterative_scan = relaxed_order")
             self._local.ef_search = None
-            with self._all_lock:
-                self._all.append(con)
+            self._keep(threading.current_thread(), con)
             self._local.con = con
         return con
 
+    def _keep(self, owner: object, con: "psycopg.Connection[Any]") -> None:
+        """Records `owner`'s new connection, closing the one it replaces (broken) and those of reading threads
+        that have ended: a thread that reads once and ends (a caller's own, a pool that is shut down) left
+        its connection open for the store's life, one more towards PostgreSQL's max_connections each time."""
+        with self._all_lock:
+            ended = [key for key in self._all
+                     if key is owner or (isinstance(key, threading.Thread) and not key.is_alive())]
+            for key in ended:
+                self._all.pop(key).close()
+            self._all[owner] = con
+
     def close(self) -> None:
         with self._all_lock:
-            for con in self._all:
+            for con in self._all.values():
                 con.close()
             self._all.clear()
 

@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -138,6 +139,26 @@ class TestPgStore:
             assert store.photo(1, "m").original_path == Path(os.fsdecode(b"/albums/\xe9t\xe9/caf\xe9/\xff.jpg"))
         finally:
             store.close()
+
+    def test_connections_of_finished_threads_are_closed(self, postgres_url: str) -> None:
+        # The server answers from a pool of worker threads that end after some idle seconds and are
+        # replaced: each new one opens a connection, and one that ended must not keep its own open.
+        def backends() -> int:
+            with psycopg.connect(postgres_url, autocommit=True) as admin:
+                return int(admin.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                                         "AND pid <> pg_backend_pid()").fetchone()[0])
+
+        store = PgStore(postgres_url)
+        try:
+            for _ in range(12):
+                reader = threading.Thread(target=store.get_meta, args=("schema_version",))
+                reader.start()
+                reader.join()
+            store.get_meta("schema_version")  # a new connection closes those of threads that ended
+            assert backends() <= 3  # the writer, this thread's reader, at most one more
+        finally:
+            store.close()
+        assert backends() == 0
 
     def test_the_models_own_vector_index_finds_the_nearest(self, postgres_url: str) -> None:
         store = PgStore(postgres_url)
