@@ -24,7 +24,7 @@ from clipalbum.server.settings import DataPaths, check_database_url
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -55,6 +55,27 @@ CREATE INDEX IF NOT EXISTS photos_by_model_gen ON photos (model_id, vector_gen);
 -- Status counts read this small covering index, not the table and its vectors (122 -> 16 ms at 100k).
 CREATE INDEX IF NOT EXISTS photos_by_status_model ON photos (status, model_id);
 """
+
+# Photos by (status, model), kept by triggers in the transaction that changes them: the status counts that
+# the web page polls (every 0.5 s during a scan) took 230 ms at 1M photos as a GROUP BY over the index.
+# A failed photo has no model: '' stands for it here, so the pair can be the key.
+_COUNTS = (
+    """CREATE TABLE IF NOT EXISTS photo_counts (status TEXT NOT NULL, model TEXT NOT NULL, n INTEGER NOT NULL,
+                                                PRIMARY KEY (status, model)) WITHOUT ROWID""",
+    """CREATE TRIGGER IF NOT EXISTS photo_counts_insert AFTER INSERT ON photos BEGIN
+           INSERT INTO photo_counts VALUES (NEW.status, COALESCE(NEW.model_id, ''), 1)
+               ON CONFLICT (status, model) DO UPDATE SET n = n + 1;
+       END""",
+    """CREATE TRIGGER IF NOT EXISTS photo_counts_delete AFTER DELETE ON photos BEGIN
+           UPDATE photo_counts SET n = n - 1 WHERE status = OLD.status AND model = COALESCE(OLD.model_id, '');
+       END""",
+    """CREATE TRIGGER IF NOT EXISTS photo_counts_update AFTER UPDATE OF status, model_id ON photos
+       WHEN OLD.status IS NOT NEW.status OR OLD.model_id IS NOT NEW.model_id BEGIN
+           UPDATE photo_counts SET n = n - 1 WHERE status = OLD.status AND model = COALESCE(OLD.model_id, '');
+           INSERT INTO photo_counts VALUES (NEW.status, COALESCE(NEW.model_id, ''), 1)
+               ON CONFLICT (status, model) DO UPDATE SET n = n + 1;
+       END""",
+)
 
 MAX_WALK_PROBLEMS = 1000  # kept in the meta table; a broken disk must not grow it without bound
 
@@ -261,6 +282,12 @@ class Store(MetaRecords):
             if 0 < have < 2:
                 # vector_gen lets start-up bring a saved ANN index up to date instead of rebuilding it.
                 con.execute("ALTER TABLE photos ADD COLUMN vector_gen INTEGER NOT NULL DEFAULT 0")
+            if have < 3:  # the counts start from the photos there are, in the transaction that adds the triggers
+                for statement in _COUNTS:
+                    con.execute(statement)
+                con.execute("DELETE FROM photo_counts")
+                con.execute("INSERT INTO photo_counts SELECT status, COALESCE(model_id, ''), COUNT(*) FROM photos "
+                            "GROUP BY 1, 2")
             if have < SCHEMA_VERSION:
                 con.execute("INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
         with self._write_lock:
@@ -476,8 +503,8 @@ class Store(MetaRecords):
 
     def counts(self, model_id: str) -> dict[str, int]:
         """Photos by status for the current model: indexed, pending (embedded by another model), failed."""
-        return status_counts(self._reader.execute(
-            "SELECT status, model_id, COUNT(*) FROM photos GROUP BY status, model_id").fetchall(), model_id)
+        return status_counts(((status, model or None, n) for status, model, n in self._reader.execute(
+            "SELECT status, model, n FROM photo_counts")), model_id)
 
     def failures(self, limit: int) -> list[tuple[str, str, str]]:
         """(root, rel_path, error) of failed files, most recently changed first."""
