@@ -2,9 +2,9 @@
 and 100k indexed photos; prints JSON.
 
 Synthetic unit vectors stand in for photos (written through the Store, ANN built from SQLite, as a scan
-does). Besides the HTTP p50/p99 (two clients in turn: httpx and the standard library's) it breaks one query down in-process (text encoder, ANN, SQLite rows and
-exact re-rank) and runs the baseline side by side: an exact brute-force scan over every vector in numpy,
-which also gives the ANN path's recall@k.
+does). Besides the HTTP p50/p99 (two clients in turn: httpx and the standard library's) it breaks one query
+down in-process (text encoder, ANN, SQLite rows and exact re-rank) and runs the baseline side by side: an
+exact brute-force scan over every vector in numpy, which also gives the ANN path's recall@k.
 
     .venv/bin/python bench/query_latency.py [--sizes 10000,100000] [--queries 300] [--model BUNDLE]
         [--stores sqlite,postgres] [--ef-search 40,100,200,400,800] [--probes 16,32,48]
@@ -17,6 +17,7 @@ the dev extra), side by side; --ef-search sweeps pgvector's hnsw.ef_search in-pr
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -71,11 +72,12 @@ def http_latency(pid: int, port: int, texts: list[str], warmup: int, k: int,
         if response.status != 200:
             raise SystemExit(f"search answered {response.status}: {body[:200]!r}")
 
-    with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
+    with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as client, contextlib.closing(stdlib):
         for text in texts[:warmup]:
             by_httpx(text)
             by_stdlib(text)
-        del wall[:], wall_stdlib[:], server[:]
+        for warmups in (wall, wall_stdlib, server):
+            warmups.clear()
         cpu_before = proc_cpu_seconds(pid)
         for i, text in enumerate(texts[warmup:]):
             for ask in ((by_httpx, by_stdlib) if i % 2 == 0 else (by_stdlib, by_httpx)):
@@ -85,11 +87,10 @@ def http_latency(pid: int, port: int, texts: list[str], warmup: int, k: int,
             started = time.perf_counter()
             client.get(f"/api/images/{photo_id}/similar", params={"k": k}).raise_for_status()
             similar.append((time.perf_counter() - started) * 1000)
-    stdlib.close()
     # CPU per query barely depends on what else runs on the machine; wall-clock latency does.
     return {"http_ms": summarize(wall), "http_ms_stdlib_client": summarize(wall_stdlib),
             "library_ms_reported_by_server": summarize(server),
-            "server_cpu_ms_per_query": round(cpu_ms, 2), "queries": len(wall),
+            "server_cpu_ms_per_query": round(cpu_ms, 2), "queries_per_client": len(wall),
             "similar_http_ms": summarize(similar), "similar_queries": len(similar)}
 
 

@@ -18,9 +18,8 @@ from typing import BinaryIO, Literal
 
 import numpy as np
 import numpy.typing as npt
-from threadpoolctl import threadpool_limits
-
 from clipalbum.server.ann import AnnIndex
+from clipalbum.server.blasthreads import hold_one_blas_thread, release_blas_threads
 from clipalbum.server.containment import real_folders, servable_path
 from clipalbum.server.diskerrors import storage_problem
 from clipalbum.server.encoders import Encoders, load_encoders
@@ -56,11 +55,13 @@ class Library:
     """An album index ready to search; `index()` brings it up to date with the album folders."""
 
     def __init__(self, paths: DataPaths, encoders: Encoders, store: Store) -> None:
-        # One BLAS thread for the whole process: a search's products are small (a query against the probed
-        # lists, a re-rank of a few dozen rows), and OpenBLAS's second thread spins after each, holding the
-        # core the text encoder needs next. At 100k photos it cost the server 33.6 ms of CPU per text query
-        # against 13.4 ms, and HTTP p50 20.1 against 12.4 ms (bench/query_latency.py, same machine).
-        threadpool_limits(limits=1, user_api="blas")
+        # One BLAS thread while the library is open: a search's products are small (a query against the
+        # probed lists, a re-rank of a few dozen rows), and OpenBLAS's second thread spins after each, holding
+        # the core the text encoder needs next. Server CPU per text query at 100k photos: 24.3 and 28.5 ms
+        # with two threads, 14.6 and 14.7 ms with one; at 1M 35.5 and 33.8 against 16.6 and 21.2 ms (two
+        # rounds of bench/query_latency.py each, alternating; HTTP p50 moved within the noise).
+        hold_one_blas_thread()
+        self._closed = False
         self.paths = paths
         self.encoders = encoders
         self.store = store
@@ -100,13 +101,17 @@ class Library:
         store = open_store(paths)
         try:
             library = cls(paths, encoders, store)
+        except BaseException:
+            store.close()
+            raise
+        try:
             for root in roots or []:
                 library.add_root(root)
             if follow_links_outside is not None:
                 library.set_follow_links_outside(follow_links_outside)
             library._load_ann()
         except BaseException:
-            store.close()
+            library.close()
             raise
         return library
 
@@ -447,7 +452,11 @@ class Library:
                             suggested_min_score(self.encoders.manifest))
 
     def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
         self.store.close()
+        release_blas_threads()
 
 
 def index_status(store: Store, model_id: str, embed_dim: int, progress: ScanProgress,

@@ -143,8 +143,8 @@ class PgStore(MetaRecords):
         self.url = url
         self._local = threading.local()
         # Every open connection by its owner: the writer, or the thread that reads with it.
-        self._all: dict[object, psycopg.Connection[Any]] = {}
-        self._all_lock = threading.Lock()
+        self._by_owner: dict[object, psycopg.Connection[Any]] = {}
+        self._by_owner_lock = threading.Lock()
         self._write_lock = threading.RLock()
         self._writer_con: psycopg.Connection[Any] | None = None
         self._migrated = False  # the vector types exist (and new connections register them)
@@ -194,18 +194,18 @@ class PgStore(MetaRecords):
         """Records `owner`'s new connection, closing the one it replaces (broken) and those of reading threads
         that have ended: a thread that reads once and ends (a caller's own, a pool that is shut down) left
         its connection open for the store's life, one more towards PostgreSQL's max_connections each time."""
-        with self._all_lock:
-            ended = [key for key in self._all
+        with self._by_owner_lock:
+            stale = [key for key in self._by_owner
                      if key is owner or (isinstance(key, threading.Thread) and not key.is_alive())]
-            for key in ended:
-                self._all.pop(key).close()
-            self._all[owner] = con
+            for key in stale:
+                self._by_owner.pop(key).close()
+            self._by_owner[owner] = con
 
     def close(self) -> None:
-        with self._all_lock:
-            for con in self._all.values():
+        with self._by_owner_lock:
+            for con in self._by_owner.values():
                 con.close()
-            self._all.clear()
+            self._by_owner.clear()
 
     @contextmanager
     def _transaction(self) -> Iterator["psycopg.Connection[Any]"]:

@@ -461,7 +461,7 @@ def test_a_scan_asked_to_stop_keeps_what_it_did_and_removes_nothing(tmp_path: Pa
         library.close()
 
 
-def test_an_open_library_runs_numpy_on_one_blas_thread(tmp_path: Path, tiny_bundle: Path) -> None:
+def test_an_open_library_runs_numpy_on_one_blas_thread_until_closed(tmp_path: Path, tiny_bundle: Path) -> None:
     # In a fresh process: this one's BLAS may already be limited by another test's library.
     script = (
         "import sys\n"
@@ -470,11 +470,13 @@ def test_an_open_library_runs_numpy_on_one_blas_thread(tmp_path: Path, tiny_bund
         "from clipalbum.server.settings import data_paths\n"
         "def blas(): return [pool['num_threads'] for pool in threadpool_info() if pool['user_api'] == 'blas']\n"
         "before = blas()\n"
-        "Library.open(data_paths(sys.argv[1]), model=sys.argv[2]).close()\n"
-        "print(max(before), max(blas()))\n"
+        "library = Library.open(data_paths(sys.argv[1]), model=sys.argv[2])\n"
+        "during = blas()\n"
+        "library.close()\n"
+        "print(max(before), max(during), max(blas()))\n"
     )
     done = subprocess.run([sys.executable, "-c", script, str(tmp_path / "data"), str(tiny_bundle)],
                           cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True, timeout=120,
                           env={**os.environ, "OPENBLAS_NUM_THREADS": "2"})
     assert done.returncode == 0, done.stderr
-    assert done.stdout.split() == ["2", "1"]
+    assert done.stdout.split() == ["2", "1", "2"]  # and closing it gives the process its threads back
