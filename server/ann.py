@@ -25,10 +25,10 @@ import numpy.typing as npt
 # Import order matters: usearch loads NumKong with RTLD_GLOBAL, and onnxruntime imported *after* that
 # segfaults (usearch 2.26 / numkong 7.8 / onnxruntime 1.32 on Linux). Loading ORT first is safe.
 import onnxruntime  # noqa: F401,I001
-from threadpoolctl import threadpool_limits
 from usearch.index import MetricKind, search as exact_search
 
 from clipalbum.server.annfile import read_index, write_index
+from clipalbum.server.blasthreads import hold_one_blas_thread, release_blas_threads
 from clipalbum.server.clustering import SAMPLE_PER_LIST, nearest_centroid, train_centroids
 
 log = logging.getLogger(__name__)
@@ -203,8 +203,11 @@ class AnnIndex:
         # One BLAS thread: OpenBLAS's second thread spins between products and starved the searches (at 1M
         # photos, searches during a rebuild: p99 136 ms, worst 349 ms; with one thread 8 ms and 26 ms, and
         # the rebuild itself took 118 s instead of 187 s; bench/ann_under_writes.py).
-        with threadpool_limits(limits=1, user_api="blas"):
+        hold_one_blas_thread()  # shared with open libraries: the last to let go restores the limits
+        try:
             self._rebuild_now(retrain)
+        finally:
+            release_blas_threads()
 
     def _rebuild_now(self, retrain: bool) -> None:
         started = time.monotonic()
@@ -390,7 +393,7 @@ def _scan_all(codes: npt.NDArray[np.int8], alive: npt.NDArray[np.bool_], query: 
 
 
 def _scan_rows(codes: npt.NDArray[np.int8], scales: npt.NDArray[np.float32], rows: npt.NDArray[np.int64],
-               query: npt.NDArray[np.float32], count: int) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]:
+               query: npt.NDArray[np.floating], count: int) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]:
     """The `count` best of the slots `rows` (the probed lists' photos, some 11k of a million): gathered as
     float32 and scored SCAN_CHUNK rows at a time, which beat usearch's kernel on gathered rows. The chunk
     stays in the CPU cache: a search at 1M took 3.1 ms against 4.5 ms with one gather, one conversion and one

@@ -55,13 +55,6 @@ class Library:
     """An album index ready to search; `index()` brings it up to date with the album folders."""
 
     def __init__(self, paths: DataPaths, encoders: Encoders, store: Store) -> None:
-        # One BLAS thread while the library is open: a search's products are small (a query against the
-        # probed lists, a re-rank of a few dozen rows), and OpenBLAS's second thread spins after each, holding
-        # the core the text encoder needs next. Server CPU per text query at 100k photos: 24.3 and 28.5 ms
-        # with two threads, 14.6 and 14.7 ms with one; at 1M 35.5 and 33.8 against 16.6 and 21.2 ms (two
-        # rounds of bench/query_latency.py each, alternating; HTTP p50 moved within the noise).
-        hold_one_blas_thread()
-        self._closed = False
         self.paths = paths
         self.encoders = encoders
         self.store = store
@@ -83,6 +76,15 @@ class Library:
         self.ann = AnnIndex(self.embed_dim)
         self._ann_generation = 0  # the SQLite generation the in-memory ANN index reflects
         self._follow_lock = threading.Lock()  # one catch-up with other processes' commits at a time
+        self._close_lock = threading.Lock()
+        self._closed = False
+        # One BLAS thread while the library is open: a search's products are small (a query against the
+        # probed lists, a re-rank of a few dozen rows), and OpenBLAS's second thread spins after each, holding
+        # the core the text encoder needs next. Server CPU per text query at 100k photos: 24.3 and 28.5 ms
+        # with two threads, 14.6 and 14.7 ms with one; at 1M 35.5 and 33.8 against 16.6 and 21.2 ms (two
+        # rounds of bench/query_latency.py each, alternating; HTTP p50 moved within the noise).
+        # Last, so that an __init__ that raises holds nothing; close() releases it.
+        hold_one_blas_thread()
 
     # -- opening -------------------------------------------------------------------------------------------
 
@@ -452,11 +454,14 @@ class Library:
                             suggested_min_score(self.encoders.manifest))
 
     def close(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        self.store.close()
-        release_blas_threads()
+        with self._close_lock:
+            if self._closed:
+                return
+            self._closed = True
+        try:
+            self.store.close()
+        finally:
+            release_blas_threads()
 
 
 def index_status(store: Store, model_id: str, embed_dim: int, progress: ScanProgress,

@@ -73,8 +73,17 @@ def split_host(value: str) -> tuple[str, int | None]:
     return name.rstrip("."), int(port) if port.isdigit() else None
 
 
-@functools.lru_cache(maxsize=256)  # asked on every request, nearly always for the same few Host names
+MAX_IP_TEXT = 64  # IPv6 text is at most 45 characters, plus a zone ("%eth0")
+
+
 def _is_ip_literal(name: str) -> bool:
+    # Asked on every request, nearly always for the same few Host names. The cache's keys come from the
+    # client, so only what could be an address is looked up in it or kept.
+    return len(name) <= MAX_IP_TEXT and _parses_as_ip(name)
+
+
+@functools.lru_cache(maxsize=256)
+def _parses_as_ip(name: str) -> bool:
     try:
         ipaddress.ip_address(name)
         return True

@@ -469,14 +469,23 @@ def test_an_open_library_runs_numpy_on_one_blas_thread_until_closed(tmp_path: Pa
         "from clipalbum.server.library import Library\n"
         "from clipalbum.server.settings import data_paths\n"
         "def blas(): return [pool['num_threads'] for pool in threadpool_info() if pool['user_api'] == 'blas']\n"
-        "before = blas()\n"
-        "library = Library.open(data_paths(sys.argv[1]), model=sys.argv[2])\n"
-        "during = blas()\n"
-        "library.close()\n"
-        "print(max(before), max(during), max(blas()))\n"
+        "def show(): print(max(blas()))\n"
+        "show()\n"
+        "first = Library.open(data_paths(sys.argv[1] + '/a'), model=sys.argv[2])\n"
+        "show()\n"
+        "second = Library.open(data_paths(sys.argv[1] + '/b'), model=sys.argv[2])\n"
+        "first.close(); first.close()\n"
+        "show()\n"  # the second is still open, however often the first is closed
+        "second.close()\n"
+        "show()\n"
+        "try:\n"
+        "    Library.open(data_paths(sys.argv[1] + '/c'), model=sys.argv[2], roots=[sys.argv[1] + '/missing'])\n"
+        "except Exception as exc:\n"
+        "    print(type(exc).__name__)\n"
+        "show()\n"  # an open that failed holds nothing
     )
     done = subprocess.run([sys.executable, "-c", script, str(tmp_path / "data"), str(tiny_bundle)],
                           cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True, timeout=120,
                           env={**os.environ, "OPENBLAS_NUM_THREADS": "2"})
     assert done.returncode == 0, done.stderr
-    assert done.stdout.split() == ["2", "1", "2"]  # and closing it gives the process its threads back
+    assert done.stdout.split() == ["2", "1", "1", "2", "ClipalbumError", "2"]

