@@ -224,7 +224,8 @@ def create_app(library: "Library", web_dir: Path | None = None, background_index
     async def complete_schema(request: Request[Any, Any, Any]) -> None:
         # Made when first asked for, not at start-up: generating the schema costs 0.3 s of the 2 s a start
         # may take (bench/startup.py).
-        # The scope's path, not request.url: building a URL object cost ~5 % of the event loop per search.
+        # The scope's path, not request.url: building a URL object took ~5 % of the event loop's time in
+        # searches (py-spy samples of a server answering text queries).
         if not schema_done and request.scope["path"].startswith(OPENAPI_PATH):
             document_strict_bodies(request.app)
             schema_done.append(True)

@@ -18,6 +18,7 @@ from typing import BinaryIO, Literal
 
 import numpy as np
 import numpy.typing as npt
+
 from clipalbum.server.ann import AnnIndex
 from clipalbum.server.blasthreads import hold_one_blas_thread, release_blas_threads
 from clipalbum.server.containment import real_folders, servable_path
