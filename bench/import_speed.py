@@ -2,9 +2,10 @@
 architectures (random weights: the same graphs, so the same speed), side by side with the default bundle in
 the same run; prints JSON.
 
-The transformers ones are built with CLIPConfig at their published sizes and saved as a checkpoint folder
-(the stand-in tokenizer is the packaged BERT-uncased one: English queries come out at about CLIP's token
-counts); the OpenCLIP ones are imported by name with random weights (`--pretrained none`, OpenAI's BPE).
+The transformers ones are built with CLIPConfig or SiglipConfig at their published sizes and saved as a
+checkpoint folder (CLIP's stand-in tokenizer is the packaged BERT-uncased one: English queries come out at
+about CLIP's token counts; SigLIP's is a SentencePiece model trained here on the queries, and every SigLIP
+query runs all 64 positions whatever its length); the OpenCLIP ones are imported by name with random weights (`--pretrained none`, OpenAI's BPE).
 All go through `clipalbum model import`, parity gates included.
 
     python bench/import_speed.py [--arch vit-b-32 rn50 ...] [--quantize none text-int8] [--photos 32]
@@ -31,11 +32,13 @@ from clipalbum.server.encoders import load_encoders
 from clipalbum.server.library import Library
 from clipalbum.server.settings import data_paths
 
-# transformers CLIPConfig sizes of the published checkpoints (openai/clip-vit-base-patch32 and -patch16), and
-# open_clip architectures by name (imported with --pretrained none).
+# transformers CLIPConfig sizes of the published checkpoints (openai/clip-vit-base-patch32 and -patch16),
+# SiglipConfig's defaults (google/siglip-base-patch16-224's sizes), and open_clip architectures by name
+# (imported with --pretrained none).
 ARCHITECTURES: dict[str, tuple[str, object]] = {
     "vit-b-32": ("hf", {"patch_size": 32}),
     "vit-b-16": ("hf", {"patch_size": 16}),
+    "siglip-b-16": ("siglip", {}),
     "rn50": ("open_clip", "RN50"),
     "vit-b-32-256": ("open_clip", "ViT-B-32-256"),
     "mobileclip2-s0": ("open_clip", "MobileCLIP2-S0"),
@@ -47,6 +50,8 @@ def random_source(arch: str, folder: Path) -> tuple[str, str | None]:
     kind, spec = ARCHITECTURES[arch]
     if kind == "open_clip":
         return f"open_clip:{spec}", "none"
+    if kind == "siglip":
+        return str(random_siglip_checkpoint(folder)), None
     return str(random_checkpoint(spec, folder)), None
 
 
@@ -61,6 +66,28 @@ def random_checkpoint(vision: dict, folder: Path) -> Path:
                         vision_config=vision)
     CLIPModel(config).save_pretrained(str(folder))
     shutil.copyfile(bert_uncased_tokenizer_file(), folder / "tokenizer.json")
+    return folder
+
+
+def random_siglip_checkpoint(folder: Path) -> Path:
+    """SiglipConfig's defaults with random weights, and a SentencePiece vocabulary trained on the bench's
+    queries with SigLIP's ids (pad 0, </s> 1, unk 2), saved as SiglipTokenizer saves it."""
+    import io
+
+    import sentencepiece
+    import torch
+    from transformers import SiglipConfig, SiglipModel, SiglipTokenizer
+
+    folder.mkdir(parents=True)
+    model = io.BytesIO()
+    texts, _ = queries(2000)
+    sentencepiece.SentencePieceTrainer.train(
+        sentence_iterator=iter([t.lower() for t in texts]), model_writer=model, vocab_size=4000,
+        hard_vocab_limit=False, model_type="unigram", pad_id=0, eos_id=1, unk_id=2, bos_id=-1, minloglevel=2)
+    (folder / "spiece.model").write_bytes(model.getvalue())
+    SiglipTokenizer(vocab_file=str(folder / "spiece.model")).save_pretrained(str(folder))
+    torch.manual_seed(0)
+    SiglipModel(SiglipConfig()).save_pretrained(str(folder))
     return folder
 
 

@@ -1,4 +1,4 @@
-"""`clipalbum model import SOURCE --out BUNDLE`: a pretrained CLIP checkpoint -> a model bundle."""
+"""`clipalbum model import SOURCE --out BUNDLE`: a pretrained CLIP or SigLIP checkpoint -> a model bundle."""
 
 from __future__ import annotations
 
@@ -10,11 +10,11 @@ from pathlib import Path
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="clipalbum model import", description=(
-        "Import a pretrained CLIP as a model bundle: a transformers CLIPModel (a folder, or a hub name where "
-        "there is a network) or an OpenCLIP model. ONNX towers are checked against the original on real photos "
+        "Import a pretrained CLIP as a model bundle: a transformers CLIPModel or SiglipModel (a folder, or a hub "
+        "name where there is a network) or an OpenCLIP model. ONNX towers are checked against the original on real photos "
         "and captions; its own preprocessing and tokenizer are recorded. Serve it with --model BUNDLE."))
     parser.add_argument("source", help="a folder holding config.json, the weights and the tokenizer; a hub name "
-                        "such as openai/clip-vit-base-patch32 (downloads it); or open_clip:ARCH, e.g. "
+                        "such as openai/clip-vit-base-patch32 or google/siglip-base-patch16-224 (downloads it); or open_clip:ARCH, e.g. "
                         "open_clip:ViT-B-32, with --pretrained")
     parser.add_argument("--pretrained", metavar="FILE|TAG", help="for open_clip:ARCH: a local weights file, or "
                         "one of open_clip's tags for ARCH (downloads it), or 'none' for random weights")

@@ -133,13 +133,14 @@ def open_clip_image_spec(source: str, cfg: dict) -> ImageSpec:
     problems = []
     if not isinstance(size, int) and size[0] != size[1]:
         problems.append(f"a {size[0]}x{size[1]} input (bundles take square ones)")
-    if cfg.get("interpolation", "bicubic") != "bicubic":
-        problems.append(f"{cfg['interpolation']} resampling (clipalbum resizes bicubic)")
+    if cfg.get("interpolation", "bicubic") not in ("bicubic", "bilinear"):
+        problems.append(f"{cfg['interpolation']} resampling (clipalbum resizes bicubic or bilinear)")
     if cfg.get("resize_mode", "shortest") not in RESIZE_MODES:
         problems.append(f"resize mode {cfg['resize_mode']!r} (clipalbum: shortest side then centre crop, or squash)")
     if problems:
         raise ClipalbumError(f"{source}: its preprocessing cannot be expressed in a bundle yet: {'; '.join(problems)}")
     return ImageSpec(size=int(side), resize=RESIZE_MODES[cfg.get("resize_mode", "shortest")],  # type: ignore[arg-type]
+                     resample=cfg.get("interpolation", "bicubic"),
                      mean=tuple(float(m) for m in cfg["mean"]), std=tuple(float(s) for s in cfg["std"]))
 
 

@@ -29,9 +29,10 @@ class ImportedModel:
     reference_text: Callable[[list[str]], np.ndarray] | None = None
 
 
-def unpadded(ids: list[int]) -> list[int]:
-    """Token ids without the padding (zeros after the end token; id 0 inside a query is a real token)."""
+def unpadded(ids: list[int], pad_id: int = 0) -> list[int]:
+    """Token ids without the trailing padding (`pad_id` inside a query is a real token). Where the end token
+    is the padding too (SigLIP), it goes with it, from both sides of a comparison alike."""
     end = len(ids)
-    while end and ids[end - 1] == 0:
+    while end and ids[end - 1] == pad_id:
         end -= 1
     return ids[:end]

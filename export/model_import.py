@@ -37,8 +37,8 @@ CAPTIONS = [*DEFAULT_PARITY_TEXTS, "Two DOGS, one ball!", "a man's bike at 5pm",
 def import_model(source: str, out: Path, quantize: ImportQuantize = "none", model_id: str | None = None,
                  progress: bool = True, pretrained: str | None = None,
                  dev_set: tuple[Path, Path] | None = None) -> Manifest:
-    """Imports SOURCE (a transformers CLIP folder or hub name, or 'open_clip:ARCH' with `pretrained`) into the
-    bundle folder `out` (replaced atomically). Raises ParityError, with the figures, when a graph does not
+    """Imports SOURCE (a transformers CLIP or SigLIP folder or hub name, or 'open_clip:ARCH' with `pretrained`)
+    into the bundle folder `out` (replaced atomically). Raises ParityError, with the figures, when a graph does not
     reproduce the original closely enough, and ClipalbumError for what a bundle cannot express.
 
     With `dev_set` (a photo folder and its captions CSV) a quantized import is also measured against the fp32
@@ -104,8 +104,9 @@ def check_tokenizer(loaded: ImportedModel) -> None:
     if loaded.reference_tokens is None:
         return
     ours = TextTokenizer(loaded.tokenizer_file, loaded.text_spec)(CAPTIONS)["input_ids"]
+    pad = loaded.text_spec.pad_id
     for caption, row, theirs in zip(CAPTIONS, ours, loaded.reference_tokens(CAPTIONS)):
-        if unpadded(row.tolist()) != theirs:
+        if unpadded(row.tolist(), pad) != unpadded(theirs, pad):
             raise ClipalbumError(f"the converted tokenizer does not reproduce the original's ids for {caption!r}")
 
 

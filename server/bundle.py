@@ -14,12 +14,14 @@ FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"
 
 ResizeMode = Literal["shortest_crop", "squash"]
+Resampling = Literal["bicubic", "bilinear"]  # PIL's filters of those names (antialiased when reducing)
 
 
 class ImageSpec(msgspec.Struct, frozen=True):
     file: str = "image.onnx"
     size: int = 224  # square input side in pixels
     resize: ResizeMode = "shortest_crop"  # shortest side to `size`, then centre crop
+    resample: Resampling = "bicubic"
     mean: tuple[float, float, float] = (0.5, 0.5, 0.5)  # per channel, on 0..1 pixels
     std: tuple[float, float, float] = (0.5, 0.5, 0.5)
     layout: Literal["NCHW"] = "NCHW"
@@ -40,6 +42,7 @@ class TextSpec(msgspec.Struct, frozen=True):
     # Pad every query to max_length tokens (with id 0): text towers whose graph has a fixed length (OpenCLIP's
     # adds all 77 position embeddings); False pads a batch to its longest query.
     pad_to_max_length: bool = False
+    pad_id: int = 0  # the id padding fills with (SigLIP pads with its end token, 1)
 
 
 class Manifest(msgspec.Struct, frozen=True):

@@ -199,16 +199,20 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
+RESAMPLING = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR}
+
+
 def resize_for_model(img: Image.Image, spec: ImageSpec) -> Image.Image:
     """Resizes (and crops) to the model's square input, as the bundle's manifest says."""
     size = spec.size
+    resample = RESAMPLING[spec.resample]
     if spec.resize == "squash":
-        return img.resize((size, size), Image.Resampling.BICUBIC)
+        return img.resize((size, size), resample)
     if spec.resize == "shortest_crop":
         w, h = img.size
         scale = size / min(w, h)
         new_w, new_h = max(size, round(w * scale)), max(size, round(h * scale))
-        img = img.resize((new_w, new_h), Image.Resampling.BICUBIC, reducing_gap=REDUCING_GAP)
+        img = img.resize((new_w, new_h), resample, reducing_gap=REDUCING_GAP)
         left, top = (new_w - size) // 2, (new_h - size) // 2
         return img.crop((left, top, left + size, top + size))
     raise ValueError(f"unknown resize mode {spec.resize!r} in the bundle manifest")

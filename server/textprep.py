@@ -37,7 +37,7 @@ class TextTokenizer:
         self.spec = spec
         self.tokenizer = Tokenizer.from_file(str(tokenizer_file))
         self.tokenizer.enable_truncation(max_length=spec.max_length)
-        self.tokenizer.enable_padding(pad_id=0, length=spec.max_length if spec.pad_to_max_length else None)
+        self.tokenizer.enable_padding(pad_id=spec.pad_id, length=spec.max_length if spec.pad_to_max_length else None)
         self._lock = threading.Lock()  # padding/truncation state is shared by all callers
 
     def __call__(self, texts: list[str]) -> dict[str, npt.NDArray[np.int64]]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from contextlib import closing
+from io import BytesIO
 from pathlib import Path
 
 import numpy as np
@@ -144,8 +145,8 @@ def test_a_tower_under_its_gate_is_refused_and_nothing_is_written(imported: tupl
 
 
 @pytest.mark.parametrize(("problem", "message"), [
-    ("bilinear", "resampling 2 (clipalbum resizes bicubic)"),
-    ("not clip", "clipalbum model import takes CLIP"),
+    ("nearest", "resampling 0 (clipalbum resizes bicubic or bilinear)"),
+    ("not clip", "clipalbum model import takes CLIP and SigLIP"),
     ("no tokenizer", "no tokenizer found"),
     ("another model's tokenizer", "it is not this model's tokenizer"),
     ("missing", "not a transformers checkpoint folder or hub name"),
@@ -153,8 +154,8 @@ def test_a_tower_under_its_gate_is_refused_and_nothing_is_written(imported: tupl
 def test_checkpoints_a_bundle_cannot_express_are_refused_in_one_line(tmp_path: Path, problem: str, message: str,
                                                                      capsys: pytest.CaptureFixture) -> None:
     source = tmp_path / "source"
-    if problem == "bilinear":
-        tiny_clip(source, resample=2)
+    if problem == "nearest":
+        tiny_clip(source, resample=0)
     elif problem == "not clip":
         source.mkdir()
         (source / "config.json").write_text(json.dumps({"model_type": "bert"}))
@@ -176,6 +177,90 @@ def _sample_photos() -> list[Path]:
     from clipalbum.export.default_bundle import parity_photos
 
     return parity_photos()
+
+
+# -- SigLIP -----------------------------------------------------------------------------------------------
+
+# Captions with what SigLIP's text rules act on: capitals, punctuation, runs of whitespace, a leading space.
+SIGLIP_CAPTIONS = [*CAPTIONS, "Two DOGS, one ball!", "a man's bike at 5pm", " a  cat\ton   a\nmat ", "Kids on a beach.", "a " * 70]
+
+
+def tiny_siglip(folder: Path) -> Path:
+    """A random transformers SiglipModel saved as SigLIP checkpoints are: config.json, weights, a SentencePiece
+    spiece.model (trained here on a few captions, with SigLIP's ids: pad 0, </s> 1, unk 2) and a
+    SiglipImageProcessor (a squash to the input size, bilinear here)."""
+    spm = pytest.importorskip("sentencepiece", reason="SigLIP's tokenizer needs sentencepiece")
+    from transformers import SiglipConfig, SiglipImageProcessor, SiglipModel, SiglipTokenizer
+
+    folder.mkdir(parents=True)
+    model = BytesIO()
+    spm.SentencePieceTrainer.train(sentence_iterator=iter([c.lower() for c in CAPTIONS] * 5), model_writer=model,
+                                   vocab_size=120, hard_vocab_limit=False, model_type="unigram", pad_id=0,
+                                   eos_id=1, unk_id=2, bos_id=-1, minloglevel=2)
+    (folder / "spiece.model").write_bytes(model.getvalue())
+    tokenizer = SiglipTokenizer(vocab_file=str(folder / "spiece.model"), model_max_length=64)
+    tokenizer.save_pretrained(str(folder))
+    SiglipImageProcessor(size={"height": 64, "width": 64}, resample=2).save_pretrained(str(folder))
+    torch.manual_seed(2)
+    config = SiglipConfig(
+        text_config=dict(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=2, max_position_embeddings=64, pad_token_id=1, eos_token_id=1),
+        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                           image_size=64, patch_size=16))
+    SiglipModel(config).save_pretrained(str(folder))
+    return folder
+
+
+def test_a_siglip_model_serves_its_own_vectors_with_its_own_text_rules(tmp_path: Path, sample_album: Path) -> None:
+    from transformers import SiglipModel, SiglipTokenizer
+
+    source = tiny_siglip(tmp_path / "tiny-siglip")
+    assert main(["model", "import", str(source), "--out", str(tmp_path / "bundle"), "-q"]) == 0
+    manifest = read_manifest(tmp_path / "bundle")
+    assert manifest.embed_dim == 32 and manifest.model_id.startswith("hf-tiny-siglip-")
+    assert (manifest.image.size, manifest.image.resize, manifest.image.resample) == (64, "squash", "bilinear")
+    # Padded with </s> to exactly 64 tokens and no attention mask, as SigLIP was trained.
+    assert (manifest.text.max_length, manifest.text.pad_to_max_length, manifest.text.pad_id) == (64, True, 1)
+    assert manifest.text.input_names == ("input_ids",) and manifest.text.lowercase
+    assert manifest.metrics["preprocess_min_cosine"] > 0.99
+
+    original = SiglipModel.from_pretrained(str(source), local_files_only=True).eval()
+    theirs_tokenizer = SiglipTokenizer.from_pretrained(str(source))
+    encoders = load_encoders(tmp_path / "bundle")
+    ours = encoders.text.tokenize(SIGLIP_CAPTIONS)["input_ids"]
+    theirs = theirs_tokenizer(SIGLIP_CAPTIONS, padding="max_length", max_length=64, truncation=True)["input_ids"]
+    assert ours.tolist() == theirs  # lower-cased, punctuation gone, </s> at the end and as the padding
+
+    pixels = np.stack([load_model_input(p, manifest.image) for p in _sample_photos()])
+    with torch.no_grad():
+        images = original.get_image_features(pixel_values=torch.from_numpy(pixels)).pooler_output.numpy()
+        texts = original.get_text_features(input_ids=torch.tensor(theirs)).pooler_output.numpy()
+    for served, reference in ((encoders.image.encode(pixels), images), (encoders.text.encode(SIGLIP_CAPTIONS), texts)):
+        reference /= np.linalg.norm(reference, axis=1, keepdims=True)
+        assert float((served * reference).sum(axis=1).min()) >= 0.9999
+    with closing(Library.open(data_paths(tmp_path / "data"), model=tmp_path / "bundle",
+                              roots=[str(sample_album)])) as library:
+        assert library.index().added == len(SAMPLE_PHOTOS)
+        assert len(library.search_text("a cat", k=3).results) == 3
+
+
+def test_the_siglip_tokenizer_conversion_gives_the_original_ids(tmp_path: Path) -> None:
+    """Beyond the import's parity captions: every text here, through the converted tokenizer.json, gives
+    SiglipTokenizer's ids (without truncation, so long texts compare in full)."""
+    from tokenizers import Tokenizer
+    from transformers import SiglipTokenizer
+
+    from clipalbum.export.import_siglip import spm_to_siglip_tokenizer
+
+    source = tiny_siglip(tmp_path / "tiny-siglip")
+    converted = spm_to_siglip_tokenizer(source / "spiece.model", lowercase=True, eos="</s>")
+    converted.save(str(tmp_path / "tokenizer.json"))
+    converted = Tokenizer.from_file(str(tmp_path / "tokenizer.json"))
+    original = SiglipTokenizer.from_pretrained(str(source))
+    texts = [*SIGLIP_CAPTIONS, "", "   ", "!!!", "ÜBER café naïve", "ｆｕｌｌ width", "x▁y", "emoji 😀 ok",
+             "don't stop—ever", "tabs\tand\r\nnewlines"]
+    for text in texts:
+        assert converted.encode(text).ids == original(text)["input_ids"], text
 
 
 # -- OpenCLIP ----------------------------------------------------------------------------------------------
