@@ -335,7 +335,7 @@ def serve(paths: DataPaths, model: str | Path | None, albums: list[str] | None, 
 
     limit_malloc_arenas()  # before the ORT, decode and API threads exist
     library = Library.open(paths, model=model, roots=albums or None, build_if_missing=True,
-                           follow_links_outside=follow_links_outside)
+                           follow_links_outside=follow_links_outside, switch_in_background=True)
     stopped_cleanly = False
     try:
         stopped_cleanly = serve_library(library, host=host, port=port, rescan_minutes=rescan_minutes,

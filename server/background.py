@@ -95,10 +95,27 @@ class BackgroundIndexer:
             if self._stopping.is_set():
                 break
             if not woken and time.monotonic() < next_scan:
-                self._follow()
+                if self.library.switch is not None:
+                    self._switch()
+                else:
+                    self._follow()
                 continue
             self._scan()
             next_scan = time.monotonic() + self.rescan_seconds if self.rescan_seconds else math.inf
+
+    def _switch(self) -> None:
+        """Goes on embedding the photos with the model being switched to, between scans: a scan requested
+        (or the server stopping) interrupts it after the batch in hand, and it resumes after."""
+        try:
+            self.library.continue_switch(should_stop=lambda: self._stopping.is_set() or self._wake.is_set())
+        except IndexBusyError as exc:  # `clipalbum index` holds the data directory: finish after it
+            log.info("model switch waits: %s", exc)
+        except Exception as exc:  # keep serving with the current model; try again at the next round
+            self.last_error = f"model switch: {exc.__class__.__name__}: {exc}"
+            log.exception("model switch step failed")
+            self._stopping.wait(FOLLOW_INTERVAL_S * 10)
+        finally:
+            return_free_memory()
 
     def _follow(self) -> None:
         try:

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from contextlib import AbstractContextManager
 from datetime import date
 from pathlib import Path
-from typing import BinaryIO, Literal
+from typing import BinaryIO, Literal, NamedTuple
 
 import numpy as np
 import numpy.typing as npt
@@ -25,14 +25,16 @@ from clipalbum.server.containment import real_folders, servable_path
 from clipalbum.server.diskerrors import storage_problem
 from clipalbum.server.encoders import Encoders, load_encoders
 from clipalbum.server.errors import ClipalbumError, InvalidQueryError, NotFoundError, NoVectorError
-from clipalbum.server.model_cache import record_use
+from clipalbum.server.model_cache import bundle_of_model, record_use
 from clipalbum.server.model_resolver import resolve_bundle
+from clipalbum.server.modelswitch import ModelSwitch
 from clipalbum.server.pathnames import display
 from clipalbum.server.preprocess import load_model_input
 from clipalbum.server.query_terms import parse_terms
 from clipalbum.server.relevance import suggested_min_score
 from clipalbum.server.scanner import BATCH_SIZE, INFER_BATCH, IndexSummary, Scan
-from clipalbum.server.schemas import FailedFile, Hit, ScanProgress, SearchResponse, StatusResponse
+from clipalbum.server.schemas import (FailedFile, Hit, ScanProgress, SearchResponse, StatusResponse,
+                                     SwitchProgress)
 from clipalbum.server.settings import DataPaths
 from clipalbum.server.store import IndexBusyError, PhotoRecord, Store, VectorRow, open_store
 
@@ -52,15 +54,25 @@ _ISO_DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
 SortOrder = Literal["relevance", "date"]
 
 
+class Serving(NamedTuple):
+    """The model that answers searches and its vector index: replaced whole when a model switch ends, so a
+    search that took it at its start uses one model throughout."""
+
+    encoders: Encoders
+    ann: AnnIndex
+
+
 class Library:
     """An album index ready to search; `index()` brings it up to date with the album folders."""
 
-    def __init__(self, paths: DataPaths, encoders: Encoders, store: Store) -> None:
+    def __init__(self, paths: DataPaths, encoders: Encoders, store: Store,
+                 switch_to: Encoders | None = None) -> None:
         self.paths = paths
-        self.encoders = encoders
         self.store = store
-        self.model_id = encoders.manifest.model_id
-        self.embed_dim = encoders.manifest.embed_dim
+        self._serving = Serving(encoders, AnnIndex(encoders.manifest.embed_dim))
+        # Another model the photos are being embedded with in the background (BackgroundIndexer calls
+        # continue_switch); `encoders` answers until it is done.
+        self.switch: ModelSwitch | None = None if switch_to is None else ModelSwitch(store, switch_to)
         self.progress = ScanProgress()  # replaced (never mutated) while a scan runs: safe to read anywhere
         self.batch_size: int | None = None  # scan tuning; None: the scanner's defaults
         self.infer_batch: int | None = None
@@ -74,7 +86,6 @@ class Library:
         self._real_roots: tuple[str, ...] = ()
         self._refresh_roots()
         self._scan_lock = threading.Lock()
-        self.ann = AnnIndex(self.embed_dim)
         self._ann_generation = 0  # the SQLite generation the in-memory ANN index reflects
         self._follow_lock = threading.Lock()  # one catch-up with other processes' commits at a time
         self._close_lock = threading.Lock()
@@ -87,15 +98,38 @@ class Library:
         # Last, so that an __init__ that raises holds nothing; close() releases it.
         hold_one_blas_thread()
 
+    @property
+    def encoders(self) -> Encoders:
+        return self._serving.encoders
+
+    @property
+    def model_id(self) -> str:
+        return self._serving.encoders.manifest.model_id
+
+    @property
+    def embed_dim(self) -> int:
+        return self._serving.encoders.manifest.embed_dim
+
+    @property
+    def ann(self) -> AnnIndex:
+        return self._serving.ann
+
+    @ann.setter
+    def ann(self, ann: AnnIndex) -> None:
+        self._serving = self._serving._replace(ann=ann)
+
     # -- opening -------------------------------------------------------------------------------------------
 
     @classmethod
     def open(cls, paths: DataPaths, model: str | Path | None = None, roots: list[str] | None = None,
-             build_if_missing: bool = True, follow_links_outside: bool | None = None) -> "Library":
+             build_if_missing: bool = True, follow_links_outside: bool | None = None,
+             switch_in_background: bool = False) -> "Library":
         """Opens (creating if needed) the index in `paths` with the model bundle `model` (or the default).
 
         `roots` are album folders to add; each must exist. `follow_links_outside` True or False changes the
-        data directory's setting (None keeps it). Raises ClipalbumError subclasses with the fix.
+        data directory's setting (None keeps it). With `switch_in_background`, an index whose photos another
+        model embedded keeps answering with that model (when its bundle is still at hand) while
+        continue_switch() embeds them with this one. Raises ClipalbumError subclasses with the fix.
         """
         paths.ensure()
         bundle = resolve_bundle(paths, model, build_if_missing)
@@ -103,7 +137,8 @@ class Library:
         record_use(paths.root, encoders.manifest.model_id, bundle)
         store = open_store(paths)
         try:
-            library = cls(paths, encoders, store)
+            serving = _answering_model(paths, store, encoders) if switch_in_background else None
+            library = cls(paths, serving or encoders, store, switch_to=encoders if serving else None)
         except BaseException:
             store.close()
             raise
@@ -317,6 +352,48 @@ class Library:
         self.follow_links_outside = follow
         self._refresh_roots()
 
+    # -- switching models ----------------------------------------------------------------------------------
+
+    def continue_switch(self, should_stop: Callable[[], bool] = lambda: False) -> bool:
+        """Embeds photos with the model being switched to until all have it, then swaps models; stops early
+        when `should_stop()` says so (asked between batches). True when the switch is done (or there is none)."""
+        switch = self.switch
+        if switch is None:
+            return True
+        if not switch.embed_more(should_stop) or should_stop():
+            return False
+        return self.finish_switch()
+
+    def finish_switch(self) -> bool:
+        """Builds the new model's vector index from its vectors, moves them into the photos in one transaction
+        and makes the new model answer. Searches meanwhile go on with the old one; no scan runs meanwhile.
+        False when a photo still needs the new model (changed since), which continue_switch then embeds."""
+        switch = self.switch
+        if switch is None:
+            return True
+        with self._scan_lock, self._follow_lock, self._writer():
+            dim = switch.encoders.manifest.embed_dim
+            log.info("model switch: building the vector index of %s", switch.model_id)
+            if self.store.keeps_vector_index:  # the database's index of the new model fills as the rows move
+                self.store.ensure_vector_index(switch.model_id, dim)
+            else:
+                ann = AnnIndex.build(dim, self.store.iter_switch_vectors(switch.model_id))
+            if not self.store.promote_staged(switch.model_id):
+                return False
+            if self.store.keeps_vector_index:
+                ann = self.store.vector_index(switch.model_id, dim)
+                self.store.set_meta({"ann_model_id": switch.model_id})  # what `clipalbum status` names
+            self._serving = Serving(switch.encoders, ann)  # one assignment: a search sees one model or the other
+            self.switch = None
+            self._ann_generation = self.store.generation()
+            self._save_ann_if_writable()
+        log.info("model switch done: %s answers now (%d photos)", self.model_id, len(ann))
+        return True
+
+    def switch_progress(self) -> SwitchProgress | None:
+        switch = self.switch
+        return None if switch is None else switch.progress
+
     # -- searching -----------------------------------------------------------------------------------------
 
     def search_text(self, q: str, k: int = 20, offset: int = 0, date_from: str | None = None,
@@ -331,12 +408,13 @@ class Library:
         if len(q) > MAX_QUERY_CHARS:
             raise InvalidQueryError(f"the query is {len(q)} characters long; the limit is {MAX_QUERY_CHARS}")
         window = _validate(k, offset, date_from, date_to, sort, min_score)
-        vector = self._text_vector(q.strip())
-        return self._respond(vector, k, offset, window, sort, started, query=q.strip(), min_score=min_score)
+        return self._answer(lambda serving: self._respond(serving, self._text_vector(serving, q.strip()), k, offset,
+                                                          window, sort, started, query=q.strip(), min_score=min_score))
 
-    def _text_vector(self, q: str) -> npt.NDArray[np.float32]:
+    @staticmethod
+    def _text_vector(serving: Serving, q: str) -> npt.NDArray[np.float32]:
         terms = parse_terms(q)
-        vectors = self.encoders.text.encode([words for _, words in terms])
+        vectors = serving.encoders.text.encode([words for _, words in terms])
         if len(terms) == 1:
             return vectors[0]
         combined = sum((weight * v for (weight, _), v in zip(terms, vectors)), np.zeros_like(vectors[0]))
@@ -351,13 +429,17 @@ class Library:
         """Photos like an indexed one (its stored vector; the photo itself is left out)."""
         started = time.perf_counter()
         window = _validate(k, offset, date_from, date_to, sort, min_score)
-        row_model, vector = self.store.vector(_known_id(photo_id))
-        if vector is None or row_model != self.model_id:
-            record = self.photo(photo_id)  # NotFoundError for an unknown id
-            why = f"could not be read ({record.error})" if record.status == "failed" else "is not embedded yet"
-            raise NoVectorError(f"photo {photo_id} {why}; it has no vector to compare with")
-        return self._respond(vector, k, offset, window, sort, started, query=f"similar:{photo_id}",
-                             exclude=photo_id, min_score=min_score)
+
+        def ask(serving: Serving) -> SearchResponse:
+            row_model, vector = self.store.vector(_known_id(photo_id))
+            if vector is None or row_model != serving.encoders.manifest.model_id:
+                record = self.photo(photo_id)  # NotFoundError for an unknown id
+                why = f"could not be read ({record.error})" if record.status == "failed" else "is not embedded yet"
+                raise NoVectorError(f"photo {photo_id} {why}; it has no vector to compare with")
+            return self._respond(serving, vector, k, offset, window, sort, started, query=f"similar:{photo_id}",
+                                 exclude=photo_id, min_score=min_score)
+
+        return self._answer(ask)
 
     def search_image(self, data: bytes | BinaryIO, k: int = 20, offset: int = 0, date_from: str | None = None,
                      date_to: str | None = None, sort: SortOrder = "relevance", wait: float | None = None,
@@ -371,65 +453,88 @@ class Library:
         started = time.perf_counter()
         window = _validate(k, offset, date_from, date_to, sort, min_score)
         check_upload_size(data)
-        pixels = load_model_input(data, self.encoders.manifest.image, wait=wait)
-        vector = self.encoders.image.encode(pixels[None])[0]
-        return self._respond(vector, k, offset, window, sort, started, query="image", min_score=min_score)
 
-    def _respond(self, vector: npt.NDArray[np.float32], k: int, offset: int, window: tuple[str | None, str | None],
-                 sort: SortOrder, started: float, query: str, exclude: int | None = None,
-                 min_score: float | None = None) -> SearchResponse:
+        def ask(serving: Serving) -> SearchResponse:
+            if not isinstance(data, bytes):
+                data.seek(0)  # asked again after a model switch: read the upload from its start
+            pixels = load_model_input(data, serving.encoders.manifest.image, wait=wait)
+            vector = serving.encoders.image.encode(pixels[None])[0]
+            return self._respond(serving, vector, k, offset, window, sort, started, query="image",
+                                 min_score=min_score)
+
+        return self._answer(ask)
+
+    def _answer(self, ask: Callable[[Serving], SearchResponse]) -> SearchResponse:
+        """ask(serving), and once more with the new model when a model switch ended during it: the old
+        model's rows are gone from that moment, so its search finds nothing (or no vector for a photo)."""
+        serving = self._serving
+        try:
+            response = ask(serving)
+        except NoVectorError:
+            if self._serving is serving:
+                raise
+            return ask(self._serving)
+        if not response.results and self._serving is not serving:
+            return ask(self._serving)
+        return response
+
+    def _respond(self, serving: Serving, vector: npt.NDArray[np.float32], k: int, offset: int,
+                 window: tuple[str | None, str | None], sort: SortOrder, started: float, query: str,
+                 exclude: int | None = None, min_score: float | None = None) -> SearchResponse:
         if sort == "date":
-            rows, scores = self._newest_relevant(vector, k, offset, window, exclude, min_score)
+            rows, scores = self._newest_relevant(serving, vector, k, offset, window, exclude, min_score)
         else:
-            rows, scores = self._most_relevant(vector, offset + k, window, exclude)
+            rows, scores = self._most_relevant(serving, vector, offset + k, window, exclude)
             rows, scores = _at_least(rows[offset:offset + k], scores[offset:offset + k], min_score)
         hits = [Hit(id=row.id, path=display(row.rel_path), root=display(row.root), score=round(float(score), 6),
                     width=row.width, height=row.height, taken_at=row.taken_at) for row, score in zip(rows, scores)]
         return SearchResponse(results=hits, took_ms=round((time.perf_counter() - started) * 1000, 3),
                               query=query, offset=offset, k=k)
 
-    def _most_relevant(self, vector: npt.NDArray[np.float32], need: int, window: tuple[str | None, str | None],
-                       exclude: int | None) -> tuple[list[VectorRow], npt.NDArray[np.float32]]:
+    def _most_relevant(self, serving: Serving, vector: npt.NDArray[np.float32], need: int,
+                       window: tuple[str | None, str | None], exclude: int | None
+                       ) -> tuple[list[VectorRow], npt.NDArray[np.float32]]:
         """The `need` best photos, best first, scored exactly with SQLite's float32 vectors."""
-        ids, _ = self._candidates(vector, rerank_pool(need), window, exclude)
-        return rerank(self.store.vector_rows(ids, self.model_id), vector, need)
+        ids, _ = self._candidates(serving, vector, rerank_pool(need), window, exclude)
+        return rerank(self.store.vector_rows(ids, serving.encoders.manifest.model_id), vector, need)
 
-    def _newest_relevant(self, vector: npt.NDArray[np.float32], k: int, offset: int,
+    def _newest_relevant(self, serving: Serving, vector: npt.NDArray[np.float32], k: int, offset: int,
                          window: tuple[str | None, str | None], exclude: int | None, min_score: float | None = None
                          ) -> tuple[list[VectorRow], list[float]]:
         """A page of the DATE_SORT_POOL most relevant photos (those scoring at least `min_score`), newest first
         (undated last, ties by score)."""
-        ids, approx = _at_least(*self._candidates(vector, DATE_SORT_POOL, window, exclude), min_score)
+        ids, approx = _at_least(*self._candidates(serving, vector, DATE_SORT_POOL, window, exclude), min_score)
         taken = self.store.taken_at(ids)
         order = sorted(range(len(ids)), key=lambda i: (taken.get(ids[i]) is not None, taken.get(ids[i]) or "",
                                                        approx[i]), reverse=True)
         page = [ids[i] for i in order[offset:offset + k]]
-        by_id = {row.id: row for row in self.store.vector_rows(page, self.model_id)}
+        by_id = {row.id: row for row in self.store.vector_rows(page, serving.encoders.manifest.model_id)}
         rows = [by_id[i] for i in page if i in by_id]
         return rows, [float(row.vector @ vector) for row in rows]
 
-    def _candidates(self, vector: npt.NDArray[np.float32], wanted: int, window: tuple[str | None, str | None],
-                    exclude: int | None) -> tuple[list[int], list[float]]:
+    def _candidates(self, serving: Serving, vector: npt.NDArray[np.float32], wanted: int,
+                    window: tuple[str | None, str | None], exclude: int | None) -> tuple[list[int], list[float]]:
         """Up to `wanted` photo ids in the date window, best first, with (approximate) scores."""
+        ann, model_id = serving.ann, serving.encoders.manifest.model_id
         if window == (None, None):
-            ids, scores = self.ann.search(vector, wanted + 1)
+            ids, scores = ann.search(vector, wanted + 1)
             keep = [j for j, i in enumerate(ids) if i != exclude][:wanted]
             return [ids[j] for j in keep], [scores[j] for j in keep]
         start, end = window
-        in_window = self.store.count_taken_between(self.model_id, start, end)
+        in_window = self.store.count_taken_between(model_id, start, end)
         if in_window <= EXACT_FILTER_MAX:  # few photos in the window: score them all, exactly
-            ids, vectors = self.store.vectors_taken_between(self.model_id, start, end)
+            ids, vectors = self.store.vectors_taken_between(model_id, start, end)
             scores = vectors @ vector if len(ids) else np.zeros(0, dtype=np.float32)
             best = [j for j in np.argsort(-scores, kind="stable") if ids[j] != exclude][:wanted]
             return [int(ids[j]) for j in best], [float(scores[j]) for j in best]
         # Many: ask the ANN index for enough candidates that `wanted` of them fall in the window.
-        count = math.ceil(wanted / (in_window / max(len(self.ann), 1)) * 1.5)
+        count = math.ceil(wanted / (in_window / max(len(ann), 1)) * 1.5)
         while True:
-            ids, scores = self.ann.search(vector, count)
+            ids, scores = ann.search(vector, count)
             taken = self.store.taken_at(ids)
             keep = [j for j, i in enumerate(ids) if i != exclude and (t := taken.get(i))
                     and (not start or t >= start) and (not end or t < end)][:wanted]
-            if len(keep) >= wanted or count >= len(self.ann):
+            if len(keep) >= wanted or count >= len(ann):
                 return [ids[j] for j in keep], [scores[j] for j in keep]
             count *= 2
 
@@ -451,8 +556,11 @@ class Library:
         return servable_path(record, self._real_roots, allow_outside=self.follow_links_outside)
 
     def status(self, max_errors: int = 100) -> StatusResponse:
-        return index_status(self.store, self.model_id, self.embed_dim, self.progress, max_errors,
-                            suggested_min_score(self.encoders.manifest))
+        encoders = self._serving.encoders
+        status = index_status(self.store, encoders.manifest.model_id, encoders.manifest.embed_dim, self.progress,
+                              max_errors, suggested_min_score(encoders.manifest))
+        status.switch = self.switch_progress()
+        return status
 
     def close(self) -> None:
         with self._close_lock:
@@ -489,6 +597,33 @@ def _at_least(items: list, scores: list[float], min_score: float | None) -> tupl
         return items, scores
     strong = [i for i, score in enumerate(scores) if score >= min_score]
     return [items[i] for i in strong], [scores[i] for i in strong]
+
+
+def _answering_model(paths: DataPaths, store: Store, wanted: Encoders) -> Encoders | None:
+    """The model that should keep answering while `wanted` embeds the photos in the background: the one the
+    index's vectors come from, when it is not `wanted` and its bundle is still at hand (else None: `wanted`
+    answers at once, from the photos it has embedded so far)."""
+    current = store.get_meta("ann_model_id")
+    if not current or current == wanted.manifest.model_id:
+        return None
+    if store.counts(current)["indexed"] == 0:
+        return None
+    bundle = bundle_of_model(paths.root, current)
+    if bundle is None:
+        log.warning("the index's photos were embedded by %s, whose bundle is gone: %s answers from the photos "
+                    "it has embedded while it embeds the rest", current, wanted.manifest.model_id)
+        return None
+    try:
+        encoders = load_encoders(bundle)
+    except ClipalbumError as exc:
+        log.warning("cannot load %s to answer during the model switch (%s); %s answers at once", bundle, exc,
+                    wanted.manifest.model_id)
+        return None
+    if encoders.manifest.model_id != current:
+        return None
+    log.info("switching models: %s answers while %s embeds the photos in the background", current,
+             wanted.manifest.model_id)
+    return encoders
 
 
 def _known_id(photo_id: int) -> int:

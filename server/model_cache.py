@@ -99,6 +99,20 @@ def uses() -> list[Use]:
     return found
 
 
+def bundle_of_model(data_dir: Path, model_id: str) -> Path | None:
+    """A bundle of `model_id` still at hand: the one `data_dir` used last, else the cache's; None if neither."""
+    key = str(Path(data_dir).resolve())
+    recorded = sorted((u for u in uses() if u.data_dir == key and u.model_id == model_id),
+                      key=lambda u: u.last_used, reverse=True)
+    candidates = [Path(u.bundle) for u in recorded]
+    with contextlib.suppress(ClipalbumError):  # an id that cannot name a cache folder
+        candidates.append(cached_bundle(model_id))
+    for candidate in candidates:
+        if is_bundle(candidate):
+            return candidate
+    return None
+
+
 def users_of(bundle: Path, recorded: list[Use] | None = None) -> list[str]:
     """The data directories on record that have used `bundle`."""
     target = Path(bundle).resolve()

@@ -37,7 +37,7 @@ except ImportError as exc:  # the base install (and the Pi) has no database driv
 from clipalbum.server.errors import ClipalbumError
 from clipalbum.server.pathnames import display, from_db
 from clipalbum.server.store import (Changes, FileState, IndexBusyError, MetaRecords, PhotoFields, PhotoRecord,
-                                    VectorRow, status_counts, window_condition)
+                                    StagingJob, VectorRow, status_counts, window_condition)
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +88,23 @@ CREATE INDEX IF NOT EXISTS photos_by_model_taken ON photos (model_id, taken_at);
 CREATE INDEX IF NOT EXISTS photos_by_model_gen ON photos (model_id, vector_gen, id);
 CREATE INDEX IF NOT EXISTS photos_by_status_model ON photos (status, model_id);
 INSERT INTO meta VALUES ('generation', '0') ON CONFLICT (key) DO NOTHING;
+-- A model switch's vectors (server/modelswitch.py; as in server/store.py): dropped with their photo, and
+-- when its file changes.
+CREATE TABLE IF NOT EXISTS staged_vectors (
+    id BIGINT PRIMARY KEY REFERENCES photos(id) ON DELETE CASCADE,
+    model_id TEXT NOT NULL,
+    vector vector,  -- NULL: the file could not be read for this model (error says why)
+    error TEXT
+);
+CREATE OR REPLACE FUNCTION clipalbum_unstage() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    DELETE FROM staged_vectors WHERE id = NEW.id;
+    RETURN NULL;
+END $$;
+CREATE OR REPLACE TRIGGER staged_vectors_stale AFTER UPDATE OF size, mtime_ns, content_hash ON photos
+    FOR EACH ROW WHEN (OLD.size IS DISTINCT FROM NEW.size OR OLD.mtime_ns IS DISTINCT FROM NEW.mtime_ns
+                       OR OLD.content_hash IS DISTINCT FROM NEW.content_hash)
+    EXECUTE FUNCTION clipalbum_unstage();
 """
 
 _PHOTO_COLUMNS = ("root_id", "rel_path", "size", "mtime_ns", "content_hash", "width", "height", "taken_at",
@@ -519,6 +536,74 @@ class PgStore(MetaRecords):
         distance instead of searching the graph; Library.index calls it after a scan that changed photos."""
         with self._write_lock:
             self._writer.execute("ANALYZE photos")
+
+    # -- a model switch's vectors (server/modelswitch.py; the contract of Store's) -------------------------
+
+    def to_restage(self, model_id: str, after_id: int, limit: int) -> list[StagingJob]:
+        rows = self._reader.execute(
+            "SELECT p.id, r.path, p.rel_path, p.size, p.mtime_ns FROM photos p JOIN roots r ON r.id = p.root_id "
+            # "(...) IS TRUE" is no index condition: the planner walks the primary key from the cursor on, not
+            # every indexed photo through (status, model_id) and a sort (tests/test_postgres.py asserts it).
+            "WHERE p.id > %s AND (p.status = 'indexed') IS TRUE AND p.model_id IS DISTINCT FROM %s AND NOT EXISTS "
+            "(SELECT 1 FROM staged_vectors s WHERE s.id = p.id AND s.model_id = %s) ORDER BY p.id LIMIT %s",
+            (after_id, model_id, model_id, limit)).fetchall()
+        return [StagingJob(int(i), from_db(bytes(root)), from_db(bytes(rel)), int(size), int(mtime))
+                for i, root, rel, size, mtime in rows]
+
+    def stage(self, model_id: str, jobs: list[StagingJob], vectors: list[npt.NDArray[np.float32] | None],
+              errors: list[str | None]) -> int:
+        kept = 0
+        with self._transaction() as con:
+            for job, vector, error in zip(jobs, vectors, errors):
+                kept += con.execute(
+                    "INSERT INTO staged_vectors SELECT id, %s, %s, %s FROM photos "
+                    "WHERE id = %s AND size = %s AND mtime_ns = %s AND status = 'indexed' ON CONFLICT (id) DO UPDATE "
+                    "SET model_id = EXCLUDED.model_id, vector = EXCLUDED.vector, error = EXCLUDED.error",
+                    (model_id, None if vector is None else np.asarray(vector, dtype=np.float32),
+                     None if error is None else pg_text(display(error)), job.id, job.size, job.mtime_ns)).rowcount
+        return kept
+
+    def staging_counts(self, model_id: str) -> tuple[int, int]:
+        staged = self._reader.execute("SELECT COUNT(*) FROM staged_vectors WHERE model_id = %s",
+                                      (model_id,)).fetchone()[0]
+        return int(staged), self.counts(model_id)["pending"]
+
+    def iter_switch_vectors(self, model_id: str, chunk: int = 4096
+                            ) -> Iterator[tuple[npt.NDArray[np.uint64], npt.NDArray[np.float32]]]:
+        yield from self.iter_vectors(model_id, chunk)
+        last = 0
+        while True:
+            rows = self._reader.cursor(binary=True).execute(
+                "SELECT id, vector FROM staged_vectors WHERE model_id = %s AND vector IS NOT NULL AND id > %s "
+                "ORDER BY id LIMIT %s", (model_id, last, chunk)).fetchall()
+            if not rows:
+                return
+            yield (np.fromiter((r[0] for r in rows), dtype=np.uint64, count=len(rows)), np.stack([r[1] for r in rows]))
+            last = int(rows[-1][0])
+
+    def promote_staged(self, model_id: str) -> bool:
+        with self._transaction() as con:
+            missing = con.execute(
+                "SELECT 1 FROM photos p WHERE p.status = 'indexed' AND p.model_id IS DISTINCT FROM %s AND NOT EXISTS "
+                "(SELECT 1 FROM staged_vectors s WHERE s.id = p.id AND s.model_id = %s) LIMIT 1",
+                (model_id, model_id)).fetchone()
+            if missing is not None:
+                return False
+            generation = int(con.execute("UPDATE meta SET value = (value::bigint + 1)::text "
+                                         "WHERE key = 'generation' RETURNING value").fetchone()[0])
+            con.execute("UPDATE photos p SET model_id = %s, vector = s.vector, vector_gen = %s FROM staged_vectors s "
+                        "WHERE s.id = p.id AND s.model_id = %s AND s.vector IS NOT NULL",
+                        (model_id, generation, model_id))
+            con.execute("UPDATE photos p SET status = 'failed', error = s.error, model_id = NULL, vector = NULL, "
+                        "vector_gen = %s FROM staged_vectors s WHERE s.id = p.id AND s.model_id = %s "
+                        "AND s.vector IS NULL", (generation, model_id))
+            con.execute("DELETE FROM staged_vectors")
+        return True
+
+    def discard_staged(self, keep_model_id: str | None = None) -> int:
+        with self._transaction() as con:
+            return con.execute("DELETE FROM staged_vectors WHERE model_id IS DISTINCT FROM %s",
+                               (keep_model_id,)).rowcount
 
     # -- records and status --------------------------------------------------------------------------------
 

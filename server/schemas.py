@@ -47,6 +47,14 @@ class ScanProgress(msgspec.Struct):
     message: str = ""
 
 
+class SwitchProgress(msgspec.Struct, frozen=True):
+    """A model switch under way: photos embedded with `model_id` so far, of `total` that need it."""
+
+    model_id: str
+    done: int
+    total: int
+
+
 class StatusResponse(msgspec.Struct):
     indexed: int
     pending: int
@@ -65,3 +73,6 @@ class StatusResponse(msgspec.Struct):
     # Text searches scoring below this are mostly noise with this model (measured; None: not known). The web
     # page asks for it as min_score until "Show weaker matches".
     suggested_min_score: float | None = None
+    # A model switch under way (`serve --model` on an index another model embedded): photos embedded with the
+    # new model so far, of how many. `model_id` answers until it is done. None: no switch.
+    switch: SwitchProgress | None = None

@@ -48,6 +48,21 @@ CREATE TABLE IF NOT EXISTS photos (
     UNIQUE (root_id, rel_path)
 );
 """
+# A model switch's vectors, written beside the current ones while those keep answering (server/modelswitch.py)
+# and moved into `photos` in one transaction when every indexed photo has one. A row is dropped with its photo,
+# and when the photo's file changes (the scan embeds it again, so the row's vector describes old pixels).
+_STAGING = [
+    """CREATE TABLE IF NOT EXISTS staged_vectors (
+           id INTEGER PRIMARY KEY REFERENCES photos(id) ON DELETE CASCADE,
+           model_id TEXT NOT NULL,
+           vector BLOB,  -- NULL: the file could not be read for this model (error says why)
+           error TEXT)""",
+    """CREATE TRIGGER IF NOT EXISTS staged_vectors_stale AFTER UPDATE OF size, mtime_ns, content_hash ON photos
+       WHEN OLD.size IS NOT NEW.size OR OLD.mtime_ns IS NOT NEW.mtime_ns OR OLD.content_hash IS NOT NEW.content_hash
+       BEGIN
+           DELETE FROM staged_vectors WHERE id = NEW.id;
+       END""",
+]
 _INDEXES = """
 CREATE INDEX IF NOT EXISTS photos_by_hash ON photos (content_hash);
 CREATE INDEX IF NOT EXISTS photos_by_model_taken ON photos (model_id, taken_at);
@@ -128,6 +143,21 @@ class VectorRow:
     height: int | None
     taken_at: str | None
     vector: npt.NDArray[np.float32]
+
+
+@dataclass(frozen=True)
+class StagingJob:
+    """An indexed photo to embed with the model being switched to, as it was when listed."""
+
+    id: int
+    root: str
+    rel_path: str
+    size: int
+    mtime_ns: int
+
+    @property
+    def original_path(self) -> Path:
+        return Path(self.root) / self.rel_path
 
 
 @dataclass(frozen=True)
@@ -290,6 +320,9 @@ class Store(MetaRecords):
                             "GROUP BY 1, 2")
             if have < SCHEMA_VERSION:
                 con.execute("INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+        with self._transaction() as con:
+            for statement in _STAGING:  # idempotent (IF NOT EXISTS); an older clipalbum ignores them
+                con.execute(statement)
         with self._write_lock:
             self._writer.executescript(_INDEXES)
 
@@ -479,6 +512,86 @@ class Store(MetaRecords):
         for part, marks in _id_batches(ids):
             out.update(self._reader.execute(f"SELECT id, taken_at FROM photos WHERE id IN ({marks})", part))
         return out
+
+    # -- a model switch's vectors (server/modelswitch.py) ------------------------------------------------
+
+    def to_restage(self, model_id: str, after_id: int, limit: int) -> list[StagingJob]:
+        """Indexed photos with id > `after_id` that have neither a vector of `model_id` nor a staged one,
+        by id (a cursor over the primary key: each call reads only the rows it returns and those it skips)."""
+        rows = self._reader.execute(
+            "SELECT p.id, r.path, p.rel_path, p.size, p.mtime_ns FROM photos p JOIN roots r ON r.id = p.root_id "
+            # '+': on the primary key from the cursor on (through the (status, model_id) index SQLite would
+            # read and sort every indexed photo at each call; tests/test_store.py asserts the plan).
+            "WHERE p.id > ? AND +p.status = 'indexed' AND +p.model_id IS NOT ? AND NOT EXISTS "
+            "(SELECT 1 FROM staged_vectors s WHERE s.id = p.id AND s.model_id = ?) ORDER BY p.id LIMIT ?",
+            (after_id, model_id, model_id, limit))
+        return [StagingJob(int(i), from_db(root), from_db(rel), int(size), int(mtime))
+                for i, root, rel, size, mtime in rows]
+
+    def stage(self, model_id: str, jobs: list[StagingJob], vectors: list[npt.NDArray[np.float32] | None],
+              errors: list[str | None]) -> int:
+        """Keeps `model_id`'s vector (or why there is none) for each job's photo, unless the photo changed
+        since the job was read (its file's size or time): that one is listed again. Returns how many were kept."""
+        kept = 0
+        with self._transaction() as con:
+            for job, vector, error in zip(jobs, vectors, errors):
+                kept += con.execute(
+                    "INSERT OR REPLACE INTO staged_vectors SELECT id, ?, ?, ? FROM photos "
+                    "WHERE id = ? AND size = ? AND mtime_ns = ? AND status = 'indexed'",
+                    (model_id, None if vector is None else vector_blob(vector), None if error is None else display(error),
+                     job.id, job.size, job.mtime_ns)).rowcount
+        return kept
+
+    def staging_counts(self, model_id: str) -> tuple[int, int]:
+        """(photos staged for `model_id`, indexed photos that need it): a switch's progress."""
+        staged = self._reader.execute("SELECT COUNT(*) FROM staged_vectors WHERE model_id = ?",
+                                      (model_id,)).fetchone()[0]
+        counts = self.counts(model_id)
+        return int(staged), counts["pending"]
+
+    def iter_switch_vectors(self, model_id: str, chunk: int = 4096
+                            ) -> Iterator[tuple[npt.NDArray[np.uint64], npt.NDArray[np.float32]]]:
+        """(ids, vectors) of what `model_id` will serve after the switch: its staged vectors and the photos
+        it embedded already (to build its ANN index before the swap)."""
+        yield from self.iter_vectors(model_id, chunk)
+        last = 0
+        while True:
+            rows = self._reader.execute(
+                "SELECT id, vector FROM staged_vectors WHERE model_id = ? AND vector IS NOT NULL AND id > ? "
+                "ORDER BY id LIMIT ?", (model_id, last, chunk)).fetchall()
+            if not rows:
+                return
+            yield (np.fromiter((r[0] for r in rows), dtype=np.uint64, count=len(rows)),
+                   np.stack([blob_vector(r[1]) for r in rows]))
+            last = int(rows[-1][0])
+
+    def promote_staged(self, model_id: str) -> bool:
+        """In one transaction, when every indexed photo has a vector of `model_id` or a staged one: moves the
+        staged vectors into the photos (a photo staged without one becomes failed, with its error) and drops
+        every staged row. False, changing nothing, when some photo still needs one."""
+        with self._transaction() as con:
+            missing = con.execute(
+                "SELECT 1 FROM photos p WHERE p.status = 'indexed' AND p.model_id IS NOT ? AND NOT EXISTS "
+                "(SELECT 1 FROM staged_vectors s WHERE s.id = p.id AND s.model_id = ?) LIMIT 1",
+                (model_id, model_id)).fetchone()
+            if missing is not None:
+                return False
+            row = con.execute("SELECT value FROM meta WHERE key = 'generation'").fetchone()
+            generation = int(row[0]) + 1 if row else 1
+            con.execute("UPDATE photos SET model_id = ?, vector = s.vector, vector_gen = ? FROM staged_vectors s "
+                        "WHERE s.id = photos.id AND s.model_id = ? AND s.vector IS NOT NULL",
+                        (model_id, generation, model_id))
+            con.execute("UPDATE photos SET status = 'failed', error = s.error, model_id = NULL, vector = NULL, "
+                        "vector_gen = ? FROM staged_vectors s WHERE s.id = photos.id AND s.model_id = ? "
+                        "AND s.vector IS NULL", (generation, model_id))
+            con.execute("DELETE FROM staged_vectors")
+            con.execute("INSERT OR REPLACE INTO meta VALUES ('generation', ?)", (str(generation),))
+        return True
+
+    def discard_staged(self, keep_model_id: str | None = None) -> int:
+        """Drops staged vectors of every model but `keep_model_id` (a switch abandoned for another one)."""
+        with self._transaction() as con:
+            return con.execute("DELETE FROM staged_vectors WHERE model_id IS NOT ?", (keep_model_id,)).rowcount
 
     # -- records and status --------------------------------------------------------------------------------
 

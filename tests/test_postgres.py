@@ -253,6 +253,10 @@ class TestHotQueryPlans:
             (plan,) = self.plans(filled, call)
             assert "photos_pkey" in plan and "photos_by_" not in plan, plan
 
+    def test_a_model_switch_walks_the_photos_by_primary_key(self, filled: PgStore) -> None:
+        (plan,) = self.plans(filled, lambda: filled.to_restage("m2", 10, 16))
+        assert "photos_pkey" in plan and "photos_by_" not in plan, plan
+
     def test_the_graph_search_can_use_the_models_partial_hnsw_index(self, filled: PgStore) -> None:
         # The question is whether the index's expression and predicate match the query, so that it can
         # serve the ORDER BY ... LIMIT: sorting 300 rows is rightly cheaper, so sorts are off here.

@@ -167,6 +167,50 @@ class TestStore:
         assert store.embedded_ids("m1").tolist() == [1, 2]
 
 
+class TestModelSwitchStaging:
+    """A switch's vectors wait beside the current ones and move in one transaction (both stores)."""
+
+    @staticmethod
+    def filled(store: Store, n: int = 4) -> list:
+        root = store.add_root(Path("/album"))
+        store.apply(Changes(writes=[(None, fields(root, f"p{i}.jpg", unit(np.random.default_rng(i), 1)[0],
+                                                  content_hash=f"h{i}")) for i in range(n)]))
+        return store.to_restage("m2", 0, 100)
+
+    def test_staged_vectors_move_in_one_step_once_every_photo_has_one(self, store: Store) -> None:
+        jobs = self.filled(store)
+        assert [j.id for j in jobs] == [1, 2, 3, 4] and jobs[0].original_path == Path("/album/p0.jpg")
+        new = unit(np.random.default_rng(9), 4, dim=24)
+        assert store.stage("m2", jobs[:3], list(new[:3]), [None] * 3) == 3
+        assert store.to_restage("m2", 0, 100) == jobs[3:] and store.to_restage("m2", 3, 100) == jobs[3:]
+        assert store.staging_counts("m2") == (3, 4)
+        assert not store.promote_staged("m2")  # photo 4 has none yet: nothing moves
+        assert store.counts("m1")["indexed"] == 4
+        store.stage("m2", jobs[3:], [None], ["cannot identify image file"])  # unreadable now
+        ids, vectors = zip(*store.iter_switch_vectors("m2"))
+        assert np.concatenate(ids).tolist() == [1, 2, 3]
+        generation = store.generation()
+        assert store.promote_staged("m2") and store.generation() > generation
+        assert store.counts("m2") == {"indexed": 3, "pending": 0, "failed": 1}
+        np.testing.assert_allclose(np.stack([r.vector for r in store.vector_rows([1, 2, 3], "m2")]), new[:3])
+        assert store.photo(4, "m2").error == "cannot identify image file"
+        assert store.staging_counts("m2") == (0, 0) and store.to_restage("m2", 0, 100) == []
+
+    def test_a_photo_that_changes_or_goes_loses_its_staged_vector(self, store: Store) -> None:
+        jobs = self.filled(store)
+        store.stage("m2", jobs, list(unit(np.random.default_rng(9), 4, dim=24)), [None] * 4)
+        store.apply(Changes(moves=[(1, 1, "renamed.jpg", 10, 1)]))  # same file, new name: kept
+        store.apply(Changes(writes=[(2, fields(1, "p1.jpg", unit(np.random.default_rng(5), 1)[0],
+                                               content_hash="changed"))]))  # new pixels: dropped
+        store.delete([3])  # gone: dropped with it
+        assert store.staging_counts("m2") == (2, 3)
+        assert [j.id for j in store.to_restage("m2", 0, 100)] == [2]
+        stale = jobs[1]  # as listed before the change: its vector describes old pixels
+        changed = type(stale)(stale.id, stale.root, stale.rel_path, stale.size, stale.mtime_ns + 1)
+        assert store.stage("m2", [changed], [unit(np.random.default_rng(6), 1, dim=24)[0]], [None]) == 0
+        assert store.discard_staged(keep_model_id="m3") == 2 and store.staging_counts("m2") == (0, 3)
+
+
 class TestHotQueryPlans:
     """The queries a search, a thumbnail or a status poll runs stay on the index meant for them: an index
     added for one query once moved vector_rows from the primary key to a scan of every indexed photo."""
@@ -201,6 +245,10 @@ class TestHotQueryPlans:
                      lambda: filled.photo(7, "m1"), lambda: filled.vector(7)):
             (plan,) = self.plans(filled, call)
             assert "SEARCH p USING INTEGER PRIMARY KEY" in plan or "SEARCH photos USING INTEGER PRIMARY KEY" in plan, plan
+
+    def test_a_model_switch_walks_the_photos_by_primary_key(self, filled: Store) -> None:
+        (plan,) = self.plans(filled, lambda: filled.to_restage("m2", 10, 16))
+        assert plan.startswith("SEARCH p USING INTEGER PRIMARY KEY (rowid>?)"), plan
 
     def test_date_windows_and_status_use_their_indexes(self, filled: Store) -> None:
         (plan,) = self.plans(filled, lambda: filled.count_taken_between("m1", "2020-01-05", "2020-01-09"))

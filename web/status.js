@@ -58,6 +58,11 @@ export class StatusPanel {
     const parts = [`${plural(status.indexed, "photo")} indexed`];
     if (status.pending) parts.push(`${status.pending.toLocaleString()} waiting`);
     if (status.failed) parts.push(`${status.failed.toLocaleString()} failed`);
+    // A model switch: the current model answers while the new one embeds every photo, then takes over.
+    if (status.switch) {
+      parts.push(`switching to ${status.switch.model_id}: ${status.switch.done.toLocaleString()} of ` +
+        `${status.switch.total.toLocaleString()} photos re-embedded`);
+    }
     let text = parts.join(" · ");
     if (progress.running) {
       const phase = progress.phase === "scanning" ? "Scanning folders" : "Indexing";

@@ -1,0 +1,71 @@
+"""Switching an index to another model in the background: every indexed photo is embedded again with the
+new model into the store's staging table while the current model's vectors keep answering searches; when
+none is left, the Library builds the new model's vector index, moves the staged vectors into the photos in
+one transaction and swaps models (server/library.py `finish_switch`). Interrupted, it resumes where it was:
+staged vectors are kept in the database, and a photo whose file changed meanwhile is listed again."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+import numpy as np
+
+from clipalbum.server.encoders import Encoders
+from clipalbum.server.errors import ClipalbumError
+from clipalbum.server.preprocess import load_model_input
+from clipalbum.server.schemas import SwitchProgress
+from clipalbum.server.store import StagingJob, Store
+
+log = logging.getLogger(__name__)
+
+SWITCH_BATCH = 16  # photos embedded per image-tower call and per staging transaction
+
+
+class ModelSwitch:
+    """Embeds the index's photos with `encoders` (the model being switched to) into the store's staging
+    table, a batch at a time."""
+
+    def __init__(self, store: Store, encoders: Encoders) -> None:
+        self.store = store
+        self.encoders = encoders
+        self.model_id = encoders.manifest.model_id
+        if dropped := store.discard_staged(keep_model_id=self.model_id):
+            log.info("dropped %d vectors staged for an earlier model switch", dropped)
+        self._after = 0  # the cursor: photo ids up to this one were looked at in this pass
+        self.progress = self._measure()
+
+    def _measure(self) -> SwitchProgress:
+        staged, total = self.store.staging_counts(self.model_id)
+        return SwitchProgress(model_id=self.model_id, done=min(staged, total), total=total)
+
+    def embed_more(self, should_stop: Callable[[], bool]) -> bool:
+        """Embeds photos that still need the new model until none is left (True: a pass from the first photo
+        found none) or `should_stop()` (False; asked between batches)."""
+        self.progress = self._measure()  # a scan may have dropped staged vectors of photos that changed
+        while not should_stop():
+            jobs = self.store.to_restage(self.model_id, self._after, SWITCH_BATCH)
+            if not jobs:
+                if self._after == 0:
+                    return True
+                self._after = 0  # photos added or changed behind the cursor: one more pass finds them
+                continue
+            vectors, errors = self._embed(jobs)
+            self.store.stage(self.model_id, jobs, vectors, errors)
+            self._after = jobs[-1].id
+            self.progress = self._measure()
+        return False
+
+    def _embed(self, jobs: list[StagingJob]) -> tuple[list[np.ndarray | None], list[str | None]]:
+        """Vectors of the jobs' photos with the new model; None and the reason for a file it cannot read."""
+        pixels, errors = [], []
+        for job in jobs:
+            try:
+                pixels.append(load_model_input(job.original_path, self.encoders.manifest.image))
+                errors.append(None)
+            except (ClipalbumError, OSError) as exc:
+                pixels.append(None)
+                errors.append(str(exc))
+        readable = [p for p in pixels if p is not None]
+        encoded = iter(self.encoders.image.encode(np.stack(readable)) if readable else [])
+        return [None if p is None else next(encoded) for p in pixels], errors
