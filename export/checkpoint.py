@@ -11,7 +11,7 @@ import msgspec
 from clipalbum.server.bundle import Manifest, TextSpec, file_sha256
 from clipalbum.training.config import Config
 from clipalbum.training.model import image_spec, text_spec
-from clipalbum.training.trainer import TOKENIZER, WEIGHTS, checkpoint_dir, load_checkpoint
+from clipalbum.training.trainer import TOKENIZER, WEIGHTS, checkpoint_dir, load_checkpoint, served_specs
 
 log = logging.getLogger(__name__)
 
@@ -50,13 +50,15 @@ def export_checkpoint(checkpoint: Path, bundle_dir: Path, quantize: Quantize = "
         raise FileNotFoundError(f"{folder} has no {TOKENIZER}; it was not written by clipalbum train")
     model_id = checkpoint_model_id(cfg.name, folder / WEIGHTS, quantize)
     metrics = {f"val_{k}": float(v) for k, v in (meta.get("metrics") or {}).items()}
-    description = (f"{cfg.name}: {cfg.image.label} + {cfg.text.kind}, {cfg.head.kind} heads, trained "
+    towers = f"fine-tuned from {cfg.clip.source}" if cfg.clip.source else f"{cfg.image.label} + {cfg.text.kind}"
+    description = (f"{cfg.name}: {towers}, {cfg.head.kind} heads, trained "
                    f"{meta.get('step', 0)} steps ({meta.get('epoch', 0)} epochs) by clipalbum train")
+    # A fine-tuned pretrained CLIP is served with the original's preprocessing and tokenization.
+    images, texts = served_specs(meta) or (image_spec(cfg), served_text_spec(cfg, tokenizer, meta))
     log.info("exporting %s (%s) to %s", folder, model_id, bundle_dir)
     return export_dual_encoder(
         model, Path(bundle_dir), model_id=model_id, tokenizer_file=tokenizer,
-        image_spec=with_quantization(image_spec(cfg), "int8" if quantize == "int8" else "none"),
-        text_spec=with_quantization(served_text_spec(cfg, tokenizer, meta),
-                                    "none" if quantize == "none" else "int8"),
+        image_spec=with_quantization(images, "int8" if quantize == "int8" else "none"),
+        text_spec=with_quantization(texts, "none" if quantize == "none" else "int8"),
         parity_images=parity_images, description=description, metrics=metrics, progress=progress,
     )

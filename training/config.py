@@ -50,7 +50,9 @@ class TextTowerCfg:
 
 @dataclass
 class HeadCfg:
-    kind: str = "mlp"  # "mlp": Linear-GELU-Linear-Dropout-residual-LayerNorm | "rms": RMSNorm/SiLU residual blocks
+    # "mlp": Linear-GELU-Linear-Dropout-residual-LayerNorm | "rms": RMSNorm/SiLU residual blocks |
+    # "identity": none, the towers' own space (a pretrained CLIP's, `clip.source`)
+    kind: str = "mlp"
     dim: int = 256  # the shared embedding space
     dropout: float = 0.1
     blocks: int = 1  # residual blocks, for kind = "rms"
@@ -120,8 +122,20 @@ class TrainCfg:
 
 
 @dataclass
+class ClipCfg:
+    """A pretrained CLIP to fine-tune, as `clipalbum model import` takes it: a transformers CLIPModel or
+    SiglipModel folder (or hub name), or "open_clip:ARCH" with `weights`. When set, both towers, their
+    preprocessing and the tokenizer come from it, and the image and text sections' tower settings are not
+    used (their freeze and trainable still are)."""
+
+    source: str = ""
+    weights: str = ""  # for open_clip:ARCH: a weights file or one of open_clip's tags
+
+
+@dataclass
 class Config:
     name: str = "clip"
+    clip: ClipCfg = field(default_factory=ClipCfg)
     image: ImageTowerCfg = field(default_factory=ImageTowerCfg)
     text: TextTowerCfg = field(default_factory=TextTowerCfg)
     head: HeadCfg = field(default_factory=HeadCfg)
@@ -207,4 +221,8 @@ def resolve_paths(cfg: Config, base: Path) -> Config:
         source.images = absolute(source.images)
     if cfg.text.tokenizer:
         cfg.text.tokenizer = absolute(cfg.text.tokenizer)
+    for attr in ("source", "weights"):  # local paths (a hub name or an open_clip tag is left as it is)
+        value = getattr(cfg.clip, attr)
+        if value and (value.startswith((".", "/", "~")) or (base / value).exists()):
+            setattr(cfg.clip, attr, absolute(value))
     return cfg

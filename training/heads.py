@@ -59,4 +59,6 @@ def build_head(cfg: HeadCfg, in_dim: int) -> nn.Module:
         return ProjectionHead(in_dim, cfg.dim, cfg.dropout)
     if cfg.kind == "rms":
         return RMSProjectionHead(in_dim, cfg.dim, cfg.dropout, cfg.blocks)
-    raise ValueError(f"unknown head kind {cfg.kind!r}; use 'mlp' or 'rms'")
+    if cfg.kind == "identity":  # the towers already embed into one space (a pretrained CLIP's)
+        return nn.Identity()
+    raise ValueError(f"unknown head kind {cfg.kind!r}; use 'mlp', 'rms' or 'identity'")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -13,11 +13,15 @@ from torch.nn import functional as F
 
 from clipalbum.server.bundle import ImageSpec, TextSpec
 from clipalbum.server.textprep import tokenizer_lowercases
+from clipalbum.training.clip_towers import clip_towers
 from clipalbum.training.config import Config
 from clipalbum.training.heads import build_head
 from clipalbum.training.loss import ContrastiveLoss
 from clipalbum.training.towers import (ImageTower, TextTower, build_image_tower, build_text_tower, set_trainable,
                              tokenizer_file)
+
+if TYPE_CHECKING:
+    from clipalbum.export.imported import ImportedModel
 
 log = logging.getLogger(__name__)
 
@@ -38,13 +42,14 @@ class DualEncoder(nn.Module):
     def project_image(self, pixels: torch.Tensor) -> torch.Tensor:
         return self.image_head(self.image_tower(pixels))  # (N, D)
 
-    def project_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    def project_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         return self.text_head(self.text_tower(input_ids, attention_mask))  # (N, D)
 
     def encode_image(self, pixels: torch.Tensor) -> torch.Tensor:
         return F.normalize(self.project_image(pixels), dim=-1)
 
-    def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        # No mask for towers whose bundle feeds token ids alone (SigLIP's, open_clip's).
         return F.normalize(self.project_text(input_ids, attention_mask), dim=-1)
 
     def forward(self, pixels: torch.Tensor | None, input_ids: torch.Tensor, attention_mask: torch.Tensor,
@@ -70,18 +75,29 @@ class DualEncoder(nn.Module):
         return self
 
 
-def build_model(cfg: Config, text_hf_config: dict[str, Any] | None = None) -> DualEncoder:
+def build_model(cfg: Config, text_hf_config: dict[str, Any] | None = None,
+                clip: "ImportedModel | None" = None) -> DualEncoder:
     """Builds the model from the config. With `text_hf_config` (from a checkpoint), nothing is downloaded
-    or read from pretrained weights: the caller loads the checkpoint's weights."""
-    image_cfg = cfg.image
-    if text_hf_config is not None and image_cfg.kind == "timm":
-        image_cfg = dataclasses.replace(image_cfg, pretrained="none")
-    image_tower = build_image_tower(image_cfg)
-    text_tower = build_text_tower(cfg.text, text_hf_config)
+    or read from pretrained weights: the caller loads the checkpoint's weights. With `clip` (the config's
+    clip.source, loaded by training.clip_towers.load_clip_source) the towers are that model's."""
+    if clip is not None:
+        image_tower, text_tower = clip_towers(clip)
+    else:
+        image_cfg = cfg.image
+        if text_hf_config is not None and image_cfg.kind == "timm":
+            image_cfg = dataclasses.replace(image_cfg, pretrained="none")
+        image_tower = build_image_tower(image_cfg)
+        text_tower = build_text_tower(cfg.text, text_hf_config)
+    embed_dim = cfg.head.dim
+    if cfg.head.kind == "identity":
+        if image_tower.out_dim != text_tower.out_dim:
+            raise ValueError(f"head.kind = 'identity' needs towers that embed into one space; these give "
+                             f"{image_tower.out_dim}-d and {text_tower.out_dim}-d features")
+        embed_dim = image_tower.out_dim
     model = DualEncoder(
         image_tower, text_tower,
         build_head(cfg.head, image_tower.out_dim), build_head(cfg.head, text_tower.out_dim),
-        ContrastiveLoss(cfg.loss), cfg.head.dim,
+        ContrastiveLoss(cfg.loss), embed_dim,
     )
     if cfg.head.init == "bootstrap" and text_hf_config is None:
         start_from_bootstrap(model, cfg)
@@ -90,8 +106,8 @@ def build_model(cfg: Config, text_hf_config: dict[str, Any] | None = None) -> Du
     image_trainable = set_trainable(image_tower.backbone, cfg.image.freeze, cfg.image.trainable)
     text_trainable = set_trainable(text_tower.encoder, cfg.text.freeze, cfg.text.trainable)
     log.info("model: image %s (%d-d, %d trainable), text %s (%d-d, %d trainable), %s heads -> %d-d",
-             cfg.image.label, image_tower.out_dim, image_trainable,
-             cfg.text.kind, text_tower.out_dim, text_trainable, cfg.head.kind, cfg.head.dim)
+             cfg.clip.source or cfg.image.label, image_tower.out_dim, image_trainable,
+             cfg.clip.source or cfg.text.kind, text_tower.out_dim, text_trainable, cfg.head.kind, embed_dim)
     return model
 
 

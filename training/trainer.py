@@ -7,6 +7,7 @@ import logging
 import math
 import random
 import shutil
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import nullcontext
@@ -14,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import numpy as np
 import torch
 from safetensors.torch import load_model, save_model
@@ -23,6 +25,8 @@ from clipalbum.training.config import Config, config_from_dict, config_to_dict
 from clipalbum.training.data import (Augment, CachedFeatureDataset, Collate, Photo, PhotoCaptionDataset, load_photos,
                            split_by_photo, write_caption_csv)
 from clipalbum.training.metrics import retrieval_recalls
+from clipalbum.server.bundle import ImageSpec, TextSpec
+from clipalbum.training.clip_towers import load_clip_source, training_text_spec
 from clipalbum.training.model import DualEncoder, build_model, image_spec, param_groups, text_spec, tokenizer_path
 from clipalbum.training.towers import text_model_config
 
@@ -90,9 +94,22 @@ def load_checkpoint(checkpoint: Path, device: str | torch.device = "cpu") -> tup
                                 "pass a run directory or its best/ or last/ folder")
     meta = json.loads(meta_path.read_text(encoding="utf-8"))
     cfg = config_from_dict(meta["config"])
-    model = build_model(cfg, text_hf_config=meta["text_hf_config"])
+    if cfg.clip.source:  # the architecture comes from the pretrained CLIP it was fine-tuned from
+        with tempfile.TemporaryDirectory(prefix="clipalbum-clip-") as work:
+            model = build_model(cfg, clip=load_clip_source(cfg.clip, Path(work)))
+    else:
+        model = build_model(cfg, text_hf_config=meta["text_hf_config"])
     load_model(model, str(checkpoint / WEIGHTS), strict=True, device=str(device))
     return model.eval(), cfg, meta
+
+
+def served_specs(meta: dict) -> tuple[ImageSpec, TextSpec] | None:
+    """The preprocessing a checkpoint fine-tuned from a pretrained CLIP must be served with (the original's,
+    recorded at training), or None for one whose config says it."""
+    specs = meta.get("served_specs")
+    if not specs:
+        return None
+    return msgspec.convert(specs["image"], ImageSpec), msgspec.convert(specs["text"], TextSpec)
 
 
 class Trainer:
@@ -112,7 +129,18 @@ class Trainer:
         if cfg.train.threads:
             torch.set_num_threads(cfg.train.threads)
         self.log_file = self.run_dir / "log.jsonl"
-        self.tokenizer_file = tokenizer_path(cfg, self.run_dir)  # copied into every checkpoint
+        # A pretrained CLIP to start from brings its own preprocessing and tokenizer.
+        self.clip = load_clip_source(cfg.clip, self.run_dir / "clip-source") if cfg.clip.source else None
+        # Copied into every checkpoint.
+        self.tokenizer_file = self.clip.tokenizer_file if self.clip else tokenizer_path(cfg, self.run_dir)
+
+    def image_spec(self) -> ImageSpec:
+        """How photos are preprocessed, in training and validation as in serving."""
+        return self.clip.image_spec if self.clip else image_spec(self.cfg)
+
+    def text_spec(self) -> TextSpec:
+        """How captions are tokenized (with the attention mask, which towers that take none ignore)."""
+        return training_text_spec(self.clip.text_spec) if self.clip else text_spec(self.cfg, self.tokenizer_file)
 
     # -- logging and checkpoints -------------------------------------------------------------------
 
@@ -168,7 +196,7 @@ class Trainer:
 
     def pixel_batches(self, photos: list[Photo], desc: str | None = None) -> Iterator[tuple[list[int], torch.Tensor]]:
         """(indices, pixels on the device) per eval batch of the photos that decode, as the server preprocesses."""
-        dataset = PhotoCaptionDataset(photos, image_spec(self.cfg))
+        dataset = PhotoCaptionDataset(photos, self.image_spec())
         size = self.cfg.data.eval_batch_size
         for start in tqdm(range(0, len(photos), size), desc=desc, unit="batch",
                           disable=desc is None or not self.progress):
@@ -188,7 +216,8 @@ class Trainer:
     def image_features(self, model: DualEncoder, photos: list[Photo], label: str) -> tuple[list[Photo], torch.Tensor]:
         """The image tower's outputs for `photos` (those that decode), cached in the run directory."""
         path = self.run_dir / f"{label}_{FEATURE_CACHE}"
-        key = {"image": config_to_dict(self.cfg)["image"], "photos": [str(p.path) for p in photos]}
+        settings = config_to_dict(self.cfg)
+        key = {"image": settings["image"], "clip": settings["clip"], "photos": [str(p.path) for p in photos]}
         if path.is_file():
             cached = torch.load(path, map_location="cpu", weights_only=False)
             if cached.get("key") == key:
@@ -248,8 +277,8 @@ class Trainer:
         cfg = self.cfg
         seed_everything(cfg.train.seed)
         train, val = self.prepare_data()
-        model = build_model(cfg).to(self.device)
-        collate = Collate(self.tokenizer_file, text_spec(cfg, self.tokenizer_file))
+        model = build_model(cfg, clip=self.clip).to(self.device)
+        collate = Collate(self.tokenizer_file, self.text_spec())
         self.val_features = None
         if self.caches_image_features():
             log.info("image tower frozen and no augmentation: computing its features once")
@@ -257,8 +286,8 @@ class Trainer:
             val, self.val_features = self.image_features(model, val, "val")
             dataset = CachedFeatureDataset(train, train_features, seed=cfg.train.seed)
         else:
-            augment = Augment(cfg.data, cfg.image.size) if cfg.data.augment else None
-            dataset = PhotoCaptionDataset(train, image_spec(cfg), augment, seed=cfg.train.seed)
+            augment = Augment(cfg.data, self.image_spec().size) if cfg.data.augment else None
+            dataset = PhotoCaptionDataset(train, self.image_spec(), augment, seed=cfg.train.seed)
 
         batch = cfg.data.batch_size
         batches_per_epoch = len(train) // batch + (1 if len(train) % batch >= 2 else 0)
@@ -276,8 +305,10 @@ class Trainer:
 
         config = config_to_dict(cfg)
         # text_lowercase: how the captions were tokenized, so export serves queries the same way.
-        meta_base = {"config": config, "text_hf_config": text_model_config(cfg.text),
-                     "text_lowercase": text_spec(cfg, self.tokenizer_file).lowercase}
+        meta_base = {"config": config, "text_hf_config": None if self.clip else text_model_config(cfg.text),
+                     "text_lowercase": self.text_spec().lowercase}
+        if self.clip:
+            meta_base["served_specs"] = msgspec.to_builtins({"image": self.clip.image_spec, "text": self.clip.text_spec})
         step, epoch, next_batch, best_score, best_metrics = 0, 0, 0, -math.inf, {}
         state_path = self.run_dir / "last" / TRAINER_STATE
         if state_path.is_file():
