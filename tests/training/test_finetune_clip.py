@@ -17,22 +17,39 @@ from clipalbum.server.cli import main as clipalbum
 from clipalbum.training.clip_towers import load_clip_source
 from clipalbum.training.model import build_model, param_groups
 from clipalbum.training.trainer import Trainer, load_checkpoint
-from tests.test_model_import import tiny_clip, tiny_siglip
+from tests.test_model_import import open_clip_arch, tiny_clip, tiny_siglip  # noqa: F401 (a fixture)
 from tests.training.conftest import tiny_config
 
 FINETUNE = ["head.kind=\"identity\"", "loss.normalize=true", "loss.temperature=0.05", "optim.image_lr=1e-3",
             "optim.text_lr=1e-3", "train.epochs=3", "data.val_fraction=0.25"]
 
 
-@pytest.mark.parametrize("family", ["clip", "siglip"])
+def clip_source(family: str, folder: Path, request: pytest.FixtureRequest) -> tuple[str, str]:
+    """(clip.source, clip.weights) of a small random model of `family`."""
+    if family == "clip":
+        return str(tiny_clip(folder / "tiny-clip", mean=(0.5, 0.4, 0.3))), ""
+    if family == "siglip":
+        return str(tiny_siglip(folder / "tiny-siglip")), ""
+    import open_clip
+
+    arch = request.getfixturevalue("open_clip_arch")
+    torch.manual_seed(1)
+    weights = folder / "tiny.pt"
+    torch.save(open_clip.create_model(arch, pretrained=None).state_dict(), weights)
+    return f"open_clip:{arch}", str(weights)
+
+
+@pytest.mark.parametrize("family", ["clip", "siglip", "open_clip"])
 def test_a_fine_tuned_clip_keeps_its_preprocessing_and_is_measured_against_its_start(
-        family: str, captioned_album: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    source = (tiny_clip(tmp_path / "tiny-clip", mean=(0.5, 0.4, 0.3)) if family == "clip"
-              else tiny_siglip(tmp_path / "tiny-siglip"))
-    assert clipalbum(["model", "import", str(source), "--out", str(tmp_path / "imported"), "-q"]) == 0
+        family: str, captioned_album: Path, tmp_path: Path, request: pytest.FixtureRequest,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    source, weights = clip_source(family, tmp_path, request)
+    assert clipalbum(["model", "import", source, *(["--pretrained", weights] if weights else []),
+                      "--out", str(tmp_path / "imported"), "-q"]) == 0
     imported = read_manifest(tmp_path / "imported")
 
-    cfg = tiny_config(tmp_path / "run", captioned_album, f"clip.source={json.dumps(str(source))}", *FINETUNE)
+    cfg = tiny_config(tmp_path / "run", captioned_album, f"clip.source={json.dumps(source)}",
+                      f"clip.weights={json.dumps(weights)}", *FINETUNE)
     trainer = Trainer(cfg, progress=False)
     result = trainer.fit()
     assert result.run_dir == tmp_path / "run"
