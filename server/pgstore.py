@@ -37,7 +37,7 @@ except ImportError as exc:  # the base install (and the Pi) has no database driv
 from clipalbum.server.errors import ClipalbumError
 from clipalbum.server.pathnames import display, from_db
 from clipalbum.server.store import (Changes, FileState, IndexBusyError, MetaRecords, PhotoFields, PhotoRecord,
-                                    StagingJob, VectorRow, status_counts, window_condition)
+                                    StagingJob, VectorRow, by_id, status_counts, window_condition)
 
 log = logging.getLogger(__name__)
 
@@ -374,16 +374,9 @@ class PgStore(MetaRecords):
 
     def iter_vectors(self, model_id: str, chunk: int = 4096, since: int = -1
                      ) -> Iterator[tuple[npt.NDArray[np.uint64], npt.NDArray[np.float32]]]:
-        last = 0
-        while True:
-            rows = self._reader.cursor(binary=True).execute(
-                "SELECT id, vector FROM photos WHERE model_id = %s AND vector_gen > %s AND id > %s "
-                "ORDER BY id LIMIT %s", (model_id, since, last, chunk)).fetchall()
-            if not rows:
-                return
-            yield (np.fromiter((r[0] for r in rows), dtype=np.uint64, count=len(rows)),
-                   np.stack([r[1] for r in rows]))
-            last = int(rows[-1][0])
+        return by_id(lambda last: self._reader.cursor(binary=True).execute(
+            "SELECT id, vector FROM photos WHERE model_id = %s AND vector_gen > %s AND id > %s ORDER BY id LIMIT %s",
+            (model_id, since, last, chunk)).fetchall(), np.asarray)
 
     def embedded_ids(self, model_id: str) -> npt.NDArray[np.uint64]:
         rows = self._reader.execute("SELECT id FROM photos WHERE model_id = %s", (model_id,)).fetchall()
@@ -571,15 +564,9 @@ class PgStore(MetaRecords):
     def iter_switch_vectors(self, model_id: str, chunk: int = 4096
                             ) -> Iterator[tuple[npt.NDArray[np.uint64], npt.NDArray[np.float32]]]:
         yield from self.iter_vectors(model_id, chunk)
-        last = 0
-        while True:
-            rows = self._reader.cursor(binary=True).execute(
-                "SELECT id, vector FROM staged_vectors WHERE model_id = %s AND vector IS NOT NULL AND id > %s "
-                "ORDER BY id LIMIT %s", (model_id, last, chunk)).fetchall()
-            if not rows:
-                return
-            yield (np.fromiter((r[0] for r in rows), dtype=np.uint64, count=len(rows)), np.stack([r[1] for r in rows]))
-            last = int(rows[-1][0])
+        yield from by_id(lambda last: self._reader.cursor(binary=True).execute(
+            "SELECT id, vector FROM staged_vectors WHERE model_id = %s AND vector IS NOT NULL AND id > %s "
+            "ORDER BY id LIMIT %s", (model_id, last, chunk)).fetchall(), np.asarray)
 
     def promote_staged(self, model_id: str) -> bool:
         with self._transaction() as con:

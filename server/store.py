@@ -7,11 +7,11 @@ import fcntl
 import logging
 import sqlite3
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import msgspec
 import numpy as np
@@ -448,16 +448,9 @@ class Store(MetaRecords):
                      ) -> Iterator[tuple[npt.NDArray[np.uint64], npt.NDArray[np.float32]]]:
         """(ids, vectors) of one model in chunks: all of them (to rebuild the ANN index), or those written
         after generation `since` (to bring a saved one up to date)."""
-        last = 0
-        while True:
-            rows = self._reader.execute(
-                "SELECT id, vector FROM photos WHERE model_id = ? AND vector_gen > ? AND id > ? "
-                "ORDER BY id LIMIT ?", (model_id, since, last, chunk)).fetchall()
-            if not rows:
-                return
-            ids = np.fromiter((r[0] for r in rows), dtype=np.uint64, count=len(rows))
-            yield ids, np.stack([blob_vector(r[1]) for r in rows])
-            last = int(rows[-1][0])
+        return by_id(lambda last: self._reader.execute(
+            "SELECT id, vector FROM photos WHERE model_id = ? AND vector_gen > ? AND id > ? ORDER BY id LIMIT ?",
+            (model_id, since, last, chunk)).fetchall(), blob_vector)
 
     def embedded_ids(self, model_id: str) -> npt.NDArray[np.uint64]:
         """Ids of every photo embedded by `model_id` (what the ANN index must hold)."""
@@ -554,16 +547,9 @@ class Store(MetaRecords):
         """(ids, vectors) of what `model_id` will serve after the switch: its staged vectors and the photos
         it embedded already (to build its ANN index before the swap)."""
         yield from self.iter_vectors(model_id, chunk)
-        last = 0
-        while True:
-            rows = self._reader.execute(
-                "SELECT id, vector FROM staged_vectors WHERE model_id = ? AND vector IS NOT NULL AND id > ? "
-                "ORDER BY id LIMIT ?", (model_id, last, chunk)).fetchall()
-            if not rows:
-                return
-            yield (np.fromiter((r[0] for r in rows), dtype=np.uint64, count=len(rows)),
-                   np.stack([blob_vector(r[1]) for r in rows]))
-            last = int(rows[-1][0])
+        yield from by_id(lambda last: self._reader.execute(
+            "SELECT id, vector FROM staged_vectors WHERE model_id = ? AND vector IS NOT NULL AND id > ? "
+            "ORDER BY id LIMIT ?", (model_id, last, chunk)).fetchall(), blob_vector)
 
     def promote_staged(self, model_id: str) -> bool:
         """In one transaction, when every indexed photo has a vector of `model_id` or a staged one: moves the
@@ -649,6 +635,17 @@ def status_counts(rows: Iterable[tuple[str, str | None, int]], model_id: str) ->
         kind = "failed" if status == "failed" else "indexed" if embedded_by == model_id else "pending"
         counts[kind] += int(n)
     return counts
+
+
+def by_id(fetch: Callable[[int], list], vector: Callable[[Any], npt.NDArray[np.float32]]
+          ) -> Iterator[tuple[npt.NDArray[np.uint64], npt.NDArray[np.float32]]]:
+    """(ids, vectors) chunks of (id, vector) rows read in id order: `fetch(last)` gives the rows after id
+    `last` (none: the end), `vector` turns a row's value into an array."""
+    last = 0
+    while rows := fetch(last):
+        yield (np.fromiter((r[0] for r in rows), dtype=np.uint64, count=len(rows)),
+               np.stack([vector(r[1]) for r in rows]))
+        last = int(rows[-1][0])
 
 
 def _id_batches(ids: Iterable[int], size: int = 500) -> Iterator[tuple[list[int], str]]:
