@@ -9,7 +9,12 @@ vectors in place in batches of 64, as a scan re-embedding them does. A reader th
 row lookup (Store.vector_rows, 30 ids) back to back throughout; its p50 / p99 / worst per phase show whether
 a search waits for the swap. Embedding time is the model's and is not counted here (bench/import_speed.py).
 
-    .venv/bin/python bench/model_switch.py [--sizes 10000,100000]
+With --album, also a whole switch on real photos (flickr8k-dev's, read in place, else scikit-image's
+samples): the album indexed with the default bundle, then a Library opened with openai/clip-vit-base-patch32's
+architecture (random weights, imported as `clipalbum model import` does) switches to it in a background
+thread while the main thread times text queries, before, during and after.
+
+    .venv/bin/python bench/model_switch.py [--sizes 10000,100000] [--album 796]
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from serving import percentile
+from serving import percentile, queries, resolve_model
 
 from clipalbum.server.ann import AnnIndex
 from clipalbum.server.store import Changes, PhotoFields, Store
@@ -123,16 +128,82 @@ def measure(photos: int, root: Path) -> dict[str, object]:
     return report
 
 
+def timed_queries(library: object, texts: list[str], until: threading.Event | None = None) -> list[float]:
+    """ms per text query: each of `texts` once, or round and round until `until` is set."""
+    times, i = [], 0
+    while (until is None and i < len(texts)) or (until is not None and not until.is_set()):
+        t0 = time.perf_counter()
+        library.search_text(texts[i % len(texts)], k=20)
+        times.append((time.perf_counter() - t0) * 1000)
+        i += 1
+    return times
+
+
+def summary(times: list[float]) -> dict[str, float]:
+    return {"queries": len(times), "p50_ms": round(percentile(times, 50), 2), "p99_ms": round(percentile(times, 99), 2)}
+
+
+def whole_switch(photos: int, root: Path) -> dict[str, object]:
+    """Index real photos with the default bundle, then switch to a ViT-B/32 CLIP in the background."""
+    from contextlib import closing
+
+    from import_speed import random_checkpoint
+    from real_geometry import FLICKR
+
+    from clipalbum.export.model_import import import_model
+    from clipalbum.server.library import Library
+    from clipalbum.server.settings import data_paths
+
+    album = FLICKR / "images"
+    if not album.is_dir():
+        from index_throughput import skimage_photos
+
+        album = root / "album"
+        album.mkdir()
+        for i in range(photos):
+            source = skimage_photos()[i % len(skimage_photos())]
+            (album / f"{i:04d}-{source.name}").write_bytes(source.read_bytes())
+    new = root / "clip-b32"
+    import_model(str(random_checkpoint({"patch_size": 32}, root / "clip-b32-source")), new, progress=False)
+    paths = data_paths(root / "data")
+    texts, _ = queries(60)
+    with closing(Library.open(paths, model=resolve_model(None), roots=[str(album)])) as library:
+        indexed = library.index().added
+    with closing(Library.open(paths, model=new, switch_in_background=True)) as library:
+        assert library.switch is not None
+        timed_queries(library, texts[:5])  # warm-up
+        before = timed_queries(library, texts)
+        done = threading.Event()
+        started = time.perf_counter()
+        thread = threading.Thread(target=lambda: (library.continue_switch(), done.set()), daemon=True)
+        thread.start()
+        during = timed_queries(library, texts, until=done)
+        switch_s = time.perf_counter() - started
+        thread.join()
+        assert library.switch is None
+        timed_queries(library, texts[:5])
+        after = timed_queries(library, texts)
+    return {"photos": indexed, "album": "flickr8k-dev" if album == FLICKR / "images" else "scikit-image copies",
+            "switch_seconds": round(switch_s, 1), "photos_per_s": round(indexed / switch_s, 1),
+            "old_model_before": summary(before), "old_model_while_switching": summary(during),
+            "new_model_after": summary(after)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sizes", default="10000,100000")
+    parser.add_argument("--sizes", default="10000,100000", help="database-side runs ('' for none)")
+    parser.add_argument("--album", type=int, default=0, help="also a whole switch on this many real photos "
+                        "(flickr8k-dev's 796 when present, whatever the number)")
     args = parser.parse_args()
-    results = []
-    for photos in (int(s) for s in args.sizes.split(",")):
+    report: dict[str, object] = {"bench": "model_switch", "cores": os.cpu_count(), "old_dim": OLD_DIM,
+                                 "new_dim": NEW_DIM, "runs": []}
+    for photos in (int(s) for s in args.sizes.split(",") if s):
         with tempfile.TemporaryDirectory(prefix="bench-switch-") as tmp:
-            results.append(measure(photos, Path(tmp)))
-    print(json.dumps({"bench": "model_switch", "cores": os.cpu_count(), "old_dim": OLD_DIM, "new_dim": NEW_DIM,
-                      "runs": results}, indent=2))
+            report["runs"].append(measure(photos, Path(tmp)))
+    if args.album:
+        with tempfile.TemporaryDirectory(prefix="bench-switch-album-") as tmp:
+            report["whole_switch"] = whole_switch(args.album, Path(tmp))
+    print(json.dumps(report, indent=2))
 
 
 if __name__ == "__main__":
