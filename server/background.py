@@ -41,6 +41,7 @@ class BackgroundIndexer:
         self._scanning = False
         self._thread: threading.Thread | None = None
         self._follow_problem: str | None = None  # the last follow step's error, logged once until it changes
+        self._switch_waits: str | None = None  # why a finished switch cannot swap yet, logged once
 
     @property
     def scanning(self) -> bool:
@@ -108,8 +109,12 @@ class BackgroundIndexer:
         (or the server stopping) interrupts it after the batch in hand, and it resumes after."""
         try:
             self.library.continue_switch(should_stop=lambda: self._stopping.is_set() or self._wake.is_set())
-        except IndexBusyError as exc:  # `clipalbum index` holds the data directory: finish after it
-            log.info("model switch waits: %s", exc)
+            self._switch_waits = None
+        except IndexBusyError as exc:  # `clipalbum index` holds the data directory: swap after it
+            if str(exc) != self._switch_waits:
+                log.info("model switch: every photo is embedded; the swap waits: %s", exc)
+            self._switch_waits = str(exc)
+            self._follow()  # meanwhile take in what that process commits (it is tried again each second)
         except Exception as exc:  # keep serving with the current model; try again at the next round
             self.last_error = f"model switch: {exc.__class__.__name__}: {exc}"
             log.exception("model switch step failed")

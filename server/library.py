@@ -33,8 +33,7 @@ from clipalbum.server.preprocess import load_model_input
 from clipalbum.server.query_terms import parse_terms
 from clipalbum.server.relevance import suggested_min_score
 from clipalbum.server.scanner import BATCH_SIZE, INFER_BATCH, IndexSummary, Scan
-from clipalbum.server.schemas import (FailedFile, Hit, ScanProgress, SearchResponse, StatusResponse,
-                                     SwitchProgress)
+from clipalbum.server.schemas import FailedFile, Hit, ScanProgress, SearchResponse, StatusResponse
 from clipalbum.server.settings import DataPaths
 from clipalbum.server.store import IndexBusyError, PhotoRecord, Store, VectorRow, open_store
 
@@ -55,11 +54,13 @@ SortOrder = Literal["relevance", "date"]
 
 
 class Serving(NamedTuple):
-    """The model that answers searches and its vector index: replaced whole when a model switch ends, so a
-    search that took it at its start uses one model throughout."""
+    """The model that answers searches, its vector index, and the switch to another model under way (if
+    any): replaced whole when a switch ends, so a search or a status that took it at its start sees one
+    model throughout."""
 
     encoders: Encoders
     ann: AnnIndex
+    switch: ModelSwitch | None = None
 
 
 class Library:
@@ -69,10 +70,10 @@ class Library:
                  switch_to: Encoders | None = None) -> None:
         self.paths = paths
         self.store = store
-        self._serving = Serving(encoders, AnnIndex(encoders.manifest.embed_dim))
-        # Another model the photos are being embedded with in the background (BackgroundIndexer calls
+        # With `switch_to`, the photos are embedded with that model in the background (BackgroundIndexer calls
         # continue_switch); `encoders` answers until it is done.
-        self.switch: ModelSwitch | None = None if switch_to is None else ModelSwitch(store, switch_to)
+        self._serving = Serving(encoders, AnnIndex(encoders.manifest.embed_dim),
+                                None if switch_to is None else ModelSwitch(store, switch_to))
         self.progress = ScanProgress()  # replaced (never mutated) while a scan runs: safe to read anywhere
         self.batch_size: int | None = None  # scan tuning; None: the scanner's defaults
         self.infer_batch: int | None = None
@@ -113,6 +114,10 @@ class Library:
     @property
     def ann(self) -> AnnIndex:
         return self._serving.ann
+
+    @property
+    def switch(self) -> ModelSwitch | None:
+        return self._serving.switch
 
     @ann.setter
     def ann(self, ann: AnnIndex) -> None:
@@ -384,15 +389,10 @@ class Library:
                 ann = self.store.vector_index(switch.model_id, dim)
                 self.store.set_meta({"ann_model_id": switch.model_id})  # what `clipalbum status` names
             self._serving = Serving(switch.encoders, ann)  # one assignment: a search sees one model or the other
-            self.switch = None
             self._ann_generation = self.store.generation()
             self._save_ann_if_writable()
         log.info("model switch done: %s answers now (%d photos)", self.model_id, len(ann))
         return True
-
-    def switch_progress(self) -> SwitchProgress | None:
-        switch = self.switch
-        return None if switch is None else switch.progress
 
     # -- searching -----------------------------------------------------------------------------------------
 
@@ -556,10 +556,11 @@ class Library:
         return servable_path(record, self._real_roots, allow_outside=self.follow_links_outside)
 
     def status(self, max_errors: int = 100) -> StatusResponse:
-        encoders = self._serving.encoders
+        serving = self._serving  # one model and its switch, whatever a swap does meanwhile
+        encoders = serving.encoders
         status = index_status(self.store, encoders.manifest.model_id, encoders.manifest.embed_dim, self.progress,
                               max_errors, suggested_min_score(encoders.manifest))
-        status.switch = self.switch_progress()
+        status.switch = None if serving.switch is None else serving.switch.progress
         return status
 
     def close(self) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
+import msgspec
 import numpy as np
 
 from clipalbum.server.encoders import Encoders
@@ -51,9 +52,11 @@ class ModelSwitch:
                 self._after = 0  # photos added or changed behind the cursor: one more pass finds them
                 continue
             vectors, errors = self._embed(jobs)
-            self.store.stage(self.model_id, jobs, vectors, errors)
+            kept = self.store.stage(self.model_id, jobs, vectors, errors)
             self._after = jobs[-1].id
-            self.progress = self._measure()
+            # Counted, not measured: a COUNT of the staged rows at every batch would grow with the album.
+            done = min(self.progress.done + kept, self.progress.total)
+            self.progress = msgspec.structs.replace(self.progress, done=done)
         return False
 
     def _embed(self, jobs: list[StagingJob]) -> tuple[list[np.ndarray | None], list[str | None]]:
