@@ -96,6 +96,7 @@ CREATE TABLE IF NOT EXISTS staged_vectors (
     vector vector,  -- NULL: the file could not be read for this model (error says why)
     error TEXT
 );
+CREATE INDEX IF NOT EXISTS staged_by_model ON staged_vectors (model_id);
 CREATE OR REPLACE FUNCTION clipalbum_unstage() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
     DELETE FROM staged_vectors WHERE id = NEW.id;

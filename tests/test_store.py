@@ -249,6 +249,8 @@ class TestHotQueryPlans:
     def test_a_model_switch_walks_the_photos_by_primary_key(self, filled: Store) -> None:
         (plan,) = self.plans(filled, lambda: filled.to_restage("m2", 10, 16))
         assert plan.startswith("SEARCH p USING INTEGER PRIMARY KEY (rowid>?)"), plan
+        plans = self.plans(filled, lambda: filled.staging_counts("m2"))
+        assert "SEARCH staged_vectors USING COVERING INDEX staged_by_model (model_id=?)" in plans[0], plans
 
     def test_date_windows_and_status_use_their_indexes(self, filled: Store) -> None:
         (plan,) = self.plans(filled, lambda: filled.count_taken_between("m1", "2020-01-05", "2020-01-09"))
