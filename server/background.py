@@ -20,6 +20,7 @@ log = logging.getLogger(__name__)
 # Between scans the thread looks this often for what another process changed (Library.follow_other_writers),
 # so that status counts and search results agree within about this long, and no request pays for catching up.
 FOLLOW_INTERVAL_S = 1.0
+SWITCH_BLOCKED_WAIT_S = 10.0  # a model switch that could not swap (another indexer, an error) rests this long
 
 
 class BackgroundIndexer:
@@ -42,6 +43,7 @@ class BackgroundIndexer:
         self._thread: threading.Thread | None = None
         self._follow_problem: str | None = None  # the last follow step's error, logged once until it changes
         self._switch_waits: str | None = None  # why a finished switch cannot swap yet, logged once
+        self._switch_blocked_until = 0.0  # time.monotonic() before which the switch is not tried again
 
     @property
     def scanning(self) -> bool:
@@ -92,33 +94,39 @@ class BackgroundIndexer:
         # time.monotonic() of the next periodic rescan (counted from the end of the last scan); inf: none
         next_scan = time.monotonic() + self.rescan_seconds if self.rescan_seconds else math.inf
         while not self._stopping.is_set():
-            woken = self._wake.wait(max(0.0, min(FOLLOW_INTERVAL_S, next_scan - time.monotonic())))
+            # A model switch under way embeds between the other work, without idling.
+            switch = self.library.switch
+            busy = switch is not None and not switch.resting() and time.monotonic() >= self._switch_blocked_until
+            idle = 0.0 if busy else max(0.0, min(FOLLOW_INTERVAL_S, next_scan - time.monotonic()))
+            woken = self._wake.wait(idle)
             if self._stopping.is_set():
                 break
             if not woken and time.monotonic() < next_scan:
-                if self.library.switch is not None:
+                self._follow()
+                if busy:
                     self._switch()
-                else:
-                    self._follow()
                 continue
             self._scan()
             next_scan = time.monotonic() + self.rescan_seconds if self.rescan_seconds else math.inf
 
     def _switch(self) -> None:
-        """Goes on embedding the photos with the model being switched to, between scans: a scan requested
-        (or the server stopping) interrupts it after the batch in hand, and it resumes after."""
+        """Goes on embedding the photos with the model being switched to for about FOLLOW_INTERVAL_S, so that
+        other processes' changes and periodic rescans are taken in between; a scan requested (or the server
+        stopping) interrupts it after the batch in hand, and it resumes after."""
+        deadline = time.monotonic() + FOLLOW_INTERVAL_S
         try:
-            self.library.continue_switch(should_stop=lambda: self._stopping.is_set() or self._wake.is_set())
+            self.library.continue_switch(should_stop=lambda: (self._stopping.is_set() or self._wake.is_set()
+                                                              or time.monotonic() > deadline))
             self._switch_waits = None
         except IndexBusyError as exc:  # `clipalbum index` holds the data directory: swap after it
             if str(exc) != self._switch_waits:
                 log.info("model switch: every photo is embedded; the swap waits: %s", exc)
             self._switch_waits = str(exc)
-            self._follow()  # meanwhile take in what that process commits (it is tried again each second)
+            self._switch_blocked_until = time.monotonic() + SWITCH_BLOCKED_WAIT_S
         except Exception as exc:  # keep serving with the current model; try again at the next round
             self.last_error = f"model switch: {exc.__class__.__name__}: {exc}"
             log.exception("model switch step failed")
-            self._stopping.wait(FOLLOW_INTERVAL_S * 10)
+            self._switch_blocked_until = time.monotonic() + SWITCH_BLOCKED_WAIT_S
         finally:
             return_free_memory()
 

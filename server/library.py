@@ -87,6 +87,7 @@ class Library:
         self._real_roots: tuple[str, ...] = ()
         self._refresh_roots()
         self._scan_lock = threading.Lock()
+        self._swap_lock = threading.Lock()  # held by a model switch from its commit until the new model answers
         self._ann_generation = 0  # the SQLite generation the in-memory ANN index reflects
         self._follow_lock = threading.Lock()  # one catch-up with other processes' commits at a time
         self._close_lock = threading.Lock()
@@ -143,6 +144,8 @@ class Library:
         store = open_store(paths)
         try:
             serving = _answering_model(paths, store, encoders) if switch_in_background else None
+            if switch_in_background and serving is None and (dropped := store.discard_staged()):
+                log.info("dropped %d vectors staged for a model switch that was given up", dropped)
             library = cls(paths, serving or encoders, store, switch_to=encoders if serving else None)
         except BaseException:
             store.close()
@@ -377,19 +380,22 @@ class Library:
         if switch is None:
             return True
         with self._scan_lock, self._follow_lock, self._writer():
-            dim = switch.encoders.manifest.embed_dim
-            log.info("model switch: building the vector index of %s", switch.model_id)
-            if self.store.keeps_vector_index:  # the database's index of the new model fills as the rows move
-                self.store.ensure_vector_index(switch.model_id, dim)
-            else:
-                ann = AnnIndex.build(dim, self.store.iter_switch_vectors(switch.model_id))
-            if not self.store.promote_staged(switch.model_id):
-                return False
+            dim, model_id = switch.encoders.manifest.embed_dim, switch.model_id
+            log.info("model switch: building the vector index of %s", model_id)
             if self.store.keeps_vector_index:
-                ann = self.store.vector_index(switch.model_id, dim)
-                self.store.set_meta({"ann_model_id": switch.model_id})  # what `clipalbum status` names
-            self._serving = Serving(switch.encoders, ann)  # one assignment: a search sees one model or the other
+                ann = self.store.switch_vector_index(model_id, dim)  # a graph fills as the rows move
+            else:
+                ann = AnnIndex.build(dim, self.store.iter_switch_vectors(model_id))
+            # From the commit on the old model's rows are gone: searches that find nothing meanwhile wait for
+            # this lock and are asked again of the new model (_answer).
+            with self._swap_lock:
+                if not self.store.promote_staged(model_id):
+                    return False
+                self._serving = Serving(switch.encoders, ann)  # one assignment: one model or the other
             self._ann_generation = self.store.generation()
+            if self.store.keeps_vector_index:
+                self.store.set_meta({"ann_model_id": model_id})  # what `clipalbum status` names
+                ann.maintain()  # lists for a large model, built concurrently while the graph or a scan answers
             self._save_ann_if_writable()
         log.info("model switch done: %s answers now (%d photos)", self.model_id, len(ann))
         return True
@@ -471,12 +477,17 @@ class Library:
         try:
             response = ask(serving)
         except NoVectorError:
-            if self._serving is serving:
+            if not self._swapped_since(serving):
                 raise
             return ask(self._serving)
-        if not response.results and self._serving is not serving:
+        if not response.results and self._swapped_since(serving):
             return ask(self._serving)
         return response
+
+    def _swapped_since(self, serving: Serving) -> bool:
+        """Whether another model answers now than `serving` (waiting for a swap under way to end)."""
+        with self._swap_lock:
+            return self._serving is not serving
 
     def _respond(self, serving: Serving, vector: npt.NDArray[np.float32], k: int, offset: int,
                  window: tuple[str | None, str | None], sort: SortOrder, started: float, query: str,

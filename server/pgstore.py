@@ -102,10 +102,14 @@ BEGIN
     DELETE FROM staged_vectors WHERE id = NEW.id;
     RETURN NULL;
 END $$;
-CREATE OR REPLACE TRIGGER staged_vectors_stale AFTER UPDATE OF size, mtime_ns, content_hash ON photos
-    FOR EACH ROW WHEN (OLD.size IS DISTINCT FROM NEW.size OR OLD.mtime_ns IS DISTINCT FROM NEW.mtime_ns
-                       OR OLD.content_hash IS DISTINCT FROM NEW.content_hash)
-    EXECUTE FUNCTION clipalbum_unstage();
+DO $$ BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_trigger WHERE tgname = 'staged_vectors_stale') THEN
+        CREATE TRIGGER staged_vectors_stale AFTER UPDATE OF size, mtime_ns, content_hash ON photos
+            FOR EACH ROW WHEN (OLD.size IS DISTINCT FROM NEW.size OR OLD.mtime_ns IS DISTINCT FROM NEW.mtime_ns
+                               OR OLD.content_hash IS DISTINCT FROM NEW.content_hash)
+            EXECUTE PROCEDURE clipalbum_unstage();
+    END IF;
+END $$;
 """
 
 _PHOTO_COLUMNS = ("root_id", "rel_path", "size", "mtime_ns", "content_hash", "width", "height", "taken_at",
@@ -515,6 +519,17 @@ class PgStore(MetaRecords):
         log.info("vector index of %s built in %.0f s", model_id, time.monotonic() - started)
         return True
 
+    def switch_vector_index(self, model_id: str, ndim: int) -> "PgVectorIndex":
+        """The index a model switch hands searches at its swap: for an album under IVFFLAT_MIN photos an
+        HNSW graph, created now and filled by the swap's transaction; for a larger one none yet (the graph
+        would be built row by row inside that transaction, and given up for lists anyway): maintain() builds
+        the lists right after the swap, and searches meanwhile read the model's photos exactly."""
+        staged = self._reader.execute("SELECT COUNT(*) FROM staged_vectors WHERE model_id = %s",
+                                      (model_id,)).fetchone()[0]
+        if self.embedded_count(model_id) + int(staged) < IVFFLAT_MIN:
+            self.ensure_vector_index(model_id, ndim)
+        return PgVectorIndex(self, model_id, ndim)
+
     def vector_index(self, model_id: str, ndim: int) -> "PgVectorIndex":
         self.ensure_vector_index(model_id, ndim)
         never_analyzed = self._reader.execute(
@@ -580,11 +595,11 @@ class PgStore(MetaRecords):
             generation = int(con.execute("UPDATE meta SET value = (value::bigint + 1)::text "
                                          "WHERE key = 'generation' RETURNING value").fetchone()[0])
             con.execute("UPDATE photos p SET model_id = %s, vector = s.vector, vector_gen = %s FROM staged_vectors s "
-                        "WHERE s.id = p.id AND s.model_id = %s AND s.vector IS NOT NULL",
+                        "WHERE s.id = p.id AND s.model_id = %s AND s.vector IS NOT NULL AND p.status = 'indexed'",
                         (model_id, generation, model_id))
             con.execute("UPDATE photos p SET status = 'failed', error = s.error, model_id = NULL, vector = NULL, "
                         "vector_gen = %s FROM staged_vectors s WHERE s.id = p.id AND s.model_id = %s "
-                        "AND s.vector IS NULL", (generation, model_id))
+                        "AND s.vector IS NULL AND p.status = 'indexed'", (generation, model_id))
             con.execute("DELETE FROM staged_vectors")
         return True
 

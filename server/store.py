@@ -567,11 +567,11 @@ class Store(MetaRecords):
             row = con.execute("SELECT value FROM meta WHERE key = 'generation'").fetchone()
             generation = int(row[0]) + 1 if row else 1
             con.execute("UPDATE photos SET model_id = ?, vector = s.vector, vector_gen = ? FROM staged_vectors s "
-                        "WHERE s.id = photos.id AND s.model_id = ? AND s.vector IS NOT NULL",
-                        (model_id, generation, model_id))
+                        "WHERE s.id = photos.id AND s.model_id = ? AND s.vector IS NOT NULL "
+                        "AND photos.status = 'indexed'", (model_id, generation, model_id))
             con.execute("UPDATE photos SET status = 'failed', error = s.error, model_id = NULL, vector = NULL, "
                         "vector_gen = ? FROM staged_vectors s WHERE s.id = photos.id AND s.model_id = ? "
-                        "AND s.vector IS NULL", (generation, model_id))
+                        "AND s.vector IS NULL AND photos.status = 'indexed'", (generation, model_id))
             con.execute("DELETE FROM staged_vectors")
             con.execute("INSERT OR REPLACE INTO meta VALUES ('generation', ?)", (str(generation),))
         return True

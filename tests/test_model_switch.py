@@ -85,6 +85,30 @@ def test_the_old_model_answers_until_the_new_one_has_every_photo(bundles: tuple[
         assert len(library.ann) == n
 
 
+def test_photos_that_cannot_be_read_wait_and_an_abandoned_switch_is_cleared(bundles: tuple[Path, Path],
+                                                                              tmp_path: Path, sample_album: Path,
+                                                                              database: str | None) -> None:
+    a, b = bundles
+    paths = data_paths(tmp_path / "data", database)
+    indexed_with(a, paths, sample_album)
+    n = len(SAMPLE_PHOTOS)
+    unplugged = sample_album.with_name("unplugged")
+    with closing(Library.open(paths, model=b, switch_in_background=True)) as library:
+        sample_album.rename(unplugged)  # the album's drive goes away mid-switch
+        assert library.continue_switch() is False and library.switch.resting()
+        assert library.status().indexed == n and library.model_id == "tiny-a"  # nothing lost, nothing failed
+        unplugged.rename(sample_album)
+        library.switch._retry_at = 0.0  # (the minute's wait, skipped)
+        assert library.continue_switch() is True
+        assert (library.model_id, library.status().indexed, library.status().failed) == ("tiny-b", n, 0)
+
+    with closing(Library.open(paths, model=a, switch_in_background=True)) as library:
+        assert library.continue_switch(should_stop=stop_after(1)) is False
+        assert library.store.staging_counts("tiny-a")[0] > 0
+    with closing(Library.open(paths, model=b, switch_in_background=True)) as library:  # given up: b answers
+        assert library.switch is None and library.store.staging_counts("tiny-a")[0] == 0
+
+
 def test_a_search_the_swap_overtakes_is_answered_by_the_new_model(bundles: tuple[Path, Path], tmp_path: Path,
                                                                   sample_album: Path) -> None:
     a, b = bundles
