@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from clipalbum.export.fuse import bert_shape, eager_attention, fuse_bert
 from clipalbum.export.quantize import quantize_int8
-from clipalbum.server.bundle import (FORMAT_VERSION, MANIFEST_NAME, ImageSpec, Manifest, TextSpec, with_checksums,
+from clipalbum.server.bundle import (MANIFEST_NAME, ImageSpec, Manifest, TextSpec, format_version, with_checksums,
                                      write_manifest)
 from clipalbum.server.errors import BundleError
 from clipalbum.server.encoders import make_session
@@ -247,7 +247,7 @@ def export_dual_encoder(
         shutil.copyfile(tokenizer_file, work / text_spec.tokenizer)
         embed_dim = int(getattr(model, "embed_dim", 0)) or int(torch_images.shape[1])
         manifest = Manifest(
-            format_version=FORMAT_VERSION,
+            format_version=format_version(image_spec, text_spec),
             model_id=model_id,
             embed_dim=embed_dim,
             image=image_spec,

@@ -11,6 +11,10 @@ import msgspec
 from clipalbum.server.errors import BundleError
 
 FORMAT_VERSION = 1
+# Version 2 marks a bundle that uses what version 1 readers would silently ignore (msgspec skips unknown
+# fields): bilinear resizing (ImageSpec.resample) or padding with another id than 0 (TextSpec.pad_id). Such a
+# bundle served by an older clipalbum would give wrong vectors; that one refuses it instead.
+READABLE_VERSIONS = (1, 2)
 MANIFEST_NAME = "manifest.json"
 
 ResizeMode = Literal["shortest_crop", "squash"]
@@ -57,6 +61,11 @@ class Manifest(msgspec.Struct, frozen=True):
     metrics: dict[str, float] = {}  # what export measured (parity cosines, recall), for information
 
 
+def format_version(image: ImageSpec, text: TextSpec) -> int:
+    """The lowest format version that can express these specs (READABLE_VERSIONS)."""
+    return 2 if image.resample != "bicubic" or text.pad_id != 0 else FORMAT_VERSION
+
+
 def file_sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as f:
@@ -77,10 +86,11 @@ def read_manifest(bundle_dir: Path) -> Manifest:
         manifest = msgspec.json.decode(path.read_bytes(), type=Manifest)
     except msgspec.DecodeError as exc:
         raise BundleError(f"{path} is not a valid manifest: {exc}") from exc
-    if manifest.format_version != FORMAT_VERSION:
+    if manifest.format_version not in READABLE_VERSIONS:
         raise BundleError(
-            f"{path} has format version {manifest.format_version}, this clipalbum reads version "
-            f"{FORMAT_VERSION}; rebuild the bundle with this version's 'clipalbum model build' or 'clipalbum export'"
+            f"{path} has format version {manifest.format_version}, this clipalbum reads versions "
+            f"{', '.join(map(str, READABLE_VERSIONS))}; upgrade clipalbum, or rebuild the bundle with this "
+            "version's 'clipalbum model build', 'clipalbum export' or 'clipalbum model import'"
         )
     return manifest
 

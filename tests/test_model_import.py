@@ -80,6 +80,7 @@ def test_the_bundle_records_the_models_own_preprocessing_and_tokenizer(imported:
     source, bundle = imported
     manifest = read_manifest(bundle)
     assert manifest.embed_dim == 24 and manifest.model_id.startswith("hf-tiny-clip-")
+    assert manifest.format_version == 1  # nothing a version-1 reader would misread
     assert (manifest.image.size, manifest.image.resize, manifest.image.mean) == (64, "shortest_crop", (0.5, 0.4, 0.3))
     assert manifest.text.max_length == 32 and manifest.text.lowercase  # CLIP's tokenizer lower-cases
     assert (bundle / "tokenizer.json").read_bytes() == (source / "tokenizer.json").read_bytes()
@@ -223,6 +224,7 @@ def test_a_siglip_model_serves_its_own_vectors_with_its_own_text_rules(tmp_path:
     assert (manifest.text.max_length, manifest.text.pad_to_max_length, manifest.text.pad_id) == (64, True, 1)
     assert manifest.text.input_names == ("input_ids",) and manifest.text.lowercase
     assert manifest.metrics["preprocess_min_cosine"] > 0.99
+    assert manifest.format_version == 2  # a version-1 reader would ignore pad_id and resample: it must refuse
 
     original = SiglipModel.from_pretrained(str(source), local_files_only=True).eval()
     theirs_tokenizer = SiglipTokenizer.from_pretrained(str(source))
@@ -242,6 +244,18 @@ def test_a_siglip_model_serves_its_own_vectors_with_its_own_text_rules(tmp_path:
                               roots=[str(sample_album)])) as library:
         assert library.index().added == len(SAMPLE_PHOTOS)
         assert len(library.search_text("a cat", k=3).results) == 3
+
+
+def test_a_bundle_of_a_later_format_is_refused_with_the_fix(imported: tuple[Path, Path], tmp_path: Path) -> None:
+    from clipalbum.server.errors import BundleError
+
+    _, bundle = imported
+    later = tmp_path / "later"
+    later.mkdir()
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    (later / "manifest.json").write_text(json.dumps({**manifest, "format_version": 3}))
+    with pytest.raises(BundleError, match="format version 3, this clipalbum reads versions 1, 2; upgrade"):
+        read_manifest(later)
 
 
 def test_the_siglip_tokenizer_conversion_gives_the_original_ids(tmp_path: Path) -> None:
