@@ -604,6 +604,9 @@ class PgStore(MetaRecords):
         return True
 
     def discard_staged(self, keep_model_id: str | None = None) -> int:
+        if self._reader.execute("SELECT 1 FROM staged_vectors WHERE model_id IS DISTINCT FROM %s LIMIT 1",
+                                (keep_model_id,)).fetchone() is None:
+            return 0  # nothing to drop: no write at every server start
         with self._transaction() as con:
             return con.execute("DELETE FROM staged_vectors WHERE model_id IS DISTINCT FROM %s",
                                (keep_model_id,)).rowcount

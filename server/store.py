@@ -577,7 +577,11 @@ class Store(MetaRecords):
         return True
 
     def discard_staged(self, keep_model_id: str | None = None) -> int:
-        """Drops staged vectors of every model but `keep_model_id` (a switch abandoned for another one)."""
+        """Drops staged vectors of every model but `keep_model_id` (a switch abandoned for another one).
+        Called at every server start: it reads first, and writes only when there is something to drop."""
+        if self._reader.execute("SELECT 1 FROM staged_vectors WHERE model_id IS NOT ? LIMIT 1",
+                                (keep_model_id,)).fetchone() is None:
+            return 0
         with self._transaction() as con:
             return con.execute("DELETE FROM staged_vectors WHERE model_id IS NOT ?", (keep_model_id,)).rowcount
 
