@@ -59,16 +59,25 @@ def load_siglip(source: str, where: str, is_local: bool, config: object, work: P
         processor = SiglipImageProcessor(size={"height": side, "width": side})
     tokenizer_file, original = siglip_tokenizer(where, is_local, work)
     pad_id = original.pad_token_id if original.pad_token_id is not None else text.pad_token_id
-    text_spec = TextSpec(max_length=int(text.max_position_embeddings), lowercase=tokenizer_lowercases(tokenizer_file),
+    text_spec = TextSpec(max_length=int(text.max_position_embeddings), lowercase=siglip_lowercases(tokenizer_file, original),
                          input_names=("input_ids",), pad_to_max_length=True, pad_id=int(pad_id))
+    lower = str.lower if text_spec.lowercase else str
     return ImportedModel(
         towers=SiglipTowers(siglip), image_spec=processor_image_spec(where, processor, int(vision.image_size)),
         text_spec=text_spec,
         tokenizer_file=tokenizer_file, model_id=model_id or default_model_id("hf", source, siglip),
         description=f"{source}: transformers SiglipModel, imported by clipalbum model import",
         reference_pixels=lambda photos: processor_pixels(processor, photos),
-        reference_tokens=lambda captions: [original(c, truncation=True, max_length=text_spec.max_length)["input_ids"]
+        reference_tokens=lambda captions: [original(lower(c), truncation=True, max_length=text_spec.max_length)["input_ids"]
                                            for c in captions])
+
+
+def siglip_lowercases(tokenizer_file: Path, original: object) -> bool:
+    """Whether the model reads lower-cased text. SigLIP 2 checkpoints ship Gemma's cased tokenizer (their
+    tokenizer_config names GemmaTokenizer), yet the models were trained on lower-cased text (SigLIP 2 paper,
+    section 2.1; transformers' Siglip2Tokenizer adds the step): a Gemma tokenizer beside a SiglipModel means
+    SigLIP 2."""
+    return tokenizer_lowercases(tokenizer_file) or type(original).__name__.startswith("Gemma")
 
 
 def siglip_tokenizer(where: str, is_local: bool, work: Path) -> tuple[Path, Callable]:

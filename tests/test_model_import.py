@@ -4,6 +4,7 @@ bundle -> index -> search, parity with the original torch model, and the refusal
 from __future__ import annotations
 
 import json
+import string
 from contextlib import closing
 from io import BytesIO
 from pathlib import Path
@@ -17,6 +18,7 @@ import torch  # noqa: E402
 
 from clipalbum.server.bundle import read_manifest  # noqa: E402
 from clipalbum.server.cli import main  # noqa: E402
+from clipalbum.export.imported import unpadded  # noqa: E402
 from clipalbum.server.encoders import load_encoders  # noqa: E402
 from clipalbum.server.library import Library  # noqa: E402
 from clipalbum.server.preprocess import load_model_input  # noqa: E402
@@ -244,6 +246,45 @@ def test_a_siglip_model_serves_its_own_vectors_with_its_own_text_rules(tmp_path:
                               roots=[str(sample_album)])) as library:
         assert library.index().added == len(SAMPLE_PHOTOS)
         assert len(library.search_text("a cat", k=3).results) == 3
+
+
+def tiny_siglip2(folder: Path) -> Path:
+    """A random SiglipModel beside a Gemma tokenizer.json, as SigLIP 2 checkpoints ship (tokenizer_config
+    naming GemmaTokenizer, which keeps capitals): a byte-level BPE over a few words, cased."""
+    from transformers import GemmaTokenizer, SiglipConfig, SiglipModel
+
+    folder.mkdir(parents=True)
+    vocab = {"<pad>": 0, "<eos>": 1, "<bos>": 2, "<unk>": 3, "<mask>": 4}
+    merges = [("▁", "a"), ("d", "o"), ("do", "g"), ("▁", "dog"), ("D", "o"), ("Do", "g"), ("▁", "Dog"), ("▁", "k")]
+    for token in [*"▁.,!'", *string.ascii_letters, *string.digits, *("".join(m) for m in merges)]:
+        vocab.setdefault(token, len(vocab))
+    GemmaTokenizer(vocab=vocab, merges=merges).save_pretrained(str(folder))
+    torch.manual_seed(3)
+    config = SiglipConfig(
+        text_config=dict(vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=2, max_position_embeddings=64, pad_token_id=0, eos_token_id=1),
+        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                           image_size=64, patch_size=16))
+    SiglipModel(config).save_pretrained(str(folder))
+    return folder
+
+
+def test_a_siglip2_checkpoint_reads_lower_cased_text_as_it_was_trained(tmp_path: Path) -> None:
+    """SigLIP 2's Gemma tokenizer keeps capitals, so "A Dog" and "a dog" would be different queries; the
+    model was trained on lower-cased text, and the bundle must lower-case as it did."""
+    from transformers import AutoTokenizer
+
+    source = tiny_siglip2(tmp_path / "tiny-siglip2")
+    cased = AutoTokenizer.from_pretrained(str(source))
+    assert cased("A Dog")["input_ids"] != cased("a dog")["input_ids"]  # the shipped tokenizer is cased
+    assert main(["model", "import", str(source), "--out", str(tmp_path / "bundle"), "-q"]) == 0
+    manifest = read_manifest(tmp_path / "bundle")
+    assert manifest.text.lowercase and manifest.text.pad_id == 0
+    assert manifest.metrics["parity_text_min_cosine"] >= 0.9999
+    tokenize = load_encoders(tmp_path / "bundle").text.tokenize
+    served = tokenize(["A Dog", "a dog"])["input_ids"]
+    assert served[0].tolist() == served[1].tolist()
+    assert unpadded(served[0].tolist(), 0) == cased("a dog")["input_ids"]
 
 
 def test_a_bundle_of_a_later_format_is_refused_with_the_fix(imported: tuple[Path, Path], tmp_path: Path) -> None:
