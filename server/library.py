@@ -381,9 +381,9 @@ class Library:
             return True
         with self._scan_lock, self._follow_lock, self._writer():
             dim, model_id = switch.encoders.manifest.embed_dim, switch.model_id
-            log.info("model switch: building the vector index of %s", model_id)
+            log.info("model switch: building the vector index of %s and swapping", model_id)
             if self.store.keeps_vector_index:
-                ann = self.store.switch_vector_index(model_id, dim)  # a graph fills as the rows move
+                ann = self.store.switch_vector_index(model_id, dim)  # the database's: built by the swap or after it
             else:
                 ann = AnnIndex.build(dim, self.store.iter_switch_vectors(model_id))
             # From the commit on the old model's rows are gone: searches that find nothing meanwhile wait for

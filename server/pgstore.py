@@ -525,8 +525,9 @@ class PgStore(MetaRecords):
     def switch_vector_index(self, model_id: str, ndim: int) -> "PgVectorIndex":
         """The index a model switch hands searches at its swap. Under IVFFLAT_MIN photos promote_staged builds
         its HNSW graph inside the swap's transaction, in one pass over the moved rows (filling a graph made
-        beforehand row by row took 6.4 s for 2,000 photos); for a larger album maintain() builds the lists
-        right after the swap, and searches meanwhile read the model's photos exactly."""
+        beforehand row by row took 6.4 s for 2,000 photos), unless the model kept one from an earlier time it
+        answered, which the moved rows then fill; for a larger album maintain() builds the lists right after
+        the swap, and searches meanwhile read the model's photos exactly."""
         return PgVectorIndex(self, model_id, ndim)
 
     def vector_index(self, model_id: str, ndim: int) -> "PgVectorIndex":
@@ -585,6 +586,9 @@ class PgStore(MetaRecords):
 
     def promote_staged(self, model_id: str) -> bool:
         with self._transaction() as con:
+            # The index builders' lock first, as they take it before locking photos: taken after the UPDATEs
+            # below, a server starting or building an index meanwhile would deadlock with this transaction.
+            con.execute("SELECT pg_advisory_xact_lock(%s, 0)", (LOCK_CLASS,))
             missing = con.execute(
                 "SELECT 1 FROM photos p WHERE p.status = 'indexed' AND p.model_id IS DISTINCT FROM %s AND NOT EXISTS "
                 "(SELECT 1 FROM staged_vectors s WHERE s.id = p.id AND s.model_id = %s) LIMIT 1",

@@ -71,8 +71,13 @@ def test_the_old_model_answers_until_the_new_one_has_every_photo(bundles: tuple[
         assert (status.model_id, status.indexed, status.pending, status.switch) == ("tiny-b", n, 0, None)
         hits = library.search_text("a cat", k=n).results
         assert len(hits) == n
-        if database is not None:  # the graph was built in the swap's transaction, in one pass
-            assert library.store.vector_index_kind("tiny-b") == ("hnsw", None)
+        if database is not None:  # the graph was built by the swap's own transaction, not after it
+            from clipalbum.server.pgstore import vector_index_name
+
+            created_by = library.store._reader.execute("SELECT xmin::text FROM pg_class WHERE relname = %s",
+                                                       (vector_index_name("tiny-b"),)).fetchone()
+            swapped_by = library.store._reader.execute("SELECT DISTINCT xmin::text FROM photos").fetchall()
+            assert library.store.vector_index_kind("tiny-b") == ("hnsw", None) and swapped_by == [created_by]
 
         # Every vector is the new model's own embedding of the photo as it is now.
         encoders = load_encoders(b)
