@@ -49,6 +49,9 @@ class TrainCfg:
     minutes: float = 0.0  # a time budget instead: the schedule follows steps or minutes, whichever leads
     parts: str = "all"  # "all" | "head": train only the global head (the UNet comes from init_unet)
     init_unet: str = ""  # a run directory whose UNet weights start this run
+    # Where both parts start (fine-tuning): "packaged" (the enhancer clipalbum ships), an exported enhancer's
+    # folder, or a run directory; empty: from scratch.
+    init: str = ""
     batch: int = 32
     seed: int = 0
     device: str = "auto"

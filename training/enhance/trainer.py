@@ -17,12 +17,14 @@ from torch.nn import functional as F
 from tqdm import tqdm
 
 from clipalbum.server.enhance.color import correct
+from clipalbum.server.enhance.manifest import PACKAGED_ENHANCER
 from clipalbum.server.enhance.noise import estimate_sigma, noise_map
 from clipalbum.training.enhance.config import EnhanceConfig, config_from_dict, config_to_dict
 from clipalbum.training.enhance.data import PhotoPool
 from clipalbum.training.enhance.degrade import degrade
 from clipalbum.training.enhance.guide import Guide, load_guide
 from clipalbum.training.enhance.model import (RESIDUAL_SCALE, TRAIN_TIMESTEPS, EnhanceUNet, GlobalHead, train_scheduler)
+from clipalbum.training.enhance.packaged import load_packaged
 from clipalbum.training.enhance.prompts import INTENTS
 from clipalbum.training.trainer import lr_multiplier, pick_device, seed_everything
 
@@ -132,6 +134,8 @@ class EnhanceTrainer:
         ], weight_decay=cfg.optim.weight_decay)
         if cfg.train.parts not in ("all", "head"):
             raise ValueError(f"train.parts must be 'all' or 'head', not {cfg.train.parts!r}")
+        if cfg.train.init:
+            self._initialise(unet, head, cfg.train.init)
         if cfg.train.init_unet:
             source = Path(cfg.train.init_unet).expanduser()
             load_model(unet, str((source / "last" if (source / "last").is_dir() else source) / UNET_WEIGHTS),
@@ -188,6 +192,21 @@ class EnhanceTrainer:
         seconds = time.perf_counter() - started
         self.log_event("end", step=done, seconds=round(seconds, 1))
         return EnhanceTrainResult(self.run_dir, self.run_dir / "last", done, seconds, losses)
+
+    def _initialise(self, unet: EnhanceUNet, head: GlobalHead, init: str) -> None:
+        """Both parts' weights from the packaged enhancer, an exported one, or a run (its last checkpoint)."""
+        source = PACKAGED_ENHANCER if init == "packaged" else Path(init).expanduser()
+        if (source / "enhancer.json").is_file():
+            precision = load_packaged(unet, head, source)
+            self.log_event("init", source=str(source), precision=precision)
+            return
+        last = source / "last" if (source / "last").is_dir() else source
+        if not (last / UNET_WEIGHTS).is_file():
+            raise FileNotFoundError(f"train.init={init!r}: neither an exported enhancer (enhancer.json) nor a run "
+                                    f"({last / UNET_WEIGHTS} is missing)")
+        load_model(unet, str(last / UNET_WEIGHTS), device=str(self.device))
+        load_model(head, str(last / HEAD_WEIGHTS), device=str(self.device))
+        self.log_event("init", source=str(last))
 
     def _resume(self, unet: EnhanceUNet, head: GlobalHead, optimizer: torch.optim.Optimizer,
                 gen: torch.Generator, cpu_gen: torch.Generator) -> int:
