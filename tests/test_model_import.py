@@ -193,7 +193,7 @@ def tiny_siglip(folder: Path) -> Path:
     spiece.model (trained here on a few captions, with SigLIP's ids: pad 0, </s> 1, unk 2) and a
     SiglipImageProcessor (a squash to the input size, bilinear here)."""
     spm = pytest.importorskip("sentencepiece", reason="SigLIP's tokenizer needs sentencepiece")
-    from transformers import SiglipConfig, SiglipImageProcessor, SiglipModel, SiglipTokenizer
+    from transformers import SiglipImageProcessor, SiglipTokenizer
 
     folder.mkdir(parents=True)
     model = BytesIO()
@@ -204,10 +204,17 @@ def tiny_siglip(folder: Path) -> Path:
     tokenizer = SiglipTokenizer(vocab_file=str(folder / "spiece.model"), model_max_length=64)
     tokenizer.save_pretrained(str(folder))
     SiglipImageProcessor(size={"height": 64, "width": 64}, resample=2).save_pretrained(str(folder))
-    torch.manual_seed(2)
+    return save_tiny_siglip_model(folder, vocab_size=len(tokenizer), pad_id=1, seed=2)
+
+
+def save_tiny_siglip_model(folder: Path, vocab_size: int, pad_id: int, seed: int) -> Path:
+    """A random 32-d SiglipModel (64-px photos, 64 text positions) saved into `folder`."""
+    from transformers import SiglipConfig, SiglipModel
+
+    torch.manual_seed(seed)
     config = SiglipConfig(
-        text_config=dict(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=2, max_position_embeddings=64, pad_token_id=1, eos_token_id=1),
+        text_config=dict(vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=2, max_position_embeddings=64, pad_token_id=pad_id, eos_token_id=1),
         vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
                            image_size=64, patch_size=16))
     SiglipModel(config).save_pretrained(str(folder))
@@ -251,7 +258,7 @@ def test_a_siglip_model_serves_its_own_vectors_with_its_own_text_rules(tmp_path:
 def tiny_siglip2(folder: Path) -> Path:
     """A random SiglipModel beside a Gemma tokenizer.json, as SigLIP 2 checkpoints ship (tokenizer_config
     naming GemmaTokenizer, which keeps capitals): a byte-level BPE over a few words, cased."""
-    from transformers import GemmaTokenizer, SiglipConfig, SiglipModel
+    from transformers import GemmaTokenizer
 
     folder.mkdir(parents=True)
     vocab = {"<pad>": 0, "<eos>": 1, "<bos>": 2, "<unk>": 3, "<mask>": 4}
@@ -259,14 +266,7 @@ def tiny_siglip2(folder: Path) -> Path:
     for token in [*"▁.,!'", *string.ascii_letters, *string.digits, *("".join(m) for m in merges)]:
         vocab.setdefault(token, len(vocab))
     GemmaTokenizer(vocab=vocab, merges=merges).save_pretrained(str(folder))
-    torch.manual_seed(3)
-    config = SiglipConfig(
-        text_config=dict(vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=2, max_position_embeddings=64, pad_token_id=0, eos_token_id=1),
-        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-                           image_size=64, patch_size=16))
-    SiglipModel(config).save_pretrained(str(folder))
-    return folder
+    return save_tiny_siglip_model(folder, vocab_size=len(vocab), pad_id=0, seed=3)
 
 
 def test_a_siglip2_checkpoint_reads_lower_cased_text_as_it_was_trained(tmp_path: Path) -> None:
