@@ -4,8 +4,9 @@ prints JSON.
 In-process, on a temporary SQLite store: N photos with a 256-d vector of the old model, then the switch's
 database work for a 512-d new model (an imported ViT-B's size): staging the new vectors 16 at a time as
 server/modelswitch.py does, building the new model's vector index from them, and the one transaction that
-moves them into the photos. Beside it, in the same run, the old way's database work: rewriting the photos'
-vectors in place in batches of 64, as a scan re-embedding them does. A reader thread runs the search path's
+moves them into the photos, then (SQLite) `clipalbum db compact`'s VACUUM. Beside it, in the same run, the
+old way's database work: rewriting the photos' vectors in place in batches of 64, as a scan re-embedding
+them does. A reader thread runs the search path's
 row lookup (Store.vector_rows, 30 ids) back to back throughout; its p50 / p99 / worst per phase show whether
 a search waits for the swap. Embedding time is the model's and is not counted here (bench/import_speed.py).
 
@@ -146,6 +147,12 @@ def measure(photos: int, database: Database) -> dict[str, object]:
     t4 = time.perf_counter()
     reader.model = "new"
     report["swap_transaction"] = {"seconds": round(t4 - t3, 2), "searches": reader.between(t3, t4)}
+    if not store.keeps_vector_index:  # `clipalbum db compact` after the switch, searches going on
+        t_compact = time.perf_counter()
+        before, after = store.compact()
+        t_done = time.perf_counter()
+        report["compact"] = {"seconds": round(t_done - t_compact, 2), "mb_before": round(before / 1e6, 1),
+                             "mb_after": round(after / 1e6, 1), "searches": reader.between(t_compact, t_done)}
     if store.keeps_vector_index:
         ann.maintain()  # the lists of a large model, built after the swap
         t4b = time.perf_counter()

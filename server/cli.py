@@ -287,6 +287,21 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_db_compact(args: argparse.Namespace) -> int:
+    from clipalbum.server.store import Store
+
+    paths = data_paths(args.data_dir)
+    if paths.database_url:
+        raise ClipalbumError("the index is in PostgreSQL, which reclaims deleted rows' space itself (autovacuum); "
+                             "db compact shrinks a data directory's SQLite file")
+    if not paths.database.is_file():
+        raise ClipalbumError(f"no index in {paths.root}: nothing to compact")
+    with closing(Store(paths.database)) as store:
+        before, after = store.compact()
+    print(f"{paths.database}: {before / 1e6:.1f} MB -> {after / 1e6:.1f} MB")
+    return 0
+
+
 def cmd_db_migrate(args: argparse.Namespace) -> int:
     from clipalbum.server.dbmigrate import migrate
 
@@ -476,7 +491,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_follow_links(serve)
     serve.set_defaults(func=cmd_serve)
 
-    db = sub.add_parser("db", help="move the index into PostgreSQL (db migrate)")
+    db = sub.add_parser("db", help="move the index into PostgreSQL (db migrate), shrink its SQLite file (db compact)")
     db_sub = db.add_subparsers(dest="db_command", required=True)
     mig = db_sub.add_parser("migrate", help="copy the data directory's index into a PostgreSQL database with "
                             "pgvector (resumable: run it again after a stop)")
@@ -486,6 +501,11 @@ def build_parser() -> argparse.ArgumentParser:
     mig.add_argument("--json", action="store_true", help="print the summary as JSON")
     mig.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     mig.set_defaults(func=cmd_db_migrate)
+    compact = db_sub.add_parser("compact", help="shrink the data directory's SQLite file to what it holds (after a "
+                                "model switch or many removals; searches go on meanwhile)")
+    compact.add_argument("--data-dir", help="the data directory (default: $CLIPALBUM_DATA_DIR or "
+                         "$XDG_DATA_HOME/clipalbum)")
+    compact.set_defaults(func=cmd_db_compact)
 
     svc = sub.add_parser("service", help="install (or uninstall) a systemd user unit that runs serve at boot")
     svc.add_argument("action", choices=["install", "uninstall"], help="write or remove the systemd user unit")

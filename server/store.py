@@ -297,6 +297,21 @@ class Store(MetaRecords):
             finally:
                 fcntl.flock(lock_file.fileno(), fcntl.LOCK_UN)
 
+    def compact(self) -> tuple[int, int]:
+        """Gives the file back the space that deleted rows left (a finished model switch's staged vectors,
+        removed photos), which SQLite otherwise keeps for later writes: VACUUM, under the indexers' lock.
+        Searches go on meanwhile (WAL); the file needs room for a copy of itself while it runs. Row ids are
+        kept (every table's key is an INTEGER PRIMARY KEY), so the vector index stays valid. Returns the
+        database's bytes (file and WAL) before and after."""
+        with self.exclusive_writer(), self._write_lock:
+            before = self._checkpointed_bytes()
+            self._writer.execute("VACUUM")
+            return before, self._checkpointed_bytes()
+
+    def _checkpointed_bytes(self) -> int:
+        self._writer.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        return sum(p.stat().st_size for p in (self.path, self.path.with_name(self.path.name + "-wal")) if p.exists())
+
     def _transaction(self) -> "_Transaction":
         return _Transaction(self._writer, self._write_lock)
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from clipalbum.server.settings import data_paths
-from clipalbum.server.store import Changes, PhotoFields, Store, open_store
+from clipalbum.server.store import Changes, IndexBusyError, PhotoFields, Store, open_store
 
 
 def unit(rng: np.random.Generator, n: int, dim: int = 16) -> np.ndarray:
@@ -195,6 +195,32 @@ class TestModelSwitchStaging:
         np.testing.assert_allclose(np.stack([r.vector for r in store.vector_rows([1, 2, 3], "m2")]), new[:3])
         assert store.photo(4, "m2").error == "cannot identify image file"
         assert store.staging_counts("m2") == (0, 0) and store.to_restage("m2", 0, 100) == []
+
+    def test_compact_gives_a_finished_switchs_space_back_and_keeps_every_row(self, tmp_path: Path,
+                                                                             capsys: pytest.CaptureFixture) -> None:
+        from clipalbum.server.cli import main
+
+        data = tmp_path / "data"
+        data.mkdir()
+        store = Store(data / "index.sqlite3")
+        self.filled(store, n=400)
+        jobs = store.to_restage("m2", 0, 400)
+        new = unit(np.random.default_rng(9), 400, dim=512)
+        store.stage("m2", jobs, list(new), [None] * 400)
+        assert store.promote_staged("m2")
+        before = {r.id: r.vector for r in store.vector_rows(range(1, 401), "m2")}
+        store.close()
+        grown = (data / "index.sqlite3").stat().st_size
+        assert main(["db", "compact", "--data-dir", str(data)]) == 0
+        assert "MB ->" in capsys.readouterr().out
+        assert (data / "index.sqlite3").stat().st_size < 0.7 * grown  # the staged copy's pages are gone
+        store = Store(data / "index.sqlite3")
+        after = {r.id: r.vector for r in store.vector_rows(range(1, 401), "m2")}
+        assert after.keys() == before.keys() and all(np.array_equal(after[i], before[i]) for i in before)
+        with store.exclusive_writer():  # an indexer at work: compact waits for nobody, it says so
+            with pytest.raises(IndexBusyError):
+                store.compact()
+        store.close()
 
     def test_a_photo_that_changes_or_goes_loses_its_staged_vector(self, store: Store) -> None:
         jobs = self.filled(store)
