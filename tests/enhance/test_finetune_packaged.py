@@ -79,4 +79,10 @@ def test_a_fine_tune_starts_from_the_packaged_enhancer(tmp_path: Path) -> None:
         for name, value in module.state_dict().items():  # learning rate 0: the one step changed nothing
             assert torch.equal(saved[name], value), name
     events = [json.loads(line)["event"] for line in (run / "log.jsonl").read_text().splitlines()]
-    assert "init" in events
+    assert events.count("init") == 1
+    # Run again for one more step: it resumes from its own checkpoint, whatever train.init says now.
+    gone = json.dumps(str(tmp_path / "gone"))
+    assert main(["train", "finetune", "--quiet", "--out", str(run), *args, "--set", "train.steps=2",
+                 "--set", f"train.init={gone}"]) == 0
+    events = [json.loads(line)["event"] for line in (run / "log.jsonl").read_text().splitlines()]
+    assert events.count("init") == 1 and "resume" in events

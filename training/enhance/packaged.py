@@ -34,8 +34,10 @@ def onnx_weights(path: Path) -> dict[str, np.ndarray]:
 
     graph = onnx.load(str(path)).graph
     constants = {init.name: numpy_helper.to_array(init) for init in graph.initializer}
+    quantization = {i for node in graph.node if node.op_type in ("QuantizeLinear", "DequantizeLinear")
+                    for i in node.input[1:]}  # scales and zero points: not weights
     weights = {name: value.astype(np.float32) for name, value in constants.items()
-               if not name.startswith("onnx::") and value.dtype.kind == "f"}
+               if not name.startswith("onnx::") and value.dtype.kind == "f" and name not in quantization}
     for node in graph.node:
         if node.op_type == "DequantizeLinear" and node.input[0].endswith("_quantized") \
                 and all(i in constants for i in node.input):
@@ -43,9 +45,11 @@ def onnx_weights(path: Path) -> dict[str, np.ndarray]:
         match = _NORM_NODE.match(node.name)
         if match and node.op_type == match["op"]:
             anonymous = [i for i in node.input if i.startswith("onnx::") and i in constants]
-            if len(anonymous) == 1:
+            # A norm's scale or shift: one value per channel, shaped to broadcast over (C, H, W).
+            if len(anonymous) == 1 and constants[anonymous[0]].squeeze().ndim == 1:
                 suffix = "weight" if node.op_type == "Mul" else "bias"
-                weights[f"{match['module'].replace('/', '.')}.{suffix}"] = constants[anonymous[0]].astype(np.float32).ravel()
+                weights.setdefault(f"{match['module'].replace('/', '.')}.{suffix}",
+                                   constants[anonymous[0]].astype(np.float32).ravel())
     return weights
 
 
@@ -70,6 +74,12 @@ def load_packaged(unet: EnhanceUNet, head: GlobalHead, directory: Path) -> str:
         missing = [k for k in wanted if k not in found]
         if missing:
             raise PackagedWeightsError(f"{path.name} lacks {len(missing)} of the model's weights, e.g. {missing[:3]}")
+        # A graph with parts the model lacks (more blocks, an image-embedding input) is another architecture.
+        prefixes = {k.split(".")[0] + "." for k in wanted}
+        extra = [k for k in found if k not in wanted and any(k.startswith(p) for p in prefixes)]
+        if extra:
+            raise PackagedWeightsError(f"{path.name} holds weights the config's model lacks, e.g. {extra[:3]}: "
+                                       "another architecture")
         wrong = [k for k, v in wanted.items() if tuple(v.shape) != found[k].shape]
         if wrong:
             raise PackagedWeightsError(f"{path.name}: {wrong[0]} is {found[wrong[0]].shape}, the config's model "

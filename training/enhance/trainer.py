@@ -134,7 +134,7 @@ class EnhanceTrainer:
         ], weight_decay=cfg.optim.weight_decay)
         if cfg.train.parts not in ("all", "head"):
             raise ValueError(f"train.parts must be 'all' or 'head', not {cfg.train.parts!r}")
-        if cfg.train.init:
+        if cfg.train.init and not (self.run_dir / "last" / STATE).is_file():  # a resumed run has its own
             self._initialise(unet, head, cfg.train.init)
         if cfg.train.init_unet:
             source = Path(cfg.train.init_unet).expanduser()
