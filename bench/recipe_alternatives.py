@@ -74,10 +74,12 @@ def softmax(logits: npt.NDArray, temperature: float) -> npt.NDArray:
 
 
 class Projection(NamedTuple):
-    """One variant's shared space: the class texts (unit, 384-d), as projected (1000, D), and the PCA."""
+    """One variant's shared space: the class texts (unit, 384-d), as projected (1000, D), and the PCA (the
+    texts' mean and its directions)."""
 
     class_embeddings: npt.NDArray
     class_vectors: npt.NDArray
+    center: npt.NDArray
     components: npt.NDArray
 
 
@@ -149,11 +151,12 @@ def main(argv: list[str] | None = None) -> None:
         center, components = fit_projection(class_embeddings, config.embed_dim)
         class_vectors = (class_embeddings - center) @ components
         text = normed((captions - center) @ components)
+        space = Projection(class_embeddings, class_vectors, center, components)
         if text_side is not None:
-            text = normed(text_side(text, Projection(class_embeddings, class_vectors, components)))
+            text = normed(text_side(text, space))
         images = normed(image_probs @ class_vectors)
         if image_side is not None:
-            images = normed(image_side(images, Projection(class_embeddings, class_vectors, components)))
+            images = normed(image_side(images, space))
         out = {}
         for label, keep in (("first_half", first_half), ("all", np.ones(len(names), bool))):
             gallery = np.flatnonzero(keep)
@@ -185,8 +188,8 @@ def main(argv: list[str] | None = None) -> None:
     def with_people(present: dict[str, npt.NDArray], weight: float) -> Callable[[npt.NDArray, Projection], npt.NDArray]:
         """Adds to each photo's vector the projected text of whoever `present` (0..1 per photo) says is in it."""
         def image_side(images: npt.NDArray, space: Projection) -> npt.NDArray:
-            return images + weight * sum(np.outer(present[who], normed((who_vectors[who] - space.class_embeddings.mean(0))
-                                                                       @ space.components)) for who in present)
+            return images + weight * sum(np.outer(present[who], normed((who_vectors[who] - space.center) @ space.components))
+                                         for who in present)
         return image_side
 
     def told(*whom: str) -> Callable[[npt.NDArray, Projection], npt.NDArray]:

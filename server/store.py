@@ -304,11 +304,12 @@ class Store(MetaRecords):
         kept (every table's key is an INTEGER PRIMARY KEY), so the vector index stays valid. Returns the
         database's bytes (file and WAL) before and after."""
         with self.exclusive_writer(), self._write_lock:
-            before = self._checkpointed_bytes()
+            before = self.size_bytes()
             self._writer.execute("VACUUM")
-            return before, self._checkpointed_bytes()
+            return before, self.size_bytes()
 
-    def _checkpointed_bytes(self) -> int:
+    def size_bytes(self) -> int:
+        """The database's bytes on disk, file and WAL, after a checkpoint."""
         self._writer.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         return sum(p.stat().st_size for p in (self.path, self.path.with_name(self.path.name + "-wal")) if p.exists())
 

@@ -17,7 +17,7 @@ from torch.nn import functional as F
 from tqdm import tqdm
 
 from clipalbum.server.enhance.color import correct
-from clipalbum.server.enhance.manifest import PACKAGED_ENHANCER
+from clipalbum.server.enhance.manifest import MANIFEST_NAME, PACKAGED_ENHANCER
 from clipalbum.server.enhance.noise import estimate_sigma, noise_map
 from clipalbum.training.enhance.config import EnhanceConfig, config_from_dict, config_to_dict
 from clipalbum.training.enhance.data import PhotoPool
@@ -75,6 +75,12 @@ def params_tuple(params: torch.Tensor) -> tuple[torch.Tensor, ...]:
     """(B, 4) -> four (B, 1, 1, 1) tensors that broadcast over (B, C, H, W)."""
     col = params[:, :, None, None, None]
     return tuple(col[:, i] for i in range(col.shape[1]))
+
+
+def last_checkpoint(run_or_checkpoint: Path) -> Path:
+    """A run directory's last checkpoint, or the checkpoint folder itself."""
+    source = Path(run_or_checkpoint).expanduser()
+    return source / "last" if (source / "last").is_dir() else source
 
 
 class EnhanceTrainer:
@@ -137,9 +143,7 @@ class EnhanceTrainer:
         if cfg.train.init and not (self.run_dir / "last" / STATE).is_file():  # a resumed run has its own
             self._initialise(unet, head, cfg.train.init)
         if cfg.train.init_unet:
-            source = Path(cfg.train.init_unet).expanduser()
-            load_model(unet, str((source / "last" if (source / "last").is_dir() else source) / UNET_WEIGHTS),
-                       device=str(self.device))
+            load_model(unet, str(last_checkpoint(Path(cfg.train.init_unet)) / UNET_WEIGHTS), device=str(self.device))
         if cfg.train.parts == "head":
             unet.requires_grad_(False)
         gen = torch.Generator(device=self.device).manual_seed(cfg.train.seed)
@@ -196,13 +200,13 @@ class EnhanceTrainer:
     def _initialise(self, unet: EnhanceUNet, head: GlobalHead, init: str) -> None:
         """Both parts' weights from the packaged enhancer, an exported one, or a run (its last checkpoint)."""
         source = PACKAGED_ENHANCER if init == "packaged" else Path(init).expanduser()
-        if (source / "enhancer.json").is_file():
+        if (source / MANIFEST_NAME).is_file():
             precision = load_packaged(unet, head, source)
             self.log_event("init", source=str(source), precision=precision)
             return
-        last = source / "last" if (source / "last").is_dir() else source
+        last = last_checkpoint(source)
         if not (last / UNET_WEIGHTS).is_file():
-            raise FileNotFoundError(f"train.init={init!r}: neither an exported enhancer (enhancer.json) nor a run "
+            raise FileNotFoundError(f"train.init={init!r}: neither an exported enhancer ({MANIFEST_NAME}) nor a run "
                                     f"({last / UNET_WEIGHTS} is missing)")
         load_model(unet, str(last / UNET_WEIGHTS), device=str(self.device))
         load_model(head, str(last / HEAD_WEIGHTS), device=str(self.device))
