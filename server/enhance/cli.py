@@ -89,6 +89,8 @@ def eval_parser() -> argparse.ArgumentParser:
     _add_models(p)
     p.add_argument("--denoise-only", action="store_true",
                    help="fix the global corrections to none (exposure 0, daylight, contrast as is): the UNet alone")
+    p.add_argument("--exact-correction", action="store_true",
+                   help="give the model each photo's exact global correction: what a perfect head would reach")
     p.add_argument("--prompts", action="store_true",
                    help="instead: how far each of a set of prompts moves warmth, brightness and contrast")
     p.add_argument("--json", action="store_true", help="print JSON")
@@ -203,7 +205,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
         options = EnhanceOptions(steps=args.steps, **(dict(exposure=0.0, contrast=0.0, temperature=6500.0)
                                                       if args.denoise_only else {}))
         report = evaluate_enhancer(enhancer, encoders, [Path(f).expanduser() for f in args.clean], cases,
-                                   seed=args.seed, limit=args.limit, progress=not args.quiet, options=options)
+                                   seed=args.seed, limit=args.limit, progress=not args.quiet, options=options,
+                                   exact_correction=args.exact_correction)
     except (FileNotFoundError, ImportError) as exc:
         raise ClipalbumError(f"{exc}" + (" (pip install 'clipalbum[enhance-eval]')" if isinstance(exc, ImportError) else "")) from exc
     print(json.dumps(msgspec.to_builtins(report), indent=2) if args.json else report.describe())

@@ -14,7 +14,7 @@ import numpy.typing as npt
 from tqdm import tqdm
 
 from clipalbum.server.encoders import Encoders
-from clipalbum.server.enhance.cases import CASES, degrade_case
+from clipalbum.server.enhance.cases import CASES, case_correction, degrade_case
 from clipalbum.server.enhance.conditioning import embed_photo
 from clipalbum.server.enhance.classical import classical_pipeline, to_uint8, wavelet_denoise
 from clipalbum.server.enhance.runtime import EnhanceOptions, Enhancer
@@ -49,10 +49,13 @@ class EnhanceEvalReport(msgspec.Struct):
     cases: list[CaseReport]
     seconds: float
     denoise_only: bool = False  # global corrections fixed to none
+    exact_correction: bool = False  # each photo's exact global correction instead of the head's: a perfect head
 
     def describe(self) -> str:
         lines = [f"enhancer {self.enhancer} ({self.precision}, {self.steps} step(s)"
-                 f"{', denoising only' if self.denoise_only else ''}), bundle {self.bundle}, seed {self.seed}"]
+                 f"{', denoising only' if self.denoise_only else ''}"
+                 f"{', the exact global correction' if self.exact_correction else ''}), "
+                 f"bundle {self.bundle}, seed {self.seed}"]
         for case in self.cases:
             lines.append(f"{case.case} ({case.photos} photos, model {case.model_seconds_per_mp:.2f} s/MP):")
             for method, s in case.scores.items():
@@ -82,8 +85,9 @@ def clean_photos(folders: list[Path], limit: int | None = None) -> list[Path]:
 
 def evaluate_enhancer(enhancer: Enhancer, encoders: Encoders, folders: list[Path], cases: list[str], seed: int = 0,
                       steps: int = 1, limit: int | None = None, progress: bool = True,
-                      options: EnhanceOptions | None = None) -> EnhanceEvalReport:
-    """`options` fixes corrections (e.g. none: denoising alone); by default everything is the model's choice."""
+                      options: EnhanceOptions | None = None, exact_correction: bool = False) -> EnhanceEvalReport:
+    """`options` fixes corrections (e.g. none: denoising alone); by default everything is the model's choice.
+    `exact_correction` gives the model each photo's exact global correction: what the UNet makes of a perfect head."""
     options = EnhanceOptions(steps=steps) if options is None else options
     started = time.perf_counter()
     embed = partial(embed_photo, encoders)
@@ -104,8 +108,9 @@ def evaluate_enhancer(enhancer: Enhancer, encoders: Encoders, folders: list[Path
             clean_vec = embed(clean)
             degraded_vec = embed(degraded)
             start = time.perf_counter()
-            restored, _ = enhancer.enhance(degraded, options,
-                                           embedding=degraded_vec if condition else None)
+            exact = case_correction(case, seed, key=path.name) if exact_correction else None
+            restored, _ = enhancer.enhance(degraded, options, embedding=degraded_vec if condition else None,
+                                           params=exact)
             model_seconds += time.perf_counter() - start
             megapixels += clean.shape[0] * clean.shape[1] / 1e6
             denoised = wavelet_denoise(degraded)
@@ -117,7 +122,8 @@ def evaluate_enhancer(enhancer: Enhancer, encoders: Encoders, folders: list[Path
         reports.append(CaseReport(case, len(photos), scores, round(model_seconds / megapixels, 3)))
     return EnhanceEvalReport(enhancer.manifest.model_id, enhancer.precision, encoders.manifest.model_id, seed,
                              options.steps, [str(f) for f in folders], reports, round(time.perf_counter() - started, 1),
-                             denoise_only=options.exposure == 0 and options.contrast == 0)
+                             denoise_only=options.exposure == 0 and options.contrast == 0,
+                             exact_correction=exact_correction)
 
 
 def expand_cases(case: str) -> list[str]:

@@ -56,6 +56,17 @@ def test_eval_and_prompt_measurements_through_the_cli(tmp_path: Path, default_bu
     assert scores["model"]["psnr"] > scores["degraded"]["psnr"] + 3
     assert scores["model"]["cosine"] > scores["degraded"]["cosine"]
 
+    # With each photo's exact global correction: the ceiling a perfect head would give this UNet.
+    assert main(["enhance", "eval", "--clean", str(folder), "--case", "under", "--model", str(default_bundle),
+                 "--json", "-q"]) == 0
+    head = json.loads(capsys.readouterr().out)
+    assert main(["enhance", "eval", "--clean", str(folder), "--case", "under", "--model", str(default_bundle),
+                 "--exact-correction", "--json", "-q"]) == 0
+    exact = json.loads(capsys.readouterr().out)
+    assert exact["exact_correction"] and not head["exact_correction"]
+    assert exact["cases"][0]["scores"]["model"]["psnr"] > head["cases"][0]["scores"]["model"]["psnr"] + 1
+    assert exact["cases"][0]["scores"]["classical"] == head["cases"][0]["scores"]["classical"]
+
     assert main(["enhance", "eval", "--prompts", "--clean", str(folder), "--model", str(default_bundle), "--json"]) == 0
     effects = {e["prompt"]: e for e in json.loads(capsys.readouterr().out)}
     assert effects["warm evening light"]["warmth"] > 0.05 and effects["cooler"]["warmth"] < -0.05

@@ -1,0 +1,91 @@
+"""How far the enhancer's global head is from what it could be: its exposure and colour errors against the exact
+correction of each case, and the PSNR of the global correction alone (no UNet) for the head, for a white-point
+rule and for the exact correction, side by side on the same degraded photos; prints JSON.
+
+The white-point rule is classical auto-exposure: brighten until the photo's brightest pixels (the 99.9th
+percentile of each pixel's brightest channel, in linear light) reach white, never darken, at most +2.5 EV. It is
+measured, not shipped: it shows how much a cue the head's 64-px thumbnail cannot see is worth on these photos.
+
+    .venv/bin/python bench/enhance_head_cues.py --clean ../shared/data/enhance-dev/cbsd68 ../shared/data/enhance-dev/kodak24
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+
+from clipalbum.server.enhance.cases import CASES, case_correction, degrade_case
+from clipalbum.server.enhance.color import GlobalParams, correct, srgb_to_linear
+from clipalbum.server.enhance.evaluate import clean_photos, psnr
+from clipalbum.server.enhance.manifest import PACKAGED_ENHANCER
+from clipalbum.server.enhance.runtime import Enhancer
+from clipalbum.server.preprocess import decode_photo
+
+WHITE_QUANTILE = 0.999
+MAX_EV = 2.5
+
+
+def white_point_ev(photo: npt.NDArray[np.uint8]) -> float:
+    brightest = srgb_to_linear(photo.astype(np.float32) / 255).max(axis=-1)
+    white = float(np.quantile(brightest, WHITE_QUANTILE))
+    return float(np.clip(-np.log2(max(white, 1e-3)), 0.0, MAX_EV))
+
+
+def globally_corrected(photo: npt.NDArray[np.uint8], params: GlobalParams) -> npt.NDArray[np.uint8]:
+    x = photo.astype(np.float32) / 255
+    y = correct(x, tuple(np.float32(v) for v in params), np.float32(x.mean()), channel_axis=-1)
+    return (y.clip(0, 1) * 255 + 0.5).astype(np.uint8)
+
+
+def summary(values: list[float]) -> dict[str, float]:
+    a = np.asarray(values)
+    return {"mean": round(float(a.mean()), 3), "sd": round(float(a.std()), 3),
+            "median_abs": round(float(np.median(np.abs(a))), 3)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--clean", nargs="+", type=Path, required=True, help="folders of clean photos")
+    parser.add_argument("--enhancer", type=Path, default=PACKAGED_ENHANCER)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--limit", type=int)
+    args = parser.parse_args(argv)
+    enhancer = Enhancer(args.enhancer)
+    files = clean_photos(args.clean, args.limit)
+    photos = [(p.name, np.asarray(decode_photo(p, min_side=1 << 30).image)) for p in files]
+    cases = {}
+    for case in CASES:
+        errors: dict[str, list[float]] = {"head_ev": [], "head_log_red": [], "head_log_blue": [], "white_point_ev": []}
+        scores: dict[str, list[float]] = {"degraded": [], "head": [], "head_exposure": [], "white_point": [],
+                                          "exact": []}
+        for name, clean in photos:
+            degraded = degrade_case(clean, case, args.seed, key=name)
+            exact = case_correction(case, args.seed, key=name)
+            head = enhancer.predict_params(degraded)  # no CLIP embedding: the shipped head does not read one
+            white = white_point_ev(degraded)
+            errors["head_ev"].append(head.exposure_ev - exact.exposure_ev)
+            errors["head_log_red"].append(head.log_gain_red - exact.log_gain_red)
+            errors["head_log_blue"].append(head.log_gain_blue - exact.log_gain_blue)
+            errors["white_point_ev"].append(white - exact.exposure_ev)
+            if case in ("under", "cast"):  # noise-free: the global correction alone is the whole job
+                scores["degraded"].append(psnr(degraded, clean))
+                scores["head"].append(psnr(globally_corrected(degraded, head), clean))
+                # exposure alone, colour as the exact correction: the head's exposure against the white point's
+                for method, ev in (("head_exposure", head.exposure_ev), ("white_point", white)):
+                    scores[method].append(psnr(globally_corrected(degraded, exact._replace(exposure_ev=ev)), clean))
+                scores["exact"].append(psnr(globally_corrected(degraded, exact), clean))
+        cases[case] = {"errors": {k: summary(v) for k, v in errors.items()},
+                       "global_only_psnr": {k: round(float(np.mean(v)), 2) for k, v in scores.items() if v}}
+    print(json.dumps({"photos": len(photos), "folders": [str(f) for f in args.clean], "enhancer": str(args.enhancer),
+                      "seed": args.seed, "load_average": os.getloadavg()[0], "cases": cases}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
