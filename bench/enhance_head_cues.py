@@ -4,7 +4,9 @@ rule and for the exact correction, side by side on the same degraded photos; pri
 
 The white-point rule is classical auto-exposure: brighten until the photo's brightest pixels (the 99.9th
 percentile of each pixel's brightest channel, in linear light) reach white, never darken, at most +2.5 EV. It is
-measured, not shipped: it shows how much a cue the head's 64-px thumbnail cannot see is worth on these photos.
+measured, not shipped: it shows how much that one cue is worth on these photos. It is scored with the exact
+colour correction, so that only exposure differs from the exact column; so is "head_exposure", the head's.
+"white_at_5_percent" is the share of clean photos whose percentile is within 5 % of white (sRGB).
 
     .venv/bin/python bench/enhance_head_cues.py --clean ../shared/data/enhance-dev/cbsd68 ../shared/data/enhance-dev/kodak24
 """
@@ -21,8 +23,8 @@ import numpy as np
 import numpy.typing as npt
 
 from clipalbum.server.enhance.cases import CASES, case_correction, degrade_case
-from clipalbum.server.enhance.color import GlobalParams, correct, srgb_to_linear
-from clipalbum.server.enhance.evaluate import clean_photos, psnr
+from clipalbum.server.enhance.color import srgb_to_linear
+from clipalbum.server.enhance.evaluate import clean_photos, globally_corrected, psnr
 from clipalbum.server.enhance.manifest import PACKAGED_ENHANCER
 from clipalbum.server.enhance.runtime import Enhancer
 from clipalbum.server.preprocess import decode_photo
@@ -37,16 +39,10 @@ def white_point_ev(photo: npt.NDArray[np.uint8]) -> float:
     return float(np.clip(-np.log2(max(white, 1e-3)), 0.0, MAX_EV))
 
 
-def globally_corrected(photo: npt.NDArray[np.uint8], params: GlobalParams) -> npt.NDArray[np.uint8]:
-    x = photo.astype(np.float32) / 255
-    y = correct(x, tuple(np.float32(v) for v in params), np.float32(x.mean()), channel_axis=-1)
-    return (y.clip(0, 1) * 255 + 0.5).astype(np.uint8)
-
-
 def summary(values: list[float]) -> dict[str, float]:
     a = np.asarray(values)
     return {"mean": round(float(a.mean()), 3), "sd": round(float(a.std()), 3),
-            "median_abs": round(float(np.median(np.abs(a))), 3)}
+            "rms": round(float(np.sqrt(np.mean(a ** 2))), 3), "median_abs": round(float(np.median(np.abs(a))), 3)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -57,8 +53,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--limit", type=int)
     args = parser.parse_args(argv)
     enhancer = Enhancer(args.enhancer)
+    if "embedding" in enhancer.head_inputs:
+        parser.error(f"{args.enhancer}'s head reads the photo's CLIP embedding, which this bench does not compute")
     files = clean_photos(args.clean, args.limit)
     photos = [(p.name, np.asarray(decode_photo(p, min_side=1 << 30).image)) for p in files]
+    at_white = [float(np.quantile(clean.max(axis=-1), WHITE_QUANTILE)) >= 0.95 * 255 for _, clean in photos]
     cases = {}
     for case in CASES:
         errors: dict[str, list[float]] = {"head_ev": [], "head_log_red": [], "head_log_blue": [], "white_point_ev": []}
@@ -83,7 +82,8 @@ def main(argv: list[str] | None = None) -> int:
         cases[case] = {"errors": {k: summary(v) for k, v in errors.items()},
                        "global_only_psnr": {k: round(float(np.mean(v)), 2) for k, v in scores.items() if v}}
     print(json.dumps({"photos": len(photos), "folders": [str(f) for f in args.clean], "enhancer": str(args.enhancer),
-                      "seed": args.seed, "load_average": os.getloadavg()[0], "cases": cases}, indent=2))
+                      "seed": args.seed, "load_average": os.getloadavg()[0],
+                      "white_at_5_percent": round(float(np.mean(at_white)), 3), "cases": cases}, indent=2))
     return 0
 
 

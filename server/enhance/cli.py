@@ -87,10 +87,11 @@ def eval_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, help="the first N photos only")
     p.add_argument("--precision", choices=["fp32", "int8"], help="default: the enhancer's own default")
     _add_models(p)
-    p.add_argument("--denoise-only", action="store_true",
-                   help="fix the global corrections to none (exposure 0, daylight, contrast as is): the UNet alone")
-    p.add_argument("--exact-correction", action="store_true",
-                   help="give the model each photo's exact global correction: what a perfect head would reach")
+    fixed = p.add_mutually_exclusive_group()
+    fixed.add_argument("--denoise-only", action="store_true",
+                       help="fix the global corrections to none (exposure 0, daylight, contrast as is): the UNet alone")
+    fixed.add_argument("--exact-correction", action="store_true",
+                       help="give the model each photo's exact global correction: what a perfect head would reach")
     p.add_argument("--prompts", action="store_true",
                    help="instead: how far each of a set of prompts moves warmth, brightness and contrast")
     p.add_argument("--json", action="store_true", help="print JSON")
@@ -182,6 +183,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from clipalbum.server.model_resolver import resolve_bundle
     from clipalbum.server.settings import data_paths
 
+    if args.prompts and (args.denoise_only or args.exact_correction):
+        raise ClipalbumError("--prompts measures the head's own correction: it takes neither --denoise-only nor "
+                             "--exact-correction")
     try:
         cases = expand_cases(args.case)
     except ValueError as exc:

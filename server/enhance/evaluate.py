@@ -74,6 +74,14 @@ def ciede2000(a: npt.NDArray[np.uint8], b: npt.NDArray[np.uint8]) -> float:
     return float(deltaE_ciede2000(rgb2lab(a), rgb2lab(b)).mean())
 
 
+def globally_corrected(photo: npt.NDArray[np.uint8], params: tuple[float, float, float, float]) -> npt.NDArray[np.uint8]:
+    """The global correction alone (no UNet) of a (H, W, 3) uint8 photo, about its mean, as the enhancer applies it."""
+    from clipalbum.server.enhance.color import correct
+
+    x = photo.astype(np.float32) / 255
+    return to_uint8(correct(x, tuple(np.float32(v) for v in params), np.float32(x.mean()), channel_axis=-1))
+
+
 def clean_photos(folders: list[Path], limit: int | None = None) -> list[Path]:
     files: list[Path] = []
     for folder in folders:
@@ -107,8 +115,8 @@ def evaluate_enhancer(enhancer: Enhancer, encoders: Encoders, folders: list[Path
             degraded = degrade_case(clean, case, seed, key=path.name)
             clean_vec = embed(clean)
             degraded_vec = embed(degraded)
-            start = time.perf_counter()
             exact = case_correction(case, seed, key=path.name) if exact_correction else None
+            start = time.perf_counter()
             restored, _ = enhancer.enhance(degraded, options, embedding=degraded_vec if condition else None,
                                            params=exact)
             model_seconds += time.perf_counter() - start

@@ -66,6 +66,11 @@ def test_eval_and_prompt_measurements_through_the_cli(tmp_path: Path, default_bu
     assert exact["exact_correction"] and not head["exact_correction"]
     assert exact["cases"][0]["scores"]["model"]["psnr"] > head["cases"][0]["scores"]["model"]["psnr"] + 1
     assert exact["cases"][0]["scores"]["classical"] == head["cases"][0]["scores"]["classical"]
+    assert main(["enhance", "eval", "--prompts", "--exact-correction", "--clean", str(folder)]) != 0
+    assert "--prompts measures the head's own correction" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # argparse: one way of fixing the correction at a time
+        main(["enhance", "eval", "--denoise-only", "--exact-correction", "--clean", str(folder)])
+    capsys.readouterr()
 
     assert main(["enhance", "eval", "--prompts", "--clean", str(folder), "--model", str(default_bundle), "--json"]) == 0
     effects = {e["prompt"]: e for e in json.loads(capsys.readouterr().out)}
