@@ -17,6 +17,7 @@ from clipalbum.server.encoders import Encoders
 from clipalbum.server.enhance.cases import CASES, case_correction, degrade_case
 from clipalbum.server.enhance.conditioning import embed_photo
 from clipalbum.server.enhance.classical import classical_pipeline, to_uint8, wavelet_denoise
+from clipalbum.server.enhance.color import correct
 from clipalbum.server.enhance.runtime import EnhanceOptions, Enhancer
 from clipalbum.server.preprocess import PHOTO_SUFFIXES, decode_photo
 
@@ -74,12 +75,18 @@ def ciede2000(a: npt.NDArray[np.uint8], b: npt.NDArray[np.uint8]) -> float:
     return float(deltaE_ciede2000(rgb2lab(a), rgb2lab(b)).mean())
 
 
-def globally_corrected(photo: npt.NDArray[np.uint8], params: tuple[float, float, float, float]) -> npt.NDArray[np.uint8]:
-    """The global correction alone (no UNet) of a (H, W, 3) uint8 photo, about its mean, as the enhancer applies it."""
-    from clipalbum.server.enhance.color import correct
+Params = tuple[float, float, float, float]  # a GlobalParams, or any four numbers in its order
 
-    x = photo.astype(np.float32) / 255
-    return to_uint8(correct(x, tuple(np.float32(v) for v in params), np.float32(x.mean()), channel_axis=-1))
+
+def corrected(x: npt.NDArray[np.float32], params: Params) -> npt.NDArray[np.float32]:
+    """The global correction alone (no UNet) of an (H, W, 3) photo in 0..1, about its mean, as the enhancer
+    applies it."""
+    return correct(x, tuple(np.float32(v) for v in params), np.float32(x.mean()), channel_axis=-1)
+
+
+def globally_corrected(photo: npt.NDArray[np.uint8], params: Params) -> npt.NDArray[np.uint8]:
+    """`corrected` for a uint8 photo, rounded back to 8 bits."""
+    return to_uint8(corrected(photo.astype(np.float32) / 255, params))
 
 
 def clean_photos(folders: list[Path], limit: int | None = None) -> list[Path]:
@@ -158,7 +165,7 @@ def prompt_effects(enhancer: Enhancer, encoders: Encoders, folders: list[Path], 
                    limit: int | None = None) -> list[PromptEffect]:
     """How far each prompt moves the global correction from the one without a prompt, averaged over clean
     photos: the direction a prompt names should show in the sign of its change."""
-    from clipalbum.server.enhance.color import correct, luma, srgb_to_linear
+    from clipalbum.server.enhance.color import luma, srgb_to_linear
 
     def measures(x: npt.NDArray[np.float32]) -> tuple[float, float, float]:
         lin = srgb_to_linear(x).reshape(-1, 3).mean(axis=0)
@@ -174,11 +181,10 @@ def prompt_effects(enhancer: Enhancer, encoders: Encoders, folders: list[Path], 
         image.thumbnail((512, 512))
         photo = np.asarray(image)
         x = photo.astype(np.float32) / 255
-        pivot = np.float32(x.mean())
         vector = embed(photo)
-        base = measures(correct(x, tuple(np.float32(v) for v in enhancer.predict_params(photo, vector)), pivot, -1))
+        base = measures(corrected(x, enhancer.predict_params(photo, vector)))
         for i, text in enumerate(texts):
             params = enhancer.predict_params(photo, vector, text)
-            deltas[i] += np.subtract(measures(correct(x, tuple(np.float32(v) for v in params), pivot, -1)), base)
+            deltas[i] += np.subtract(measures(corrected(x, params)), base)
     deltas /= max(1, len(files))
     return [PromptEffect(p, *(round(float(v), 4) for v in d)) for p, d in zip(prompts, deltas)]
