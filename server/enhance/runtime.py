@@ -1,8 +1,9 @@
 """The enhancer at serving time: ONNX Runtime on the CPU, the photo in overlapping tiles.
 
 One photo goes: thumbnail -> head (global correction, unless the caller set it) -> per tile: correction,
-noise map, DDIM steps of the UNet -> the restored core of each tile written into the result. Memory stays
-at the photo (uint8 in and out) plus one tile's tensors, whatever the photo's size.
+noise map, DDIM steps of the UNet (none on a photo too clean to denoise) -> the restored core of each tile
+written into the result. Memory stays at the photo (uint8 in and out) plus one tile's tensors, whatever the
+photo's size.
 """
 
 from __future__ import annotations
@@ -28,12 +29,22 @@ log = logging.getLogger(__name__)
 # The noise estimate reads the photo's centre, this many pixels square at most: noise is much the same
 # everywhere in a photo, and a 12 MP photo in float32 would be 144 MB for one number.
 NOISE_SAMPLE_SIDE = 1536
+# --denoise auto: none of the UNet's residual below the first noise estimate (8-bit levels), all of it above the
+# second, a ramp between. The UNet smooths fine texture that a clean photo needs kept (README); the ramp was
+# chosen on the 161 training photos under the training degradations (one-off measurement), not on enhance-dev.
+AUTO_DENOISE_RAMP = (3.0, 6.0)
 
 
 def _centre(photo: npt.NDArray[np.uint8], side: int) -> npt.NDArray[np.uint8]:
     h, w = photo.shape[:2]
     top, left = max(0, (h - side) // 2), max(0, (w - side) // 2)
     return photo[top:top + side, left:left + side]
+
+
+def auto_denoise(sigma: float) -> float:
+    """The denoising strength (0..1) that --denoise auto uses for a photo whose noise estimate is `sigma` (0..1 units)."""
+    low, high = AUTO_DENOISE_RAMP
+    return float(np.clip((sigma * 255 - low) / (high - low), 0.0, 1.0))
 
 
 class EnhanceCancelled(Exception):
@@ -44,7 +55,7 @@ class EnhanceCancelled(Exception):
 class EnhanceOptions:
     """None means "auto" (the model decides)."""
 
-    denoise: float | None = None  # 0 (keep the noise) .. 1 (the model's full denoising)
+    denoise: float | None = None  # 0 (keep the noise) .. 1 (the model's full denoising); auto: by the noise level
     exposure: float | None = None  # EV added in linear light
     contrast: float | None = None  # 0 (as is) .. 1 (doubles contrast about the mean)
     temperature: float | None = None  # the light's colour in kelvin, corrected to daylight
@@ -163,10 +174,10 @@ class Enhancer:
         if not 0 <= (options.denoise if options.denoise is not None else 1.0) <= 1:
             raise ValueError("denoise must be between 0 and 1")
         params = params or self.resolve_params(photo, options, embedding, prompt)
-        strength = 1.0 if options.denoise is None else float(options.denoise)
         pivot = np.float32(photo.mean(dtype=np.float64) / 255)
         sigma = (np.float32(estimate_sigma(_centre(photo, NOISE_SAMPLE_SIDE).astype(np.float32) / 255, channel_axis=-1))
                  if min(photo.shape[:2]) >= 2 else np.float32(0))  # one pixel wide: no 2x2 block to measure
+        strength = auto_denoise(float(sigma)) if options.denoise is None else float(options.denoise)
         height, width = photo.shape[:2]
         out = np.empty_like(photo)
         tiles = plan_tiles(height, width, self.manifest.tile, self.manifest.overlap)
@@ -190,9 +201,11 @@ class Enhancer:
         x = x.transpose(2, 0, 1)[None]  # (1, 3, H, W)
         applied = tuple(np.float32(v) for v in params)
         corrected = correct(x, applied, pivot, channel_axis=1).astype(np.float32)
-        nmap = noise_map(x, applied, pivot, sigma, channel_axis=1).astype(np.float32)
-        residual = self._sample(corrected, nmap, embedding, options, tile, cancelled)
-        result = corrected[0] + strength * pixel_shuffle(residual) / self.manifest.residual_scale
+        result = corrected[0]
+        if strength > 0:  # no denoising: the UNet's work would be thrown away
+            nmap = noise_map(x, applied, pivot, sigma, channel_axis=1).astype(np.float32)
+            residual = self._sample(corrected, nmap, embedding, options, tile, cancelled)
+            result = result + strength * pixel_shuffle(residual) / self.manifest.residual_scale
         ct, cl, cb, cr = tile.core
         core = result[:, ct - top:cb - top, cl - left:cr - left]
         out[ct:cb, cl:cr] = (core.transpose(1, 2, 0).clip(0, 1) * 255 + 0.5).astype(np.uint8)
