@@ -4,6 +4,7 @@ image, and cancelling it. Jobs run one at a time on a low-priority thread (serve
 from __future__ import annotations
 
 import logging
+import math
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
@@ -149,7 +150,7 @@ def job_info(job: Job, queue_position: int | None, forgotten: bool = False) -> J
         result_url=f"/api/jobs/{job.id}/result" if job.state == "done" and not forgotten else None, width=job.width, height=job.height,
         applied=None if applied is None else AppliedCorrection(
             exposure=round(applied.exposure_ev, 3), contrast=round(applied.contrast_log / CONTRAST_LOG_MAX, 3),
-            red_gain=round(2.0 ** applied.log_gain_red, 4), blue_gain=round(2.0 ** applied.log_gain_blue, 4)))
+            red_gain=round(math.exp(applied.log_gain_red), 4), blue_gain=round(math.exp(applied.log_gain_blue), 4)))
 
 
 def enhance_jobs(library: "Library", directory: Path | None = None, device: str = "auto") -> EnhanceJobs | None:

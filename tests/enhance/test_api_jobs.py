@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import math
 import threading
 import time
 from collections.abc import Iterator
@@ -17,6 +18,7 @@ from PIL import Image
 
 from clipalbum.server.enhance.api import enhance_jobs
 from clipalbum.server.enhance.cases import degrade_case
+from clipalbum.server.enhance.color import kelvin_log_gains
 from clipalbum.server.enhance.evaluate import psnr
 from clipalbum.server.enhance.jobs import EnhanceJobs, JobRequest, jobs_folder
 from clipalbum.server.enhance.manifest import PACKAGED_ENHANCER
@@ -94,11 +96,17 @@ def test_an_indexed_photo_comes_back_better_and_the_original_is_untouched(client
 
 def test_a_preview_is_small_jpeg_and_fixed_values_are_used(client: httpx.Client, library: Library) -> None:
     response = client.post(f"/api/images/{photo_id(library, 'big.jpg')}/enhance",
-                           json={"preview": 400, "exposure": 0.5, "contrast": 0.25, "denoise": 0.5})
+                           json={"preview": 400, "exposure": 0.5, "contrast": 0.25, "denoise": 0.5,
+                                 "temperature": 3000})
     job = wait_finished(client, response.json()["id"])
     assert job["state"] == "done", job
     assert (job["width"], job["height"]) == (400, 300) and job["preview"] == 400
     assert job["applied"]["exposure"] == 0.5 and job["applied"]["contrast"] == 0.25
+    # the gains the correction multiplies linear light by (tungsten light: less red, more blue)
+    red, blue = (math.exp(v) for v in kelvin_log_gains(3000))
+    assert red < 1 < blue
+    assert job["applied"]["red_gain"] == pytest.approx(red, abs=1e-4)
+    assert job["applied"]["blue_gain"] == pytest.approx(blue, abs=1e-4)
     result = client.get(job["result_url"])
     assert result.headers["content-type"] == "image/jpeg" and result.headers["content-disposition"].startswith("inline")
     assert decoded(result).shape == (300, 400, 3)
