@@ -1,6 +1,8 @@
 """Enhancer speed on the CPU: seconds per megapixel for the fp32 and int8 UNets side by side, 1024- and 1600-px
-previews (read as the server's preview jobs read them, decoding included), and each run's peak resident memory with the search model loaded too (as the server holds it);
-prints JSON. Each measurement runs in a fresh child process so its peak memory is its own.
+previews (read as the server's preview jobs read them, decoding included), and each run's peak resident memory
+with the search model loaded too (as the server holds it); prints JSON. These run the UNet on every tile (denoise
+1); "clean_photo_auto_int8" is the same photo without noise, enhanced with --denoise auto, which skips the UNet
+on it. Each measurement runs in a fresh child process so its peak memory is its own.
 
     .venv/bin/python bench/enhance_speed.py [--enhancer DIR] [--model BUNDLE] [--megapixels 12] [--steps 1]
 """
@@ -21,9 +23,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 
 
-def write_test_photo(megapixels: float, path: Path) -> None:
-    """A real photo (scikit-image's astronaut) enlarged to the size asked for, with sigma-15 noise, saved as
-    a JPEG (made here, so that its making does not count towards the measured process's memory)."""
+def write_test_photo(megapixels: float, path: Path, sigma: float = 15.0) -> None:
+    """A real photo (scikit-image's astronaut) enlarged to the size asked for, with Gaussian noise of `sigma`
+    (8-bit levels), saved as a JPEG (made here, so that its making does not count towards the measured
+    process's memory)."""
     import numpy as np
     from PIL import Image
 
@@ -33,7 +36,7 @@ def write_test_photo(megapixels: float, path: Path) -> None:
     width = int(height * 4 / 3)
     base = Image.open(skimage_data_dir() / "astronaut.png").convert("RGB").resize((width, height), Image.Resampling.BICUBIC)
     rng = np.random.default_rng(0)
-    noisy = np.asarray(base, dtype=np.float32) + rng.normal(0, 15, (height, width, 3)).astype(np.float32)
+    noisy = np.asarray(base, dtype=np.float32) + rng.normal(0, sigma, (height, width, 3)).astype(np.float32)
     Image.fromarray(noisy.clip(0, 255).astype(np.uint8)).save(path, quality=95)
 
 
@@ -52,7 +55,8 @@ def child(args: argparse.Namespace) -> None:
     if args.preview:  # as the server's preview jobs read it (a reduced JPEG decode), decoding included
         photo = read_preview(Path(args.photo), args.preview).pixels
     # denoise 1: the UNet runs on every tile (auto skips it on a photo it finds clean, as a small preview can be)
-    enhancer.enhance(photo, EnhanceOptions(denoise=1.0, steps=args.steps), embedding=conditioner.image(photo))
+    denoise = None if args.denoise == "auto" else 1.0
+    enhancer.enhance(photo, EnhanceOptions(denoise=denoise, steps=args.steps), embedding=conditioner.image(photo))
     seconds = time.perf_counter() - start
     print(json.dumps({"seconds": round(seconds, 2), "pixels": photo.shape[0] * photo.shape[1],
                       "peak_rss_mb": peak_rss_mb()}))
@@ -67,10 +71,11 @@ def peak_rss_mb() -> int:
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
 
 
-def run(args: argparse.Namespace, precision: str, preview: int = 0) -> dict:
-    command = [sys.executable, __file__, "--child", "--photo", args.photo, "--enhancer", args.enhancer, "--model", args.model,
-               "--megapixels", str(args.megapixels), "--steps", str(args.steps), "--precision", precision,
-               "--preview", str(preview)]
+def run(args: argparse.Namespace, precision: str, preview: int = 0, photo: str | None = None,
+        denoise: str = "1") -> dict:
+    command = [sys.executable, __file__, "--child", "--photo", photo or args.photo, "--enhancer", args.enhancer,
+               "--model", args.model, "--megapixels", str(args.megapixels), "--steps", str(args.steps),
+               "--precision", precision, "--preview", str(preview), "--denoise", denoise]
     out = subprocess.run(command, check=True, capture_output=True, text=True).stdout
     result = json.loads(out.strip().splitlines()[-1])
     megapixels = result["pixels"] / 1e6
@@ -88,6 +93,7 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=1)
     parser.add_argument("--precision", default="int8")
     parser.add_argument("--preview", type=int, default=0)
+    parser.add_argument("--denoise", default="1", choices=["1", "auto"], help=argparse.SUPPRESS)
     parser.add_argument("--child", action="store_true")
     parser.add_argument("--photo", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -105,11 +111,14 @@ def main() -> int:
         has_fp32 = "fp32" in read_enhancer_manifest(Path(args.enhancer), verify=False).unet
         int8, fp32 = run(args, "int8"), (run(args, "fp32") if has_fp32 else None)
         previews = {f"preview_{side}px_int8": run(args, "int8", preview=side) for side in (1024, 1600)}
+        clean = str(Path(tmp) / "clean.jpg")
+        write_test_photo(args.megapixels, Path(clean), sigma=0.0)
+        clean_auto = run(args, "int8", photo=clean, denoise="auto")
     print(json.dumps({
         "bench": "enhance_speed", "cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
         "load_average_at_start": load, "steps": args.steps, "int8": int8, "fp32": fp32,
         "int8_speedup": round(fp32["seconds"] / int8["seconds"], 2) if fp32 else None,
-        **previews, "enhancer": args.enhancer,
+        **previews, "clean_photo_auto_int8": clean_auto, "enhancer": args.enhancer,
     }, indent=2))
     return 0
 

@@ -39,10 +39,12 @@ PREVIEW_SIDES = (64, 4096)
 
 
 class EnhanceBody(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
-    """What to correct; a field left out (or null) is the model's automatic choice."""
+    """What to correct; a field left out (or null) is the model's automatic choice (noise: by the noise the photo
+    shows, none on a clean one)."""
 
     denoise: Annotated[float, msgspec.Meta(ge=0, le=1, description="0 keeps the noise, 1 removes all the "
-                                                                   "model finds")] | None = None
+                                                                   "model finds; null: by the noise the photo "
+                                                                   "shows, none on a clean one")] | None = None
     exposure: Annotated[float, msgspec.Meta(ge=-5, le=5, description="EV added in linear light")] | None = None
     contrast: Annotated[float, msgspec.Meta(ge=0, le=1, description="0 as is, 1 doubles contrast")] | None = None
     temperature: Annotated[float, msgspec.Meta(

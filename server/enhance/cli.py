@@ -51,7 +51,7 @@ def photo_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="folder for the results (not the folder of an input photo)")
     p.add_argument("--format", default="same", choices=["same", "jpeg", "png"], help="output format (default same)")
     p.add_argument("--denoise", default=None, type=_auto_or_float(0, 1, "--denoise"), metavar="auto|0..1",
-                   help="how much noise to remove (default auto: as much as the photo shows)")
+                   help="how much noise to remove (default auto: by the noise the photo shows, none on a clean one)")
     p.add_argument("--exposure", default=None, type=_auto_or_float(-5, 5, "--exposure"), metavar="auto|EV",
                    help="brighten (+) or darken (-) in stops (default auto: the model's choice)")
     p.add_argument("--contrast", default=None, type=_auto_or_float(0, 1, "--contrast"), metavar="auto|0..1",
@@ -89,7 +89,8 @@ def eval_parser() -> argparse.ArgumentParser:
     _add_models(p)
     fixed = p.add_mutually_exclusive_group()
     fixed.add_argument("--denoise-only", action="store_true",
-                       help="fix the global corrections to none (exposure 0, daylight, contrast as is): the UNet alone")
+                       help="fix the global corrections to none (exposure 0, daylight, contrast as is) and run the UNet "
+                            "on every photo (denoise 1): the UNet alone")
     fixed.add_argument("--exact-correction", action="store_true",
                        help="give the model each photo's exact global correction: what a perfect head would reach")
     p.add_argument("--prompts", action="store_true",
@@ -206,7 +207,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     try:
         from clipalbum.server.enhance.runtime import EnhanceOptions
 
-        options = EnhanceOptions(steps=args.steps, **(dict(exposure=0.0, contrast=0.0, temperature=6500.0)
+        options = EnhanceOptions(steps=args.steps, **(dict(exposure=0.0, contrast=0.0, temperature=6500.0, denoise=1.0)
                                                       if args.denoise_only else {}))
         report = evaluate_enhancer(enhancer, encoders, [Path(f).expanduser() for f in args.clean], cases,
                                    seed=args.seed, limit=args.limit, progress=not args.quiet, options=options,

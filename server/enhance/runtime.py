@@ -42,7 +42,7 @@ def _centre(photo: npt.NDArray[np.uint8], side: int) -> npt.NDArray[np.uint8]:
 
 
 def auto_denoise(sigma: float) -> float:
-    """The denoising strength (0..1) that --denoise auto uses for a photo whose noise estimate is `sigma` (0..1 units)."""
+    """The denoising strength (0..1) --denoise auto uses for a photo whose noise estimate is `sigma` (0..1 units)."""
     low, high = AUTO_DENOISE_RAMP
     return float(np.clip((sigma * 255 - low) / (high - low), 0.0, 1.0))
 
@@ -55,7 +55,7 @@ class EnhanceCancelled(Exception):
 class EnhanceOptions:
     """None means "auto" (the model decides)."""
 
-    denoise: float | None = None  # 0 (keep the noise) .. 1 (the model's full denoising); auto: by the noise level
+    denoise: float | None = None  # 0 (keep the noise) .. 1 (the model's full denoising); auto: by the noise
     exposure: float | None = None  # EV added in linear light
     contrast: float | None = None  # 0 (as is) .. 1 (doubles contrast about the mean)
     temperature: float | None = None  # the light's colour in kelvin, corrected to daylight

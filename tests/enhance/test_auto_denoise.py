@@ -5,11 +5,16 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from clipalbum.server.enhance import runtime
 from clipalbum.server.enhance.cases import degrade_case
 from clipalbum.server.enhance.evaluate import globally_corrected
 from clipalbum.server.enhance.manifest import PACKAGED_ENHANCER
+from clipalbum.server.enhance.noise import estimate_sigma
 from clipalbum.server.enhance.runtime import AUTO_DENOISE_RAMP, EnhanceOptions, Enhancer, auto_denoise
 from tests.enhance.conftest import real_photo
+
+needs_packaged = pytest.mark.skipif(not (PACKAGED_ENHANCER / "enhancer.json").is_file(),
+                                    reason="the packaged enhancer is not installed")
 
 
 def test_auto_denoise_ramps_between_the_two_noise_levels() -> None:
@@ -35,9 +40,11 @@ def enhancer() -> Enhancer:
     return Enhancer(PACKAGED_ENHANCER)
 
 
-def test_a_clean_photo_gets_the_global_correction_alone(enhancer: Enhancer) -> None:
+@needs_packaged
+def test_a_clean_photo_gets_the_global_correction_alone(enhancer: Enhancer, monkeypatch: pytest.MonkeyPatch) -> None:
     under = degrade_case(real_photo("coffee.png"), "under", seed=0)  # dark but clean: estimated sigma 2.0 levels
-    enhancer.unet = counting = CountingUNet(enhancer.unet)
+    counting = CountingUNet(enhancer.unet)
+    monkeypatch.setattr(enhancer, "unet", counting)
     result, params = enhancer.enhance(under)
     assert counting.runs == 0
     assert np.abs(result.astype(int) - globally_corrected(under, params).astype(int)).max() <= 1
@@ -45,7 +52,13 @@ def test_a_clean_photo_gets_the_global_correction_alone(enhancer: Enhancer) -> N
     assert counting.runs > 0 and np.abs(denoised.astype(int) - result.astype(int)).mean() > 0.5
 
 
-def test_a_noisy_photo_gets_the_whole_residual(enhancer: Enhancer) -> None:
+@needs_packaged
+def test_auto_takes_the_strength_its_noise_estimate_gives(enhancer: Enhancer, monkeypatch: pytest.MonkeyPatch) -> None:
     noisy = degrade_case(real_photo("coffee.png"), "noise25", seed=0)
-    auto, _ = enhancer.enhance(noisy)
-    assert np.array_equal(auto, enhancer.enhance(noisy, EnhanceOptions(denoise=1.0))[0])
+    assert np.array_equal(enhancer.enhance(noisy)[0], enhancer.enhance(noisy, EnhanceOptions(denoise=1.0))[0])
+    # a ramp centred on this photo's estimate: auto is half the UNet's correction
+    sigma = float(estimate_sigma(noisy.astype(np.float32) / 255, channel_axis=-1)) * 255
+    monkeypatch.setattr(runtime, "AUTO_DENOISE_RAMP", (sigma - 1, sigma + 1))
+    half, _ = enhancer.enhance(noisy)
+    assert np.array_equal(half, enhancer.enhance(noisy, EnhanceOptions(denoise=0.5))[0])
+    assert not np.array_equal(half, enhancer.enhance(noisy, EnhanceOptions(denoise=1.0))[0])

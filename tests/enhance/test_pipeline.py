@@ -144,9 +144,10 @@ def test_progress_counts_tiles_and_a_cancel_stops_before_the_next(tiny_enhancer_
     small = tmp_path / "small"
     assert export_main(["export", str(tiny_enhancer_run), str(small), "--tile", "64", "--no-int8"]) == 0
     enhancer, photo, seen = Enhancer(small), real_photo()[:100, :150], []
-    enhancer.enhance(photo, progress=lambda done, total: seen.append((done, total)))
+    unet = EnhanceOptions(denoise=1.0)  # the photo is clean: auto would not run the UNet
+    enhancer.enhance(photo, unet, progress=lambda done, total: seen.append((done, total)))
     assert seen == [(i, 6) for i in range(1, 7)]  # 2 rows x 3 columns of 64-px tiles
     calls: list[int] = []
     with pytest.raises(EnhanceCancelled):
-        enhancer.enhance(photo, progress=lambda done, total: calls.append(done), cancelled=lambda: len(calls) >= 2)
+        enhancer.enhance(photo, unet, progress=lambda done, total: calls.append(done), cancelled=lambda: len(calls) >= 2)
     assert calls == [1, 2]
