@@ -18,10 +18,10 @@ function signed(value, digits) {
 /**
  * The corrections, by their field in the server's EnhanceBody. `reported` names the field of the finished job's
  * `applied` that says what the model chose on Auto: temperature comes back only as red/blue gains (not a
- * kelvin figure a person could compare), and noise reduction not at all, so those just say "Auto".
+ * kelvin figure a person could compare), so it just says "Auto".
  */
 const CORRECTIONS = [
-  { key: "denoise", format: (v) => `${Math.round(v * 100)} %`, reported: null },
+  { key: "denoise", format: (v) => `${Math.round(v * 100)} %`, reported: "denoise" },
   { key: "exposure", format: (v) => `${signed(v, 1)} EV`, reported: "exposure" },
   { key: "contrast", format: (v) => `+${Math.round(v * 100)} %`, reported: "contrast" },
   { key: "temperature", format: (v) => `${Math.round(v)} K`, reported: null },

@@ -69,6 +69,7 @@ class EnhanceBody(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 class AppliedCorrection(msgspec.Struct):
     """The global correction a finished job used: the model's choices and the caller's fixed values."""
 
+    denoise: float  # 0..1: the share of the UNet's noise removal applied (on auto, by the photo's noise)
     exposure: float  # EV
     contrast: float  # on the request's 0..1 scale
     red_gain: float  # in linear light
@@ -150,8 +151,9 @@ def job_info(job: Job, queue_position: int | None, forgotten: bool = False) -> J
         photo_id=job.photo_id, preview=job.request.preview, created_at=_time(job.created) or "",
         started_at=_time(job.started), finished_at=_time(job.finished), error=job.error,
         result_url=f"/api/jobs/{job.id}/result" if job.state == "done" and not forgotten else None, width=job.width, height=job.height,
-        applied=None if applied is None else AppliedCorrection(
-            exposure=round(applied.exposure_ev, 3), contrast=round(applied.contrast_log / CONTRAST_LOG_MAX, 3),
+        applied=None if applied is None or job.denoise is None else AppliedCorrection(
+            denoise=round(job.denoise, 3), exposure=round(applied.exposure_ev, 3),
+            contrast=round(applied.contrast_log / CONTRAST_LOG_MAX, 3),
             red_gain=round(math.exp(applied.log_gain_red), 4), blue_gain=round(math.exp(applied.log_gain_blue), 4)))
 
 

@@ -41,6 +41,13 @@ def _centre(photo: npt.NDArray[np.uint8], side: int) -> npt.NDArray[np.uint8]:
     return photo[top:top + side, left:left + side]
 
 
+def photo_noise(photo: npt.NDArray[np.uint8]) -> np.float32:
+    """The photo's noise estimate (0..1 units), read from its centre."""
+    if min(photo.shape[:2]) < 2:  # one pixel wide: no 2x2 block to measure
+        return np.float32(0)
+    return np.float32(estimate_sigma(_centre(photo, NOISE_SAMPLE_SIDE).astype(np.float32) / 255, channel_axis=-1))
+
+
 def auto_denoise(sigma: float) -> float:
     """The denoising strength (0..1) --denoise auto uses for a photo whose noise estimate is `sigma` (0..1 units)."""
     low, high = AUTO_DENOISE_RAMP
@@ -161,6 +168,11 @@ class Enhancer:
             contrast_log=auto.contrast_log if options.contrast is None else float(options.contrast) * CONTRAST_LOG_MAX,
         )
 
+    @staticmethod
+    def denoise_strength(options: EnhanceOptions, sigma: float) -> float:
+        """What enhance() applies of the UNet's correction: the caller's value, or auto's for noise `sigma`."""
+        return auto_denoise(sigma) if options.denoise is None else float(options.denoise)
+
     def enhance(self, photo: npt.NDArray[np.uint8], options: EnhanceOptions = EnhanceOptions(),
                 embedding: npt.NDArray[np.float32] | None = None, prompt: npt.NDArray[np.float32] | None = None,
                 progress: Callable[[int, int], None] | None = None,
@@ -175,9 +187,8 @@ class Enhancer:
             raise ValueError("denoise must be between 0 and 1")
         params = params or self.resolve_params(photo, options, embedding, prompt)
         pivot = np.float32(photo.mean(dtype=np.float64) / 255)
-        sigma = (np.float32(estimate_sigma(_centre(photo, NOISE_SAMPLE_SIDE).astype(np.float32) / 255, channel_axis=-1))
-                 if min(photo.shape[:2]) >= 2 else np.float32(0))  # one pixel wide: no 2x2 block to measure
-        strength = auto_denoise(float(sigma)) if options.denoise is None else float(options.denoise)
+        sigma = photo_noise(photo)
+        strength = self.denoise_strength(options, float(sigma))
         height, width = photo.shape[:2]
         out = np.empty_like(photo)
         tiles = plan_tiles(height, width, self.manifest.tile, self.manifest.overlap)

@@ -84,6 +84,7 @@ def test_an_indexed_photo_comes_back_better_and_the_original_is_untouched(client
     job = wait_finished(client, job["id"])
     assert job["state"] == "done" and job["progress"] == 1.0, job
     assert (job["width"], job["height"]) == (384, 384) and job["applied"]["exposure"] > 0.3  # it was -1 EV
+    assert job["applied"]["denoise"] == 1.0  # sigma 15: auto removes all the noise the model finds
     result = client.get(job["result_url"])
     assert result.status_code == 200 and result.headers["content-type"] == "image/png"
     assert result.headers["content-disposition"].startswith("attachment") and "dim-noisy-enhanced.png" in \
@@ -106,7 +107,11 @@ def test_a_preview_is_small_jpeg_and_fixed_values_are_used(client: httpx.Client,
     red, blue = (math.exp(v) for v in kelvin_log_gains(3000))
     assert red < 1 < blue
     assert job["applied"]["red_gain"] == pytest.approx(red, abs=1e-4)
-    assert job["applied"]["blue_gain"] == pytest.approx(blue, abs=1e-4)
+    assert job["applied"]["blue_gain"] == pytest.approx(blue, abs=1e-4) and job["applied"]["denoise"] == 0.5
+    # on auto, this clean photo gets no noise removal, and the job says so
+    clean = wait_finished(client, client.post(f"/api/images/{photo_id(library, 'big.jpg')}/enhance",
+                                              json={"preview": 400}).json()["id"])
+    assert clean["state"] == "done" and clean["applied"]["denoise"] == 0.0, clean
     result = client.get(job["result_url"])
     assert result.headers["content-type"] == "image/jpeg" and result.headers["content-disposition"].startswith("inline")
     assert decoded(result).shape == (300, 400, 3)
