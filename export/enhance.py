@@ -184,10 +184,10 @@ def check_export(directory: Path, unet: nn.Module, head: nn.Module, photos: list
         return metrics
     int8 = Enhancer(directory, precision="int8")
     psnr_fp32, psnr_int8 = [], []
+    full = EnhanceOptions(denoise=1.0)  # the UNet's whole residual, whatever the noise
     for i, photo in enumerate(photos):
         degraded = degrade_case(photo, "combined", seed=0, key=f"parity{i}")
         params = fp32.predict_params(degraded)
-        full = EnhanceOptions(denoise=1.0)  # the UNet's whole residual, whatever the noise
         psnr_fp32.append(psnr(fp32.enhance(degraded, full, params=params)[0], photo))
         psnr_int8.append(psnr(int8.enhance(degraded, full, params=params)[0], photo))
     metrics["psnr_fp32"] = round(float(np.mean(psnr_fp32)), 3)

@@ -24,7 +24,7 @@ from clipalbum.server.enhance.color import CONTRAST_LOG_MAX
 from clipalbum.server.enhance.conditioning import Conditioner
 from clipalbum.server.enhance.jobs import EnhanceJobs, Job, JobRequest, jobs_folder
 from clipalbum.server.enhance.manifest import enhancer_dir, read_enhancer_manifest
-from clipalbum.server.enhance.runtime import EnhanceOptions, load_enhancer
+from clipalbum.server.enhance.runtime import Applied, EnhanceOptions, load_enhancer
 from clipalbum.server.errors import BundleError
 from clipalbum.server.library import MAX_QUERY_CHARS, MAX_UPLOAD_BYTES, check_upload_size
 from clipalbum.server.pathnames import display
@@ -145,16 +145,20 @@ def _time(seconds: float | None) -> str | None:
 
 def job_info(job: Job, queue_position: int | None, forgotten: bool = False) -> JobInfo:
     """`forgotten`: the job was just deleted, so it has no result to fetch any more."""
-    applied = job.applied
     return JobInfo(
         id=job.id, state=job.state, progress=round(job.progress, 4), queue_position=queue_position, name=job.name,
         photo_id=job.photo_id, preview=job.request.preview, created_at=_time(job.created) or "",
         started_at=_time(job.started), finished_at=_time(job.finished), error=job.error,
         result_url=f"/api/jobs/{job.id}/result" if job.state == "done" and not forgotten else None, width=job.width, height=job.height,
-        applied=None if applied is None or job.denoise is None else AppliedCorrection(
-            denoise=round(job.denoise, 3), exposure=round(applied.exposure_ev, 3),
-            contrast=round(applied.contrast_log / CONTRAST_LOG_MAX, 3),
-            red_gain=round(math.exp(applied.log_gain_red), 4), blue_gain=round(math.exp(applied.log_gain_blue), 4)))
+        applied=None if job.applied is None else applied_correction(job.applied))
+
+
+def applied_correction(applied: Applied) -> AppliedCorrection:
+    params = applied.params
+    return AppliedCorrection(
+        denoise=round(applied.denoise, 3), exposure=round(params.exposure_ev, 3),
+        contrast=round(params.contrast_log / CONTRAST_LOG_MAX, 3),
+        red_gain=round(math.exp(params.log_gain_red), 4), blue_gain=round(math.exp(params.log_gain_blue), 4))
 
 
 def enhance_jobs(library: "Library", directory: Path | None = None, device: str = "auto") -> EnhanceJobs | None:

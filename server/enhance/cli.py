@@ -163,10 +163,10 @@ def cmd_enhance(args: argparse.Namespace) -> int:
                     bar.n = done
                     bar.refresh()
 
-                result, params = enhancer.enhance(source.pixels, options, embedding=conditioner.image(source.pixels),
+                result, applied = enhancer.enhance(source.pixels, options, embedding=conditioner.image(source.pixels),
                                                   prompt=prompt, progress=progress)
             write_photo(to_image(result, source, fmt), source, target, fmt, args.overwrite)
-            print(f"{for_terminal(str(target))}  (exposure {params.exposure_ev:+.2f} EV)", file=sys.stderr if args.quiet else sys.stdout)
+            print(f"{for_terminal(str(target))}  (exposure {applied.params.exposure_ev:+.2f} EV)", file=sys.stderr if args.quiet else sys.stdout)
         except (ImageDecodeError, FileExistsError) as exc:
             failed += 1
             print(f"clipalbum enhance: {exc}", file=sys.stderr)

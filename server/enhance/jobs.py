@@ -15,10 +15,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import BinaryIO, Literal
 
-from clipalbum.server.enhance.color import GlobalParams
 from clipalbum.server.enhance.conditioning import Conditioner
 from clipalbum.server.enhance.photoio import output_format, read_photo, read_preview, to_image, write_photo
-from clipalbum.server.enhance.runtime import EnhanceCancelled, EnhanceOptions, Enhancer, photo_noise
+from clipalbum.server.enhance.runtime import Applied, EnhanceCancelled, EnhanceOptions, Enhancer
 from clipalbum.server.errors import BundleError, ClipalbumError, NotFoundError, ServerBusyError
 from clipalbum.server.malloc import return_free_memory
 from clipalbum.server.preprocess import open_photo
@@ -73,8 +72,7 @@ class Job:
     media_type: str | None = None
     width: int | None = None
     height: int | None = None
-    applied: GlobalParams | None = None
-    denoise: float | None = None  # the share of the UNet's correction applied (auto's choice or the caller's)
+    applied: Applied | None = None
     cancel: threading.Event = field(default_factory=threading.Event)
 
     @property
@@ -332,10 +330,7 @@ class EnhanceJobs:
             job.tiles_done, job.tiles_total = done, total
 
         pixels = source.pixels
-        # auto's strength, fixed here so that the job reports what was applied
-        job.denoise = enhancer.denoise_strength(request.options, float(photo_noise(pixels)))
-        options = replace(request.options, denoise=job.denoise)
-        result, job.applied = enhancer.enhance(pixels, options, embedding=conditioner.image(pixels),
+        result, job.applied = enhancer.enhance(pixels, request.options, embedding=conditioner.image(pixels),
                                                prompt=prompt, progress=progress, cancelled=job.cancel.is_set)
         fmt, suffix = output_format(source.format, PREVIEW_FORMAT if request.preview else request.format,
                                     source.alpha is not None)

@@ -12,6 +12,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import numpy.typing as npt
@@ -52,6 +53,13 @@ def auto_denoise(sigma: float) -> float:
     """The denoising strength (0..1) --denoise auto uses for a photo whose noise estimate is `sigma` (0..1 units)."""
     low, high = AUTO_DENOISE_RAMP
     return float(np.clip((sigma * 255 - low) / (high - low), 0.0, 1.0))
+
+
+class Applied(NamedTuple):
+    """What enhance() did to a photo: its global correction and how much of the UNet's correction it kept."""
+
+    params: GlobalParams
+    denoise: float  # 0..1: the caller's value, or auto's for the photo's noise
 
 
 class EnhanceCancelled(Exception):
@@ -168,17 +176,12 @@ class Enhancer:
             contrast_log=auto.contrast_log if options.contrast is None else float(options.contrast) * CONTRAST_LOG_MAX,
         )
 
-    @staticmethod
-    def denoise_strength(options: EnhanceOptions, sigma: float) -> float:
-        """What enhance() applies of the UNet's correction: the caller's value, or auto's for noise `sigma`."""
-        return auto_denoise(sigma) if options.denoise is None else float(options.denoise)
-
     def enhance(self, photo: npt.NDArray[np.uint8], options: EnhanceOptions = EnhanceOptions(),
                 embedding: npt.NDArray[np.float32] | None = None, prompt: npt.NDArray[np.float32] | None = None,
                 progress: Callable[[int, int], None] | None = None,
                 cancelled: Callable[[], bool] | None = None,
-                params: GlobalParams | None = None) -> tuple[npt.NDArray[np.uint8], GlobalParams]:
-        """(H, W, 3) uint8 in, the enhanced (H, W, 3) uint8 out, with the global correction it used.
+                params: GlobalParams | None = None) -> tuple[npt.NDArray[np.uint8], Applied]:
+        """(H, W, 3) uint8 in, the enhanced (H, W, 3) uint8 out, with the corrections it applied.
 
         progress(done, total) is called after each tile; cancelled() is checked before each tile and each further diffusion step."""
         if photo.ndim != 3 or photo.shape[2] != 3 or photo.dtype != np.uint8:
@@ -188,7 +191,7 @@ class Enhancer:
         params = params or self.resolve_params(photo, options, embedding, prompt)
         pivot = np.float32(photo.mean(dtype=np.float64) / 255)
         sigma = photo_noise(photo)
-        strength = self.denoise_strength(options, float(sigma))
+        strength = auto_denoise(float(sigma)) if options.denoise is None else float(options.denoise)
         height, width = photo.shape[:2]
         out = np.empty_like(photo)
         tiles = plan_tiles(height, width, self.manifest.tile, self.manifest.overlap)
@@ -199,7 +202,7 @@ class Enhancer:
             self._tile(photo, out, tile, params, pivot, sigma, vector, strength, options, cancelled)
             if progress is not None:
                 progress(i + 1, len(tiles))
-        return out, params
+        return out, Applied(params, strength)
 
     def _tile(self, photo: npt.NDArray[np.uint8], out: npt.NDArray[np.uint8], tile: Tile, params: GlobalParams,
               pivot: np.float32, sigma: np.float32, embedding: npt.NDArray[np.float32], strength: float,

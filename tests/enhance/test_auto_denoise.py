@@ -45,9 +45,9 @@ def test_a_clean_photo_gets_the_global_correction_alone(enhancer: Enhancer, monk
     under = degrade_case(real_photo("coffee.png"), "under", seed=0)  # dark but clean: estimated sigma 2.0 levels
     counting = CountingUNet(enhancer.unet)
     monkeypatch.setattr(enhancer, "unet", counting)
-    result, params = enhancer.enhance(under)
-    assert counting.runs == 0
-    assert np.abs(result.astype(int) - globally_corrected(under, params).astype(int)).max() <= 1
+    result, applied = enhancer.enhance(under)
+    assert counting.runs == 0 and applied.denoise == 0.0
+    assert np.abs(result.astype(int) - globally_corrected(under, applied.params).astype(int)).max() <= 1
     denoised, _ = enhancer.enhance(under, EnhanceOptions(denoise=1.0))  # asked for: the UNet runs
     assert counting.runs > 0 and np.abs(denoised.astype(int) - result.astype(int)).mean() > 0.5
 
