@@ -39,11 +39,15 @@ def _median_last(a: Any) -> Any:
     return np.median(a, axis=-1)
 
 
-def noise_map(x: Any, params: tuple[Any, Any, Any, Any], pivot: Any, sigma: Any, channel_axis: int) -> Any:
+def noise_map(x: Any, params: tuple[Any, Any, Any, Any], pivot: Any, sigma: Any, channel_axis: int,
+              corrected: Any = None) -> Any:
     """Per-pixel noise after the global correction: the photo's sigma times the correction's local slope
-    (brightening a shadow amplifies its noise), averaged over channels; one channel, on `channel_axis`."""
+    (brightening a shadow amplifies its noise), averaged over channels; one channel, on `channel_axis`.
+    `corrected`: correct(x, params, pivot), where the caller has it already (it is half the work)."""
     from clipalbum.server.enhance.color import correct
 
     step = 1.0 / 64
-    slope = (correct(x + step, params, pivot, channel_axis) - correct(x, params, pivot, channel_axis)) / step
+    if corrected is None:
+        corrected = correct(x, params, pivot, channel_axis)
+    slope = (correct(x + step, params, pivot, channel_axis) - corrected) / step
     return slope.mean(axis=channel_axis, keepdims=True) * sigma

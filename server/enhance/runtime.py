@@ -103,16 +103,20 @@ def pixel_shuffle(x: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
 
 def position_noise(seed: int, top: int, left: int, height: int, width: int) -> npt.NDArray[np.float32]:
     """(1, 12, height, width) standard normal noise that depends only on the seed and each value's place in the
-    whole photo, so overlapping tiles start from the same noise where they overlap (a counter-based hash
-    through SplitMix64, then Box-Muller)."""
-    c, y, x = np.meshgrid(np.arange(12, dtype=np.uint64), np.arange(top, top + height, dtype=np.uint64),
-                          np.arange(left, left + width, dtype=np.uint64), indexing="ij")
-    key = (np.uint64(seed) << np.uint64(40)) ^ (c << np.uint64(36)) ^ (y << np.uint64(18)) ^ x
+    whole photo, so overlapping tiles start from the same noise where they overlap: a counter-based hash
+    (SplitMix64) of (seed, channel pair, row, column) gives two 32-bit uniforms, and Box-Muller turns them into
+    two normals, one for channel c and one for channel c + 6 (one hash per two values: this runs on every tile)."""
+    pair = np.arange(6, dtype=np.uint64)[:, None, None]
+    rows = np.arange(top, top + height, dtype=np.uint64)[None, :, None]
+    columns = np.arange(left, left + width, dtype=np.uint64)[None, None, :]
+    key = (np.uint64(seed) << np.uint64(40)) ^ (pair << np.uint64(36)) ^ (rows << np.uint64(18)) ^ columns
     with np.errstate(over="ignore"):
-        first, second = _splitmix64(key * np.uint64(2)), _splitmix64(key * np.uint64(2) + np.uint64(1))
-    u1 = ((first >> np.uint64(11)).astype(np.float64) + 0.5) / 2.0 ** 53
-    u2 = (second >> np.uint64(11)).astype(np.float64) / 2.0 ** 53
-    return (np.sqrt(-2 * np.log(u1)) * np.cos(2 * np.pi * u2)).astype(np.float32)[None]
+        bits = _splitmix64(key)
+    scale = np.float32(2.0 ** -32)
+    u1 = ((bits >> np.uint64(32)).astype(np.float32) + np.float32(0.5)) * scale  # in (0, 1): log(u1) is finite
+    angle = (bits & np.uint64(0xFFFFFFFF)).astype(np.float32) * np.float32(2 * np.pi * 2.0 ** -32)
+    radius = np.sqrt(np.float32(-2) * np.log(u1))
+    return np.concatenate([radius * np.cos(angle), radius * np.sin(angle)])[None]
 
 
 def _splitmix64(z: npt.NDArray[np.uint64]) -> npt.NDArray[np.uint64]:
@@ -217,7 +221,7 @@ class Enhancer:
         corrected = correct(x, applied, pivot, channel_axis=1).astype(np.float32)
         result = corrected[0]
         if strength > 0:  # no denoising: the UNet's work would be thrown away
-            nmap = noise_map(x, applied, pivot, sigma, channel_axis=1).astype(np.float32)
+            nmap = noise_map(x, applied, pivot, sigma, channel_axis=1, corrected=corrected).astype(np.float32)
             residual = self._sample(corrected, nmap, embedding, options, tile, cancelled)
             result = result + strength * pixel_shuffle(residual) / self.manifest.residual_scale
         ct, cl, cb, cr = tile.core
