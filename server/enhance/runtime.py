@@ -21,6 +21,7 @@ from PIL import Image
 from clipalbum.server.encoders import make_session
 from clipalbum.server.enhance import ddim
 from clipalbum.server.enhance.color import CONTRAST_LOG_MAX, GlobalParams, correct, kelvin_log_gains
+from clipalbum.server.enhance.exposure import auto_exposure
 from clipalbum.server.enhance.manifest import EnhancerManifest, Precision, read_enhancer_manifest
 from clipalbum.server.enhance.noise import estimate_sigma, noise_map
 
@@ -47,6 +48,11 @@ def photo_noise(photo: npt.NDArray[np.uint8]) -> np.float32:
     if min(photo.shape[:2]) < 2:  # one pixel wide: no 2x2 block to measure
         return np.float32(0)
     return np.float32(estimate_sigma(_centre(photo, NOISE_SAMPLE_SIDE).astype(np.float32) / 255, channel_axis=-1))
+
+
+def photo_pivot(photo: npt.NDArray[np.uint8]) -> np.float32:
+    """The contrast stretch's pivot: the photo's mean (0..1)."""
+    return np.float32(photo.mean(dtype=np.float64) / 255)
 
 
 def auto_denoise(sigma: float) -> float:
@@ -169,14 +175,21 @@ class Enhancer:
         return GlobalParams(*(float(v) for v in self.head.run(None, feed)[0][0]))
 
     def resolve_params(self, photo: npt.NDArray[np.uint8], options: EnhanceOptions,
-                       embedding: npt.NDArray[np.float32] | None, prompt: npt.NDArray[np.float32] | None) -> GlobalParams:
-        """The head's prediction with the user's fixed values put in its place."""
+                       embedding: npt.NDArray[np.float32] | None, prompt: npt.NDArray[np.float32] | None,
+                       sigma: float | None = None) -> GlobalParams:
+        """The automatic correction (the head's, its exposure by auto_exposure) with the user's fixed values put in
+        its place. `sigma`: the photo's noise estimate (0..1 units), where the caller has it."""
         auto = self.predict_params(photo, embedding, prompt)
+        exposure = options.exposure
+        if exposure is None:
+            plain = auto if prompt is None else self.predict_params(photo, embedding, None)
+            noise = float(photo_noise(photo) if sigma is None else sigma) * 255
+            exposure = auto_exposure(photo, plain, photo_pivot(photo), noise)
+            exposure += auto.exposure_ev - plain.exposure_ev  # a prompt ("brighter") moves it as it moves the head
         red, blue = ((auto.log_gain_red, auto.log_gain_blue) if options.temperature is None
                      else kelvin_log_gains(options.temperature))
         return GlobalParams(
-            exposure_ev=auto.exposure_ev if options.exposure is None else float(options.exposure),
-            log_gain_red=red, log_gain_blue=blue,
+            exposure_ev=float(exposure), log_gain_red=red, log_gain_blue=blue,
             contrast_log=auto.contrast_log if options.contrast is None else float(options.contrast) * CONTRAST_LOG_MAX,
         )
 
@@ -192,9 +205,9 @@ class Enhancer:
             raise ValueError(f"expected an (H, W, 3) uint8 photo, got {photo.shape} {photo.dtype}")
         if not 0 <= (options.denoise if options.denoise is not None else 1.0) <= 1:
             raise ValueError("denoise must be between 0 and 1")
-        params = params or self.resolve_params(photo, options, embedding, prompt)
-        pivot = np.float32(photo.mean(dtype=np.float64) / 255)
         sigma = photo_noise(photo)
+        params = params or self.resolve_params(photo, options, embedding, prompt, sigma)
+        pivot = photo_pivot(photo)
         strength = auto_denoise(float(sigma)) if options.denoise is None else float(options.denoise)
         height, width = photo.shape[:2]
         out = np.empty_like(photo)
