@@ -24,7 +24,7 @@ import numpy as np
 
 from clipalbum.server.enhance.cases import CASES, case_correction, degrade_case
 from clipalbum.server.enhance.evaluate import clean_photos, globally_corrected, psnr
-from clipalbum.server.enhance.exposure import WHITE_QUANTILE, white_point_ev
+from clipalbum.server.enhance.exposure import WHITE_QUANTILE, exposure_view, white_point_ev
 from clipalbum.server.enhance.manifest import PACKAGED_ENHANCER
 from clipalbum.server.enhance.runtime import EnhanceOptions, Enhancer, photo_pivot
 from clipalbum.server.preprocess import decode_photo
@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
             degraded = degrade_case(clean, case, args.seed, key=name)
             exact = case_correction(case, args.seed, key=name)
             head = enhancer.predict_params(degraded)  # no CLIP embedding: the shipped head does not read one
-            white = white_point_ev(degraded, exact, float(photo_pivot(degraded)))
+            white = white_point_ev(exposure_view(degraded), exact, float(photo_pivot(degraded)))
             auto = enhancer.resolve_params(degraded, EnhanceOptions(), None, None)
             errors["head_ev"].append(head.exposure_ev - exact.exposure_ev)
             errors["head_log_red"].append(head.log_gain_red - exact.log_gain_red)

@@ -119,7 +119,7 @@ def position_noise(seed: int, top: int, left: int, height: int, width: int) -> n
     with np.errstate(over="ignore"):
         bits = _splitmix64(key)
     scale = np.float32(2.0 ** -32)
-    u1 = ((bits >> np.uint64(32)).astype(np.float32) + np.float32(0.5)) * scale  # in (0, 1): log(u1) is finite
+    u1 = ((bits >> np.uint64(32)).astype(np.float32) + np.float32(0.5)) * scale  # in (0, 1]: log(u1) is finite
     angle = (bits & np.uint64(0xFFFFFFFF)).astype(np.float32) * np.float32(2 * np.pi * 2.0 ** -32)
     radius = np.sqrt(np.float32(-2) * np.log(u1))
     return np.concatenate([radius * np.cos(angle), radius * np.sin(angle)])[None]
@@ -175,23 +175,20 @@ class Enhancer:
         return GlobalParams(*(float(v) for v in self.head.run(None, feed)[0][0]))
 
     def resolve_params(self, photo: npt.NDArray[np.uint8], options: EnhanceOptions,
-                       embedding: npt.NDArray[np.float32] | None, prompt: npt.NDArray[np.float32] | None,
-                       sigma: float | None = None) -> GlobalParams:
-        """The automatic correction (the head's, its exposure by auto_exposure) with the user's fixed values put in
-        its place. `sigma`: the photo's noise estimate (0..1 units), where the caller has it."""
+                       embedding: npt.NDArray[np.float32] | None, prompt: npt.NDArray[np.float32] | None) -> GlobalParams:
+        """The automatic correction (the head's; its exposure by auto_exposure) with the user's fixed values put in
+        its place."""
         auto = self.predict_params(photo, embedding, prompt)
-        exposure = options.exposure
-        if exposure is None:
-            plain = auto if prompt is None else self.predict_params(photo, embedding, None)
-            noise = float(photo_noise(photo) if sigma is None else sigma) * 255
-            exposure = auto_exposure(photo, plain, photo_pivot(photo), noise)
-            exposure += auto.exposure_ev - plain.exposure_ev  # a prompt ("brighter") moves it as it moves the head
         red, blue = ((auto.log_gain_red, auto.log_gain_blue) if options.temperature is None
                      else kelvin_log_gains(options.temperature))
-        return GlobalParams(
-            exposure_ev=float(exposure), log_gain_red=red, log_gain_blue=blue,
-            contrast_log=auto.contrast_log if options.contrast is None else float(options.contrast) * CONTRAST_LOG_MAX,
-        )
+        contrast = auto.contrast_log if options.contrast is None else float(options.contrast) * CONTRAST_LOG_MAX
+        params = GlobalParams(0.0, red, blue, contrast)
+        if options.exposure is not None:
+            return params._replace(exposure_ev=float(options.exposure))
+        plain = auto if prompt is None else self.predict_params(photo, embedding, None)
+        exposure = auto_exposure(photo, plain, params, float(photo_pivot(photo)))
+        # a prompt ("brighter") moves the exposure as it moves the head's
+        return params._replace(exposure_ev=exposure + auto.exposure_ev - plain.exposure_ev)
 
     def enhance(self, photo: npt.NDArray[np.uint8], options: EnhanceOptions = EnhanceOptions(),
                 embedding: npt.NDArray[np.float32] | None = None, prompt: npt.NDArray[np.float32] | None = None,
@@ -205,9 +202,9 @@ class Enhancer:
             raise ValueError(f"expected an (H, W, 3) uint8 photo, got {photo.shape} {photo.dtype}")
         if not 0 <= (options.denoise if options.denoise is not None else 1.0) <= 1:
             raise ValueError("denoise must be between 0 and 1")
-        sigma = photo_noise(photo)
-        params = params or self.resolve_params(photo, options, embedding, prompt, sigma)
+        params = params or self.resolve_params(photo, options, embedding, prompt)
         pivot = photo_pivot(photo)
+        sigma = photo_noise(photo)
         strength = auto_denoise(float(sigma)) if options.denoise is None else float(options.denoise)
         height, width = photo.shape[:2]
         out = np.empty_like(photo)

@@ -1,82 +1,105 @@
-"""--exposure auto: a clean photo is brightened until its highlights reach white; a noisy one keeps the head's."""
+"""--exposure auto: a clean photo is brightened until its highlights reach white; a noisy or flat one keeps the
+head's exposure; a preview and the full-size photo get the same."""
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
+from PIL import Image
 
 from clipalbum.server.enhance.cases import degrade_case
 from clipalbum.server.enhance.color import GlobalParams, apply_gains
-from clipalbum.server.enhance.exposure import HEAD_DARKEN_EV, MAX_BRIGHTEN_EV, NOISY_LEVELS, auto_exposure, white_point_ev
+from clipalbum.server.enhance.exposure import (HEAD_DARKEN_EV, MAX_BRIGHTEN_EV, VIEW_SIDE, auto_exposure,
+                                               exposure_view, white_point_ev)
 from clipalbum.server.enhance.manifest import PACKAGED_ENHANCER
-from clipalbum.server.enhance.runtime import EnhanceOptions, Enhancer, photo_noise, photo_pivot
+from clipalbum.server.enhance.runtime import EnhanceOptions, Enhancer, photo_pivot
 from tests.enhance.conftest import real_photo
 
 needs_packaged = pytest.mark.skipif(not (PACKAGED_ENHANCER / "enhancer.json").is_file(),
                                     reason="the packaged enhancer is not installed")
+NONE = GlobalParams()
 
 
 def darker(photo: np.ndarray, ev: float) -> np.ndarray:
     scale = np.float32(2.0 ** -ev)
-    return (apply_gains(photo.astype(np.float32) / 255, scale, scale, scale, channel_axis=-1) * 255).round().astype(np.uint8)
+    out = apply_gains(photo.astype(np.float32) / 255, scale, scale, scale, channel_axis=-1)
+    return (out * 255).round().astype(np.uint8)
+
+
+def pivot(photo: np.ndarray) -> float:
+    return float(photo_pivot(photo))
 
 
 def test_the_white_point_undoes_an_underexposure_and_never_darkens() -> None:
     photo = real_photo("coffee.png")  # its highlights reach white
-    none = GlobalParams()
-    assert white_point_ev(photo, none, float(photo_pivot(photo))) == 0.0
+    assert white_point_ev(photo, NONE, pivot(photo)) == 0.0
     for ev in (0.5, 1.5):
         dark = darker(photo, ev)
-        assert white_point_ev(dark, none, float(photo_pivot(dark))) == pytest.approx(ev, abs=0.05)
-    black = np.zeros((8, 8, 3), dtype=np.uint8)
-    assert white_point_ev(black, none, 0.0) == MAX_BRIGHTEN_EV
+        assert white_point_ev(dark, NONE, pivot(dark)) == pytest.approx(ev, abs=0.05)
+    assert white_point_ev(np.zeros((8, 8, 3), dtype=np.uint8), NONE, 0.0) == MAX_BRIGHTEN_EV
 
 
-def test_the_white_point_is_read_after_the_colour_correction() -> None:
-    photo = darker(real_photo("coffee.png"), 1.0)
-    pivot = float(photo_pivot(photo))
-    # Halving red and blue leaves green to reach white: the same exposure or more, never less.
-    cooler = white_point_ev(photo, GlobalParams(log_gain_red=np.log(0.5), log_gain_blue=np.log(0.5)), pivot)
-    assert cooler >= white_point_ev(photo, GlobalParams(), pivot) - 1e-6
-    assert white_point_ev(photo, GlobalParams(exposure_ev=2.0), pivot) == white_point_ev(photo, GlobalParams(), pivot)
-
-
-def test_a_large_photo_is_read_on_a_grid_and_agrees_with_its_centre_crop() -> None:
-    small = darker(real_photo("coffee.png"), 1.0)
-    large = np.tile(small, (5, 5, 1))  # 2,000 x 3,000: read on a grid, not every pixel
-    assert white_point_ev(large, GlobalParams(), float(photo_pivot(large))) == pytest.approx(
-        white_point_ev(small, GlobalParams(), float(photo_pivot(small))), abs=0.02)
+def test_the_white_point_is_read_after_the_colour_and_contrast_correction() -> None:
+    dark = darker(real_photo("coffee.png"), 1.0)
+    plain = white_point_ev(dark, NONE, pivot(dark))
+    # Red and blue doubled reach white sooner: less to brighten. More contrast lifts the highlights too.
+    red_and_blue_doubled = GlobalParams(log_gain_red=math.log(2), log_gain_blue=math.log(2))
+    assert white_point_ev(dark, red_and_blue_doubled, pivot(dark)) < plain - 0.5
+    assert white_point_ev(dark, GlobalParams(contrast_log=math.log(2)), pivot(dark)) < plain - 0.5
+    assert white_point_ev(dark, GlobalParams(exposure_ev=2.0), pivot(dark)) == plain  # its own exposure is ignored
 
 
 def test_auto_exposure_picks_the_white_point_or_the_head() -> None:
     photo = real_photo("coffee.png")
-    pivot = float(photo_pivot(photo))
     dark = darker(photo, 1.0)
     head = GlobalParams(exposure_ev=0.4)
-    assert auto_exposure(dark, head, float(photo_pivot(dark)), noise_levels=2.0) == pytest.approx(1.0, abs=0.05)
-    assert auto_exposure(dark, head, float(photo_pivot(dark)), noise_levels=NOISY_LEVELS) == 0.4  # noise: the head
+    assert auto_exposure(dark, head, NONE, pivot(dark)) == pytest.approx(1.0, abs=0.05)
+    noisy = (dark + np.random.default_rng(0).normal(0, 20, dark.shape)).clip(0, 255).astype(np.uint8)
+    assert auto_exposure(noisy, head, NONE, pivot(noisy)) == 0.4  # noise lifts the highlights: the head's
     # At white already: no change, unless the head darkens clearly (an over-exposed photo).
-    assert auto_exposure(photo, GlobalParams(exposure_ev=-HEAD_DARKEN_EV / 2), pivot, 2.0) == 0.0
-    assert auto_exposure(photo, GlobalParams(exposure_ev=-0.8), pivot, 2.0) == -0.8
+    assert auto_exposure(photo, GlobalParams(exposure_ev=-HEAD_DARKEN_EV / 2), NONE, pivot(photo)) == 0.0
+    assert auto_exposure(photo, GlobalParams(exposure_ev=-0.8), NONE, pivot(photo)) == -0.8
+    # A flat photo (a grey card, fog) has no highlights to read: the head's, not +2 EV to pure white.
+    grey = np.full((64, 64, 3), 128, dtype=np.uint8)
+    assert white_point_ev(grey, NONE, pivot(grey)) > 2 and auto_exposure(grey, head, NONE, pivot(grey)) == 0.4
+
+
+def test_a_preview_and_the_full_size_photo_get_the_same_exposure() -> None:
+    # A dark, noisy 3.8 MP photo: at full size its noise (about 15 levels) would hide the highlights; the exposure
+    # is read from the photo averaged down to about the web page's preview, as the preview itself is.
+    base = Image.fromarray(darker(real_photo("coffee.png"), 1.0)).resize((2400, 1600), Image.Resampling.BICUBIC)
+    full = (np.asarray(base, dtype=np.float32) + np.random.default_rng(1).normal(0, 15, (1600, 2400, 3)))
+    full = full.clip(0, 255).astype(np.uint8)
+    preview = np.asarray(Image.fromarray(full).resize((VIEW_SIDE, VIEW_SIDE * 2 // 3), Image.Resampling.BOX))
+    assert max(exposure_view(full).shape) <= VIEW_SIDE
+    head = GlobalParams(exposure_ev=0.2)
+    at_full = auto_exposure(full, head, NONE, pivot(full))
+    at_preview = auto_exposure(preview, head, NONE, pivot(preview))
+    assert at_full != 0.2 and at_full == pytest.approx(at_preview, abs=0.1)
+    assert at_full == pytest.approx(1.0, abs=0.15)
 
 
 @needs_packaged
 def test_an_underexposed_photo_gets_the_white_points_exposure_and_a_prompt_still_moves_it() -> None:
     enhancer = Enhancer(PACKAGED_ENHANCER)
     under = degrade_case(real_photo("coffee.png"), "under", seed=0)  # -1.5 EV, clean
-    sigma = float(photo_noise(under))
     params = enhancer.resolve_params(under, EnhanceOptions(), None, None)
     head = enhancer.predict_params(under)
     # read after the head's contrast and colour, which lift the highlights a little here
-    assert params.exposure_ev == white_point_ev(under, head, float(photo_pivot(under))) and 1.3 < params.exposure_ev < 1.6
+    assert params.exposure_ev == white_point_ev(under, head, pivot(under)) and 1.3 < params.exposure_ev < 1.6
     assert params._replace(exposure_ev=0.0) == head._replace(exposure_ev=0.0)
-    assert params == enhancer.resolve_params(under, EnhanceOptions(), None, None, sigma)
     _, applied = enhancer.enhance(under)
     assert applied.params == params
-    prompt = np.random.default_rng(0).standard_normal((1, enhancer.embed_dim)).astype(np.float32)
-    shift = enhancer.predict_params(under, None, prompt).exposure_ev - head.exposure_ev
+    # A fixed temperature changes the colour the white point is read after.
+    tungsten = enhancer.resolve_params(under, EnhanceOptions(temperature=3000), None, None)
+    assert tungsten.exposure_ev == white_point_ev(under, tungsten, pivot(under)) != params.exposure_ev
+    prompt = (np.random.default_rng(0).standard_normal((1, enhancer.embed_dim)) * 0.1).astype(np.float32)  # a mild one
+    prompted_head = enhancer.predict_params(under, None, prompt)
+    shift = prompted_head.exposure_ev - head.exposure_ev
     assert shift != 0.0
     prompted = enhancer.resolve_params(under, EnhanceOptions(), None, prompt)
-    assert prompted.exposure_ev == pytest.approx(params.exposure_ev + shift, abs=1e-6)
+    assert prompted.exposure_ev == pytest.approx(white_point_ev(under, prompted_head, pivot(under)) + shift, abs=1e-6)
     # The user's value wins over auto.
     assert enhancer.resolve_params(under, EnhanceOptions(exposure=0.25), None, prompt).exposure_ev == 0.25

@@ -10,8 +10,8 @@ from PIL import Image
 
 from clipalbum.server.enhance import ddim
 from clipalbum.server.enhance.color import correct, degrade_global, kelvin_log_gains, linear_to_srgb, srgb_to_linear
-from clipalbum.server.enhance.noise import estimate_sigma, noise_map
-from clipalbum.server.enhance.runtime import pixel_shuffle, plan_tiles, position_noise
+from clipalbum.server.enhance.noise import estimate_sigma
+from clipalbum.server.enhance.runtime import pixel_shuffle, plan_tiles
 from tests.conftest import skimage_data_dir
 
 torch = pytest.importorskip("torch", reason="the torch side of each check needs clipalbum[train]")
@@ -78,27 +78,6 @@ def test_numpy_ddim_matches_diffusers(steps: int) -> None:
 def test_pixel_shuffle_matches_torch() -> None:
     x = torch.randn(1, 12, 5, 7)
     assert np.array_equal(pixel_shuffle(x[0].numpy()), torch.nn.functional.pixel_shuffle(x, 2)[0].numpy())
-
-
-def test_start_noise_is_standard_normal_keyed_to_place_and_seed() -> None:
-    noise = position_noise(seed=3, top=40, left=16, height=96, width=128)
-    assert noise.shape == (1, 12, 96, 128) and noise.dtype == np.float32 and np.isfinite(noise).all()
-    assert abs(float(noise.mean())) < 0.01 and abs(float(noise.std()) - 1) < 0.01
-    flat = noise[0].reshape(12, -1)
-    assert np.abs(np.corrcoef(flat) - np.eye(12)).max() < 0.03  # channels (and the c / c + 6 pairs) independent
-    # An overlapping window reads the same values where it overlaps: tiles agree on their shared context.
-    other = position_noise(seed=3, top=70, left=0, height=50, width=60)
-    assert np.array_equal(noise[:, :, 30:80, :44], other[:, :, :, 16:])
-    assert np.abs(np.corrcoef(noise.ravel(), position_noise(4, 40, 16, 96, 128).ravel())[0, 1]) < 0.02
-
-
-def test_noise_map_given_the_corrected_photo_is_the_same(photo: np.ndarray) -> None:
-    x = photo[:64, :64].astype(np.float32).transpose(2, 0, 1)[None] / 255
-    params = tuple(np.float32(v) for v in (0.7, 0.1, -0.2, 0.3))
-    pivot, sigma = np.float32(x.mean()), np.float32(0.05)
-    corrected = correct(x, params, pivot, channel_axis=1)
-    assert np.array_equal(noise_map(x, params, pivot, sigma, channel_axis=1),
-                          noise_map(x, params, pivot, sigma, channel_axis=1, corrected=corrected))
 
 
 def test_tiles_cover_every_pixel_once_with_context_inside_the_photo() -> None:
