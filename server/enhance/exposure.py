@@ -64,6 +64,8 @@ def auto_exposure(photo: npt.NDArray[np.uint8], head: GlobalParams, correction: 
     """The exposure (EV) `--exposure auto` applies. `head`: the head's correction; `correction`: the colour and
     contrast that will be applied (the head's or the user's); `pivot`: the photo's mean (0..1)."""
     view = exposure_view(photo)
+    if min(view.shape[:2]) < 2:  # no 2x2 block to measure noise on, and no highlights to speak of
+        return head.exposure_ev
     if float(estimate_sigma(view.astype(np.float32) / 255, channel_axis=-1)) * 255 >= NOISY_LEVELS:
         return head.exposure_ev
     white, median = np.quantile(_brightest(view, correction, pivot), (WHITE_QUANTILE, 0.5))

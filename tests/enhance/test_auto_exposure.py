@@ -4,6 +4,7 @@ head's exposure; a preview and the full-size photo get the same."""
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -64,6 +65,10 @@ def test_auto_exposure_picks_the_white_point_or_the_head() -> None:
     # A flat photo (a grey card, fog) has no highlights to read: the head's, not +2 EV to pure white.
     grey = np.full((64, 64, 3), 128, dtype=np.uint8)
     assert white_point_ev(grey, NONE, pivot(grey)) > 2 and auto_exposure(grey, head, NONE, pivot(grey)) == 0.4
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # e.g. numpy's "mean of empty slice"
+        for shape in ((1, 1, 3), (1, 9, 3)):  # too thin to measure: the head's
+            assert auto_exposure(np.full(shape, 60, dtype=np.uint8), head, NONE, 60 / 255) == 0.4
 
 
 def test_a_preview_and_the_full_size_photo_get_the_same_exposure() -> None:
