@@ -1,9 +1,9 @@
 """How far the enhancer's global head is from what it could be: its exposure and colour errors against the exact
 correction of each case, and the PSNR of the global correction alone (no UNet) for the head, for the white point,
-for what ships (`--exposure auto`: the white point where the photo is clean, the head elsewhere; colour and
-contrast the head's) and for the exact correction, side by side on the same degraded photos; prints JSON.
+for what ships (`auto`: where the photo is clean, contrast from its black point and exposure from its white
+point; colour the head's) and for the exact correction, side by side on the same degraded photos; prints JSON.
 
-The white point (server/enhance/exposure.py) brightens until the photo's brightest pixels (the 99.9th percentile
+The white point (server/enhance/tone.py) brightens until the photo's brightest pixels (the 99.9th percentile
 of each pixel's brightest channel, in linear light, after the colour correction) reach white, never darkens, at
 most +2.5 EV. Its column is scored with the exact colour correction, so that only exposure differs from the
 exact column; so is "head_exposure", the head's. "auto" is the whole automatic correction as it ships.
@@ -24,7 +24,7 @@ import numpy as np
 
 from clipalbum.server.enhance.cases import CASES, case_correction, degrade_case
 from clipalbum.server.enhance.evaluate import clean_photos, globally_corrected, psnr
-from clipalbum.server.enhance.exposure import WHITE_QUANTILE, exposure_view, white_point_ev
+from clipalbum.server.enhance.tone import WHITE_QUANTILE, tone_view, white_point_ev
 from clipalbum.server.enhance.manifest import PACKAGED_ENHANCER
 from clipalbum.server.enhance.runtime import EnhanceOptions, Enhancer, photo_pivot
 from clipalbum.server.preprocess import decode_photo
@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
             degraded = degrade_case(clean, case, args.seed, key=name)
             exact = case_correction(case, args.seed, key=name)
             head = enhancer.predict_params(degraded)  # no CLIP embedding: the shipped head does not read one
-            white = white_point_ev(exposure_view(degraded), exact, float(photo_pivot(degraded)))
+            white = white_point_ev(tone_view(degraded), exact, float(photo_pivot(degraded)))
             auto = enhancer.resolve_params(degraded, EnhanceOptions(), None, None)
             errors["head_ev"].append(head.exposure_ev - exact.exposure_ev)
             errors["head_log_red"].append(head.log_gain_red - exact.log_gain_red)

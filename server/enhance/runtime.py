@@ -21,7 +21,7 @@ from PIL import Image
 from clipalbum.server.encoders import make_session
 from clipalbum.server.enhance import ddim
 from clipalbum.server.enhance.color import CONTRAST_LOG_MAX, GlobalParams, correct, kelvin_log_gains
-from clipalbum.server.enhance.exposure import auto_exposure
+from clipalbum.server.enhance.tone import auto_contrast, auto_exposure, read_tone
 from clipalbum.server.enhance.manifest import EnhancerManifest, Precision, read_enhancer_manifest
 from clipalbum.server.enhance.noise import estimate_sigma, noise_map
 
@@ -176,19 +176,24 @@ class Enhancer:
 
     def resolve_params(self, photo: npt.NDArray[np.uint8], options: EnhanceOptions,
                        embedding: npt.NDArray[np.float32] | None, prompt: npt.NDArray[np.float32] | None) -> GlobalParams:
-        """The automatic correction (the head's; its exposure by auto_exposure) with the user's fixed values put in
-        its place."""
+        """The automatic correction (colour from the head, tone from server.enhance.tone) with the user's fixed
+        values put in its place. A prompt ("brighter", "more contrast") moves the tone as it moves the head's."""
         auto = self.predict_params(photo, embedding, prompt)
+        plain = auto if prompt is None else self.predict_params(photo, embedding, None)
         red, blue = ((auto.log_gain_red, auto.log_gain_blue) if options.temperature is None
                      else kelvin_log_gains(options.temperature))
-        contrast = auto.contrast_log if options.contrast is None else float(options.contrast) * CONTRAST_LOG_MAX
+        pivot = float(photo_pivot(photo))
+        reading = read_tone(photo)
+        if options.contrast is not None:
+            contrast = float(options.contrast) * CONTRAST_LOG_MAX
+        else:
+            contrast = (auto_contrast(reading, plain, GlobalParams(0.0, red, blue, 0.0), pivot)
+                        + (auto.contrast_log - plain.contrast_log))
         params = GlobalParams(0.0, red, blue, contrast)
         if options.exposure is not None:
             return params._replace(exposure_ev=float(options.exposure))
-        plain = auto if prompt is None else self.predict_params(photo, embedding, None)
-        exposure = auto_exposure(photo, plain, params, float(photo_pivot(photo)))
-        # a prompt ("brighter") moves the exposure as it moves the head's
-        return params._replace(exposure_ev=exposure + auto.exposure_ev - plain.exposure_ev)
+        exposure = auto_exposure(reading, plain, params, pivot) + (auto.exposure_ev - plain.exposure_ev)
+        return params._replace(exposure_ev=exposure)
 
     def enhance(self, photo: npt.NDArray[np.uint8], options: EnhanceOptions = EnhanceOptions(),
                 embedding: npt.NDArray[np.float32] | None = None, prompt: npt.NDArray[np.float32] | None = None,

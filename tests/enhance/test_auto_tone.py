@@ -1,5 +1,5 @@
-"""--exposure auto: a clean photo is brightened until its highlights reach white; a noisy or flat one keeps the
-head's exposure; a preview and the full-size photo get the same."""
+"""Automatic tone: a clean photo's lost contrast comes back from its black point and its exposure from its white
+point; a noisy, flat or thin one keeps the head's; a preview and the full-size photo get the same."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ import pytest
 from PIL import Image
 
 from clipalbum.server.enhance.cases import degrade_case
-from clipalbum.server.enhance.color import GlobalParams, apply_gains
-from clipalbum.server.enhance.exposure import (HEAD_DARKEN_EV, MAX_BRIGHTEN_EV, VIEW_SIDE, auto_exposure,
-                                               exposure_view, white_point_ev)
+from clipalbum.server.enhance.color import CONTRAST_LOG_MAX, GlobalParams, apply_gains, degrade_global
+from clipalbum.server.enhance.tone import (HEAD_DARKEN_EV, MAX_BRIGHTEN_EV, VIEW_SIDE, auto_contrast, auto_exposure,
+                                           black_point_contrast, read_tone, tone_view, white_point_ev)
 from clipalbum.server.enhance.manifest import PACKAGED_ENHANCER
 from clipalbum.server.enhance.runtime import EnhanceOptions, Enhancer, photo_pivot
 from tests.enhance.conftest import real_photo
@@ -56,19 +56,45 @@ def test_auto_exposure_picks_the_white_point_or_the_head() -> None:
     photo = real_photo("coffee.png")
     dark = darker(photo, 1.0)
     head = GlobalParams(exposure_ev=0.4)
-    assert auto_exposure(dark, head, NONE, pivot(dark)) == pytest.approx(1.0, abs=0.05)
+    assert auto_exposure(read_tone(dark), head, NONE, pivot(dark)) == pytest.approx(1.0, abs=0.05)
     noisy = (dark + np.random.default_rng(0).normal(0, 20, dark.shape)).clip(0, 255).astype(np.uint8)
-    assert auto_exposure(noisy, head, NONE, pivot(noisy)) == 0.4  # noise lifts the highlights: the head's
+    assert auto_exposure(read_tone(noisy), head, NONE, pivot(noisy)) == 0.4  # noise lifts the highlights: the head's
     # At white already: no change, unless the head darkens clearly (an over-exposed photo).
-    assert auto_exposure(photo, GlobalParams(exposure_ev=-HEAD_DARKEN_EV / 2), NONE, pivot(photo)) == 0.0
-    assert auto_exposure(photo, GlobalParams(exposure_ev=-0.8), NONE, pivot(photo)) == -0.8
+    assert auto_exposure(read_tone(photo), GlobalParams(exposure_ev=-HEAD_DARKEN_EV / 2), NONE, pivot(photo)) == 0.0
+    assert auto_exposure(read_tone(photo), GlobalParams(exposure_ev=-0.8), NONE, pivot(photo)) == -0.8
     # A flat photo (a grey card, fog) has no highlights to read: the head's, not +2 EV to pure white.
     grey = np.full((64, 64, 3), 128, dtype=np.uint8)
-    assert white_point_ev(grey, NONE, pivot(grey)) > 2 and auto_exposure(grey, head, NONE, pivot(grey)) == 0.4
+    assert white_point_ev(grey, NONE, pivot(grey)) > 2
+    assert auto_exposure(read_tone(grey), head, NONE, pivot(grey)) == 0.4
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # e.g. numpy's "mean of empty slice"
         for shape in ((1, 1, 3), (1, 9, 3)):  # too thin to measure: the head's
-            assert auto_exposure(np.full(shape, 60, dtype=np.uint8), head, NONE, 60 / 255) == 0.4
+            assert auto_exposure(read_tone(np.full(shape, 60, dtype=np.uint8)), head, NONE, 60 / 255) == 0.4
+
+
+def faded(photo: np.ndarray, contrast_log: float) -> np.ndarray:
+    x = photo.astype(np.float32) / 255
+    out = degrade_global(x, (0.0, 0.0, 0.0, np.float32(contrast_log)), np.float32(x.mean()), channel_axis=-1)
+    return (out * 255).round().astype(np.uint8)
+
+
+def test_the_black_point_gives_back_lost_contrast_and_leaves_an_underexposure_alone() -> None:
+    photo = real_photo("coffee.png")  # holds black: its contrast needs nothing
+    assert black_point_contrast(photo, pivot(photo)) < 0.02
+    assert black_point_contrast(darker(photo, 1.5), pivot(darker(photo, 1.5))) < 0.02  # dark, not faded
+    for lost in (0.2, 0.5):
+        flat = faded(photo, lost)
+        assert black_point_contrast(flat, pivot(flat)) == pytest.approx(lost, abs=0.03)
+    head = GlobalParams(contrast_log=0.1)
+    flat = faded(photo, 0.3)
+    assert auto_contrast(read_tone(flat), head, NONE, pivot(flat)) == pytest.approx(0.3, abs=0.03)
+    # Highlights at white: nothing was lost, whatever the blacks say (a misty scene holds no black).
+    misty = (photo.astype(np.float32) * 0.8 + 51).round().astype(np.uint8)  # black lifted to 51, white kept
+    assert black_point_contrast(misty, pivot(misty)) > 0.1
+    assert auto_contrast(read_tone(misty), head, NONE, pivot(misty)) == 0.0
+    grey = np.full((64, 64, 3), 128, dtype=np.uint8)  # no black, no white: the head's
+    assert black_point_contrast(grey, pivot(grey)) == CONTRAST_LOG_MAX
+    assert auto_contrast(read_tone(grey), head, NONE, 0.5) == 0.1
 
 
 def test_a_preview_and_the_full_size_photo_get_the_same_exposure() -> None:
@@ -78,23 +104,24 @@ def test_a_preview_and_the_full_size_photo_get_the_same_exposure() -> None:
     full = (np.asarray(base, dtype=np.float32) + np.random.default_rng(1).normal(0, 15, (1600, 2400, 3)))
     full = full.clip(0, 255).astype(np.uint8)
     preview = np.asarray(Image.fromarray(full).resize((VIEW_SIDE, VIEW_SIDE * 2 // 3), Image.Resampling.BOX))
-    assert max(exposure_view(full).shape) <= VIEW_SIDE
+    assert max(tone_view(full).shape) <= VIEW_SIDE
     head = GlobalParams(exposure_ev=0.2)
-    at_full = auto_exposure(full, head, NONE, pivot(full))
-    at_preview = auto_exposure(preview, head, NONE, pivot(preview))
+    at_full = auto_exposure(read_tone(full), head, NONE, pivot(full))
+    at_preview = auto_exposure(read_tone(preview), head, NONE, pivot(preview))
     assert at_full != 0.2 and at_full == pytest.approx(at_preview, abs=0.1)
     assert at_full == pytest.approx(1.0, abs=0.15)
 
 
 @needs_packaged
-def test_an_underexposed_photo_gets_the_white_points_exposure_and_a_prompt_still_moves_it() -> None:
+def test_the_enhancer_takes_tone_from_the_photo_colour_from_the_head_and_a_prompt_moves_both() -> None:
     enhancer = Enhancer(PACKAGED_ENHANCER)
     under = degrade_case(real_photo("coffee.png"), "under", seed=0)  # -1.5 EV, clean
     params = enhancer.resolve_params(under, EnhanceOptions(), None, None)
     head = enhancer.predict_params(under)
-    # read after the head's contrast and colour, which lift the highlights a little here
-    assert params.exposure_ev == white_point_ev(under, head, pivot(under)) and 1.3 < params.exposure_ev < 1.6
-    assert params._replace(exposure_ev=0.0) == head._replace(exposure_ev=0.0)
+    # colour the head's; contrast from the black point (none lost); exposure read after both
+    assert (params.log_gain_red, params.log_gain_blue) == (head.log_gain_red, head.log_gain_blue)
+    assert params.contrast_log == black_point_contrast(under, pivot(under)) < 0.02
+    assert params.exposure_ev == white_point_ev(under, params, pivot(under)) == pytest.approx(1.5, abs=0.05)
     _, applied = enhancer.enhance(under)
     assert applied.params == params
     # A fixed temperature changes the colour the white point is read after.
@@ -105,6 +132,7 @@ def test_an_underexposed_photo_gets_the_white_points_exposure_and_a_prompt_still
     shift = prompted_head.exposure_ev - head.exposure_ev
     assert shift != 0.0
     prompted = enhancer.resolve_params(under, EnhanceOptions(), None, prompt)
-    assert prompted.exposure_ev == pytest.approx(white_point_ev(under, prompted_head, pivot(under)) + shift, abs=1e-6)
+    assert prompted.exposure_ev == pytest.approx(white_point_ev(under, prompted, pivot(under)) + shift, abs=1e-6)
+    assert prompted.contrast_log == pytest.approx(params.contrast_log + prompted_head.contrast_log - head.contrast_log)
     # The user's value wins over auto.
     assert enhancer.resolve_params(under, EnhanceOptions(exposure=0.25), None, prompt).exposure_ev == 0.25
