@@ -179,21 +179,22 @@ class Enhancer:
         """The automatic correction (colour from the head, tone from server.enhance.tone) with the user's fixed
         values put in its place. A prompt ("brighter", "more contrast") moves the tone as it moves the head's."""
         auto = self.predict_params(photo, embedding, prompt)
-        plain = auto if prompt is None else self.predict_params(photo, embedding, None)
         red, blue = ((auto.log_gain_red, auto.log_gain_blue) if options.temperature is None
                      else kelvin_log_gains(options.temperature))
+        params = GlobalParams(0.0, red, blue, 0.0 if options.contrast is None
+                              else float(options.contrast) * CONTRAST_LOG_MAX)
+        if options.exposure is not None and options.contrast is not None:
+            return params._replace(exposure_ev=float(options.exposure))
+        plain_head = auto if prompt is None else self.predict_params(photo, embedding, None)
         pivot = float(photo_pivot(photo))
         reading = read_tone(photo)
-        if options.contrast is not None:
-            contrast = float(options.contrast) * CONTRAST_LOG_MAX
-        else:
-            contrast = (auto_contrast(reading, plain, GlobalParams(0.0, red, blue, 0.0), pivot)
-                        + (auto.contrast_log - plain.contrast_log))
-        params = GlobalParams(0.0, red, blue, contrast)
+        if options.contrast is None:
+            contrast = auto_contrast(reading, plain_head, params, pivot)
+            params = params._replace(contrast_log=contrast + (auto.contrast_log - plain_head.contrast_log))
         if options.exposure is not None:
             return params._replace(exposure_ev=float(options.exposure))
-        exposure = auto_exposure(reading, plain, params, pivot) + (auto.exposure_ev - plain.exposure_ev)
-        return params._replace(exposure_ev=exposure)
+        exposure = auto_exposure(reading, plain_head, params, pivot)
+        return params._replace(exposure_ev=exposure + (auto.exposure_ev - plain_head.exposure_ev))
 
     def enhance(self, photo: npt.NDArray[np.uint8], options: EnhanceOptions = EnhanceOptions(),
                 embedding: npt.NDArray[np.float32] | None = None, prompt: npt.NDArray[np.float32] | None = None,

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from clipalbum.server.enhance.cases import degrade_case
-from clipalbum.server.enhance.color import CONTRAST_LOG_MAX, GlobalParams, apply_gains, degrade_global
+from clipalbum.server.enhance.color import GlobalParams, apply_gains, correct, degrade_global
 from clipalbum.server.enhance.tone import (HEAD_DARKEN_EV, MAX_BRIGHTEN_EV, VIEW_SIDE, auto_contrast, auto_exposure,
                                            black_point_contrast, read_tone, tone_view, white_point_ev)
 from clipalbum.server.enhance.manifest import PACKAGED_ENHANCER
@@ -92,9 +92,19 @@ def test_the_black_point_gives_back_lost_contrast_and_leaves_an_underexposure_al
     misty = (photo.astype(np.float32) * 0.8 + 51).round().astype(np.uint8)  # black lifted to 51, white kept
     assert black_point_contrast(misty, pivot(misty)) > 0.1
     assert auto_contrast(read_tone(misty), head, NONE, pivot(misty)) == 0.0
+    # Just short of white: stretched only as far as white, not burnt out.
+    hazy = (photo.astype(np.float32) * 0.76 + 51).round().astype(np.uint8)  # black 51, white 245
+    stretch = auto_contrast(read_tone(hazy), head, NONE, pivot(hazy))
+    assert 0 < stretch < black_point_contrast(hazy, pivot(hazy))
+    stretched = correct(hazy.astype(np.float32) / 255, (0.0, 0.0, 0.0, stretch), np.float32(pivot(hazy)), -1)
+    brightest = stretched.max(axis=-1)
+    assert (brightest >= 1.0).mean() < 0.01
     grey = np.full((64, 64, 3), 128, dtype=np.uint8)  # no black, no white: the head's
-    assert black_point_contrast(grey, pivot(grey)) == CONTRAST_LOG_MAX
-    assert auto_contrast(read_tone(grey), head, NONE, 0.5) == 0.1
+    assert black_point_contrast(grey, pivot(grey)) == 0.0
+    assert auto_contrast(read_tone(grey), head, NONE, pivot(grey)) == 0.1
+    black = np.zeros((64, 64, 3), dtype=np.uint8)  # nothing to read: the head's, not +2.5 EV
+    assert not read_tone(black).readable
+    assert auto_exposure(read_tone(black), GlobalParams(exposure_ev=0.4), NONE, 0.0) == 0.4
 
 
 def test_a_preview_and_the_full_size_photo_get_the_same_exposure() -> None:
@@ -124,6 +134,10 @@ def test_the_enhancer_takes_tone_from_the_photo_colour_from_the_head_and_a_promp
     assert params.exposure_ev == white_point_ev(under, params, pivot(under)) == pytest.approx(1.5, abs=0.05)
     _, applied = enhancer.enhance(under)
     assert applied.params == params
+    flat = faded(real_photo("coffee.png"), 0.3)  # contrast lost: the black point gives it back
+    assert enhancer.resolve_params(flat, EnhanceOptions(), None, None).contrast_log == pytest.approx(0.3, abs=0.05)
+    fixed = enhancer.resolve_params(flat, EnhanceOptions(contrast=0.0), None, None)  # exposure still auto
+    assert fixed.contrast_log == 0.0 and fixed.exposure_ev == white_point_ev(flat, fixed, pivot(flat))
     # A fixed temperature changes the colour the white point is read after.
     tungsten = enhancer.resolve_params(under, EnhanceOptions(temperature=3000), None, None)
     assert tungsten.exposure_ev == white_point_ev(under, tungsten, pivot(under)) != params.exposure_ev
