@@ -75,10 +75,11 @@ def black_point_contrast(view: npt.NDArray[np.uint8], pivot: float) -> float:
     return max(0.0, min(-math.log(1 - black / pivot), CONTRAST_LOG_MAX))  # max: no -0.0
 
 
-def _highlights_stay_below_white(view: npt.NDArray[np.uint8], colour: GlobalParams, pivot: float,
-                                 contrast: float) -> float:
+def _capped_at_white(view: npt.NDArray[np.uint8], colour: GlobalParams, pivot: float, contrast: float) -> float:
     """`contrast`, lowered where it would stretch the highlights (the WHITE_QUANTILE of each pixel's brightest
-    channel, sRGB, after `colour`) past white: a misty photo just short of white must not burn out."""
+    channel, sRGB, after `colour`) past white: 0 for a photo already at white (fading pulls the highlights down
+    too, so it lost none; a misty scene simply holds no black), and a hazy one just short of white must not burn
+    out."""
     applied = tuple(np.float32(v) for v in colour._replace(exposure_ev=0.0, contrast_log=0.0))
     coloured = correct(view.astype(np.float32) / 255, applied, np.float32(pivot), channel_axis=-1)
     white = float(np.quantile(coloured.max(axis=-1), WHITE_QUANTILE))
@@ -107,13 +108,10 @@ def read_tone(photo: npt.NDArray[np.uint8]) -> ToneReading:
 
 def auto_contrast(reading: ToneReading, head: GlobalParams, colour: GlobalParams, pivot: float) -> float:
     """The contrast correction `--contrast auto` applies (log of the stretch). `colour`: the colour correction
-    that will be applied; `pivot`: the photo's mean (0..1). A photo whose highlights reach white has lost no
-    contrast (fading pulls them down too), whatever its blacks say: many scenes hold no black."""
+    that will be applied; `pivot`: the photo's mean (0..1)."""
     if not reading.readable:
         return head.contrast_log
-    if white_point_ev(reading.view, colour._replace(contrast_log=0.0), pivot) == 0.0:
-        return 0.0
-    return _highlights_stay_below_white(reading.view, colour, pivot, black_point_contrast(reading.view, pivot))
+    return _capped_at_white(reading.view, colour, pivot, black_point_contrast(reading.view, pivot))
 
 
 def auto_exposure(reading: ToneReading, head: GlobalParams, correction: GlobalParams, pivot: float) -> float:
