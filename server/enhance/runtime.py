@@ -20,7 +20,7 @@ from PIL import Image
 
 from clipalbum.server.encoders import make_session
 from clipalbum.server.enhance import ddim
-from clipalbum.server.enhance.color import CONTRAST_LOG_MAX, GlobalParams, correct, kelvin_log_gains
+from clipalbum.server.enhance.color import CONTRAST_LOG_MAX, GlobalParams, apply_gains, correct, kelvin_log_gains
 from clipalbum.server.enhance.tone import auto_contrast, auto_exposure, read_tone
 from clipalbum.server.enhance.manifest import EnhancerManifest, Precision, read_enhancer_manifest
 from clipalbum.server.enhance.noise import estimate_sigma, noise_map
@@ -187,7 +187,7 @@ class Enhancer:
             return params._replace(exposure_ev=float(options.exposure))
         plain_head = auto if prompt is None else self.predict_params(photo, embedding, None)
         pivot = float(photo_pivot(photo))
-        reading = read_tone(photo)
+        reading = read_tone(photo, denoise=lambda view: self.denoised_view(view, plain_head))
         if options.contrast is None:
             contrast = auto_contrast(reading, plain_head, params, pivot)
             params = params._replace(contrast_log=contrast + (auto.contrast_log - plain_head.contrast_log))
@@ -195,6 +195,17 @@ class Enhancer:
             return params._replace(exposure_ev=float(options.exposure))
         exposure = auto_exposure(reading, plain_head, params, pivot)
         return params._replace(exposure_ev=exposure + (auto.exposure_ev - plain_head.exposure_ev))
+
+    def denoised_view(self, view: npt.NDArray[np.uint8], head: GlobalParams) -> npt.NDArray[np.uint8]:
+        """A noisy tone view denoised by the UNet, for the tone rules to read. It is denoised brightened by the
+        head's exposure, then darkened back: the UNet learned on corrected photos, and a dark view denoised as
+        it is kept highlights bright enough to cost the combined case 1.8 dB of its global correction
+        (one-off measurement on city + scenery)."""
+        ev = max(head.exposure_ev, 0.0)
+        bright, _ = self.enhance(view, EnhanceOptions(denoise=1.0), params=GlobalParams(exposure_ev=ev))
+        scale = np.float32(2.0 ** -ev)
+        back = apply_gains(bright.astype(np.float32) / 255, scale, scale, scale, channel_axis=-1)
+        return (back * 255 + 0.5).astype(np.uint8)
 
     def enhance(self, photo: npt.NDArray[np.uint8], options: EnhanceOptions = EnhanceOptions(),
                 embedding: npt.NDArray[np.float32] | None = None, prompt: npt.NDArray[np.float32] | None = None,

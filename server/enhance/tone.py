@@ -8,12 +8,14 @@ and loses its white; a faded one (contrast lost about its mean) lifts its blacks
 how much contrast was lost, and once that is undone the white point says how far to brighten. Measured on those
 photos and on enhance-dev's city and scenery (neither trained on), both beat the head's estimates in every
 noise-free case but over-exposure (README, "Photo enhancement"). Noise lifts the highlights and hides the
-blacks, so a noisy photo keeps the head's tone; so does a flat one (fog, a grey card), which has neither.
+blacks, so a noisy photo is read once denoised (the caller passes its denoiser: the enhancer's own UNet), or
+keeps the head's tone where there is none; so does a flat one (fog, a grey card), which has neither.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import NamedTuple
 
 import numpy as np
@@ -26,7 +28,8 @@ from clipalbum.server.enhance.noise import estimate_sigma
 WHITE_QUANTILE = 0.999  # the brightest 0.1 % of pixels may clip (lamps, the sun, speculars)
 BLACK_QUANTILE = 0.001  # and the darkest 0.1 % (noise, dead pixels)
 MAX_BRIGHTEN_EV = 2.5
-# The head decides above this noise estimate (8-bit levels): noise of sigma lifts the highlights by about 3 sigma.
+# Above this noise estimate (8-bit levels) the view is denoised first, or the head decides: noise of sigma lifts
+# the highlights by about 3 sigma.
 NOISY_LEVELS = 10.0
 # A photo already at white keeps the head's exposure only where the head darkens by more than this (EV): its
 # smaller corrections are mostly its own error on photos that needed none (city + scenery, the one-off rule sweep).
@@ -95,13 +98,17 @@ class ToneReading(NamedTuple):
     readable: bool  # False: too thin, too noisy or too flat to read; the head's values stand
 
 
-def read_tone(photo: npt.NDArray[np.uint8]) -> ToneReading:
-    """The photo's tone view, and whether the rules can read it (not too thin, too noisy or too flat)."""
+def read_tone(photo: npt.NDArray[np.uint8],
+              denoise: Callable[[npt.NDArray[np.uint8]], npt.NDArray[np.uint8]] | None = None) -> ToneReading:
+    """The photo's tone view, and whether the rules can read it (not too thin, too noisy or too flat). A view
+    whose noise would hide its highlights and blacks is read through `denoise` where the caller has one."""
     view = tone_view(photo)
     if min(view.shape[:2]) < 2:  # no 2x2 block to measure noise on, and no highlights to speak of
         return ToneReading(view, False)
     if float(estimate_sigma(view.astype(np.float32) / 255, channel_axis=-1)) * 255 >= NOISY_LEVELS:
-        return ToneReading(view, False)
+        if denoise is None:
+            return ToneReading(view, False)
+        view = denoise(view)
     white, median = np.quantile(_brightest(view, GlobalParams(), 0.0), (WHITE_QUANTILE, 0.5))
     return ToneReading(view, bool(white > median * 2 ** MIN_RANGE_STOPS))  # flat (or black): nothing to read
 

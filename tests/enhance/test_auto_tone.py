@@ -12,8 +12,9 @@ from PIL import Image
 
 from clipalbum.server.enhance.cases import degrade_case
 from clipalbum.server.enhance.color import GlobalParams, apply_gains, correct, degrade_global
-from clipalbum.server.enhance.tone import (HEAD_DARKEN_EV, MAX_BRIGHTEN_EV, VIEW_SIDE, auto_contrast, auto_exposure,
-                                           black_point_contrast, read_tone, tone_view, white_point_ev)
+from clipalbum.server.enhance.noise import estimate_sigma
+from clipalbum.server.enhance.tone import (HEAD_DARKEN_EV, MAX_BRIGHTEN_EV, NOISY_LEVELS, VIEW_SIDE, auto_contrast,
+                                           auto_exposure, black_point_contrast, read_tone, tone_view, white_point_ev)
 from clipalbum.server.enhance.manifest import PACKAGED_ENHANCER
 from clipalbum.server.enhance.runtime import EnhanceOptions, Enhancer, photo_pivot
 from tests.enhance.conftest import real_photo
@@ -57,8 +58,9 @@ def test_auto_exposure_picks_the_white_point_or_the_head() -> None:
     dark = darker(photo, 1.0)
     head = GlobalParams(exposure_ev=0.4)
     assert auto_exposure(read_tone(dark), head, NONE, pivot(dark)) == pytest.approx(1.0, abs=0.05)
-    noisy = (dark + np.random.default_rng(0).normal(0, 20, dark.shape)).clip(0, 255).astype(np.uint8)
-    assert auto_exposure(read_tone(noisy), head, NONE, pivot(noisy)) == 0.4  # noise lifts the highlights: the head's
+    grainy = noisy(dark, 20)
+    assert white_point_ev(grainy, NONE, pivot(grainy)) < 0.5  # of 1 EV: noise lifts the highlights
+    assert auto_exposure(read_tone(grainy), head, NONE, pivot(grainy)) == 0.4  # and without a denoiser, the head's
     # At white already: no change, unless the head darkens clearly (an over-exposed photo).
     assert auto_exposure(read_tone(photo), GlobalParams(exposure_ev=-HEAD_DARKEN_EV / 2), NONE, pivot(photo)) == 0.0
     assert auto_exposure(read_tone(photo), GlobalParams(exposure_ev=-0.8), NONE, pivot(photo)) == -0.8
@@ -70,6 +72,26 @@ def test_auto_exposure_picks_the_white_point_or_the_head() -> None:
         warnings.simplefilter("error")  # e.g. numpy's "mean of empty slice"
         for shape in ((1, 1, 3), (1, 9, 3)):  # too thin to measure: the head's
             assert auto_exposure(read_tone(np.full(shape, 60, dtype=np.uint8)), head, NONE, 60 / 255) == 0.4
+
+
+def noisy(photo: np.ndarray, sigma: float, seed: int = 0) -> np.ndarray:
+    out = photo + np.random.default_rng(seed).normal(0, sigma, photo.shape)
+    return out.clip(0, 255).round().astype(np.uint8)
+
+
+def test_a_noisy_photo_is_read_through_the_callers_denoiser_and_a_clean_one_never_is() -> None:
+    seen = []
+
+    def denoise(view: np.ndarray) -> np.ndarray:
+        seen.append(view.shape)
+        return darker(real_photo("coffee.png"), 1.0)  # what a perfect denoiser would give back
+
+    dark = darker(real_photo("coffee.png"), 1.0)
+    assert read_tone(dark, denoise).readable and seen == []  # clean: read as it is
+    reading = read_tone(noisy(dark, 20), denoise)
+    assert seen == [dark.shape] and reading.readable
+    assert auto_exposure(reading, GlobalParams(exposure_ev=0.4), NONE, pivot(dark)) == pytest.approx(1.0, abs=0.05)
+    assert not read_tone(noisy(dark, 20)).readable  # no denoiser: the head's
 
 
 def faded(photo: np.ndarray, contrast_log: float) -> np.ndarray:
@@ -150,3 +172,17 @@ def test_the_enhancer_takes_tone_from_the_photo_colour_from_the_head_and_a_promp
     assert prompted.contrast_log == pytest.approx(params.contrast_log + prompted_head.contrast_log - head.contrast_log)
     # The user's value wins over auto.
     assert enhancer.resolve_params(under, EnhanceOptions(exposure=0.25), None, prompt).exposure_ev == 0.25
+
+
+@needs_packaged
+def test_the_enhancer_reads_a_noisy_photos_tone_once_its_unet_has_denoised_it() -> None:
+    enhancer = Enhancer(PACKAGED_ENHANCER)
+    for ev, sigma in ((0.0, 25), (1.5, 20)):  # the eval's noise25, and darker and noisier than its combined
+        photo = noisy(darker(real_photo("rocket.jpg"), ev), sigma)  # its clean highlights reach white
+        head = enhancer.predict_params(photo)
+        params = enhancer.resolve_params(photo, EnhanceOptions(), None, None)
+        assert params.exposure_ev == pytest.approx(ev, abs=0.15)
+        assert abs(params.contrast_log) < 0.1
+        view = enhancer.denoised_view(tone_view(photo), head)
+        assert float(estimate_sigma(view.astype(np.float32) / 255, channel_axis=-1)) * 255 < NOISY_LEVELS / 3
+        assert params.exposure_ev == white_point_ev(view, params, pivot(photo))
