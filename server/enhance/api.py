@@ -45,12 +45,12 @@ class EnhanceBody(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     denoise: Annotated[float, msgspec.Meta(ge=0, le=1, description="0 keeps the noise, 1 removes all the "
                                                                    "model finds; null: by the noise the photo "
                                                                    "shows, none on a clean one")] | None = None
-    exposure: Annotated[float, msgspec.Meta(ge=-5, le=5, description="EV added in linear light; null: a clean "
-                                                                    "photo up to where its highlights reach white, "
-                                                                    "a noisy one the model's choice")] | None = None
-    contrast: Annotated[float, msgspec.Meta(ge=0, le=1, description="0 as is, 1 doubles contrast; null: a clean "
-                                                                   "photo's lost contrast, from its black point, a "
-                                                                   "noisy one the model's choice")] | None = None
+    exposure: Annotated[float, msgspec.Meta(ge=-5, le=5, description="EV added in linear light; null: up to "
+                                                                    "where the photo's highlights reach white "
+                                                                    "(read once denoised)")] | None = None
+    contrast: Annotated[float, msgspec.Meta(ge=0, le=1, description="0 as is, 1 doubles contrast; null: the "
+                                                                   "photo's lost contrast, from its black point "
+                                                                   "(read once denoised)")] | None = None
     temperature: Annotated[float, msgspec.Meta(
         ge=1500, le=15000, description="the light the photo was taken in, in kelvin (3000: tungsten), "
                                        "corrected to daylight")] | None = None

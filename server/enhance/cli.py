@@ -53,11 +53,11 @@ def photo_parser() -> argparse.ArgumentParser:
     p.add_argument("--denoise", default=None, type=_auto_or_float(0, 1, "--denoise"), metavar="auto|0..1",
                    help="how much noise to remove (default auto: by the noise the photo shows, none on a clean one)")
     p.add_argument("--exposure", default=None, type=_auto_or_float(-5, 5, "--exposure"), metavar="auto|EV",
-                   help="brighten (+) or darken (-) in stops (default auto: a clean photo up to where its "
-                        "highlights reach white, a noisy one the model's choice)")
+                   help="brighten (+) or darken (-) in stops (default auto: up to where the photo's highlights "
+                        "reach white, read once denoised)")
     p.add_argument("--contrast", default=None, type=_auto_or_float(0, 1, "--contrast"), metavar="auto|0..1",
-                   help="how far to stretch the tones (default auto: a clean photo's lost contrast, from its "
-                        "black point; a noisy one the model's choice)")
+                   help="how far to stretch the tones (default auto: the photo's lost contrast, from its black "
+                        "point, read once denoised)")
     p.add_argument("--temperature", default=None, type=_auto_or_float(1500, 15000, "--temperature"),
                    metavar="auto|KELVIN", help="the light the photo was taken in (3000: tungsten; corrected to daylight)")
     p.add_argument("--prompt", help='what the result should look like, e.g. "warm evening light" or "brighter"')

@@ -197,10 +197,10 @@ class Enhancer:
         return params._replace(exposure_ev=exposure + (auto.exposure_ev - plain_head.exposure_ev))
 
     def denoised_view(self, view: npt.NDArray[np.uint8], head: GlobalParams) -> npt.NDArray[np.uint8]:
-        """A noisy tone view denoised by the UNet, for the tone rules to read. It is denoised brightened by the
-        head's exposure, then darkened back: the UNet learned on corrected photos, and a dark view denoised as
-        it is kept highlights bright enough to cost the combined case 1.8 dB of its global correction
-        (one-off measurement on city + scenery)."""
+        """A noisy tone view denoised by the UNet, for the tone rules to read. The view is brightened by the
+        head's exposure for the UNet and darkened back after: the UNet learned on corrected photos, and a dark
+        view denoised as it is kept its highlights too bright, which cost the combined case 1.8 dB of its
+        global correction (one-off measurement on city + scenery)."""
         ev = max(head.exposure_ev, 0.0)
         bright, _ = self.enhance(view, EnhanceOptions(denoise=1.0), params=GlobalParams(exposure_ev=ev))
         scale = np.float32(2.0 ** -ev)

@@ -1,5 +1,5 @@
-"""Automatic tone: exposure from the photo's white point, contrast from its black point, where noise does not
-hide them; the head's values elsewhere.
+"""Automatic tone: exposure from the photo's white point, contrast from its black point (read once denoised where
+noise would hide them); the head's values where there is nothing to read.
 
 Cameras expose for the highlights and most scenes hold something near black: 89 % of flickr8k-dev's 796 real
 album photos have the 99.9th percentile of their brightest channel within 5 % of white, 97 % the 0.1th
