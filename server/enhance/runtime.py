@@ -1,6 +1,7 @@
 """The enhancer at serving time: ONNX Runtime on the CPU, the photo in overlapping tiles.
 
-One photo goes: thumbnail -> head (global correction, unless the caller set it) -> per tile: correction,
+One photo goes: thumbnail -> head (global correction, unless the caller set it; tone from the photo, through a
+UNet pass over its reduced tone view where noise hides it: server.enhance.tone) -> per tile: correction,
 noise map, DDIM steps of the UNet (none on a photo too clean to denoise) -> the restored core of each tile
 written into the result. Memory stays at the photo (uint8 in and out) plus one tile's tensors, whatever the
 photo's size.
@@ -198,9 +199,12 @@ class Enhancer:
 
     def denoised_view(self, view: npt.NDArray[np.uint8], head: GlobalParams) -> npt.NDArray[np.uint8]:
         """A noisy tone view denoised by the UNet, for the tone rules to read. The view is brightened by the
-        head's exposure for the UNet and darkened back after: the UNet learned on corrected photos, and a dark
-        view denoised as it is kept its highlights too bright, which cost the combined case 1.8 dB of its
-        global correction (one-off measurement on city + scenery)."""
+        head's exposure (where the head brightens) for the UNet and darkened back after: the UNet learned on
+        corrected photos, and a dark view denoised as it is kept its highlights too bright, which cost the
+        combined case 1.8 dB of its global correction (one-off measurement on city + scenery). Highlights
+        the brightening clips come back at the head's exposure, so the rules then read at least the head's
+        brightening; the remedies tried cost dark noisy photos more than they gave (README, "Automatic
+        tone")."""
         ev = max(head.exposure_ev, 0.0)
         bright, _ = self.enhance(view, EnhanceOptions(denoise=1.0), params=GlobalParams(exposure_ev=ev))
         scale = np.float32(2.0 ** -ev)

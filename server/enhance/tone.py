@@ -8,8 +8,8 @@ and loses its white; a faded one (contrast lost about its mean) lifts its blacks
 how much contrast was lost, and once that is undone the white point says how far to brighten. Measured on those
 photos and on enhance-dev's city and scenery (neither trained on), both beat the head's estimates in every
 noise-free case but over-exposure (README, "Photo enhancement"). Noise lifts the highlights and hides the
-blacks, so a noisy photo is read once denoised (the caller passes its denoiser: the enhancer's own UNet), or
-keeps the head's tone where there is none; so does a flat one (fog, a grey card), which has neither.
+blacks, so a noisy photo is read once denoised (the caller passes its denoiser: the enhancer's own UNet); without
+a denoiser it keeps the head's tone, as a flat one (fog, a grey card), which has neither, always does.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from clipalbum.server.enhance.noise import estimate_sigma
 WHITE_QUANTILE = 0.999  # the brightest 0.1 % of pixels may clip (lamps, the sun, speculars)
 BLACK_QUANTILE = 0.001  # and the darkest 0.1 % (noise, dead pixels)
 MAX_BRIGHTEN_EV = 2.5
-# Above this noise estimate (8-bit levels) the view is denoised first, or the head decides: noise of sigma lifts
+# From this noise estimate up (8-bit levels) the view is denoised first, or the head decides: noise of sigma lifts
 # the highlights by about 3 sigma.
 NOISY_LEVELS = 10.0
 # A photo already at white keeps the head's exposure only where the head darkens by more than this (EV): its
@@ -95,7 +95,7 @@ class ToneReading(NamedTuple):
     """What the automatic tone rules read from a photo, once."""
 
     view: npt.NDArray[np.uint8]
-    readable: bool  # False: too thin, too noisy or too flat to read; the head's values stand
+    readable: bool  # False: too thin, too flat, or too noisy with no denoiser; the head's values stand
 
 
 def read_tone(photo: npt.NDArray[np.uint8],

@@ -1,5 +1,6 @@
-"""Automatic tone: a clean photo's lost contrast comes back from its black point and its exposure from its white
-point; a noisy, flat or thin one keeps the head's; a preview and the full-size photo get the same."""
+"""Automatic tone: a photo's lost contrast comes back from its black point and its exposure from its white point,
+read through the UNet where noise hides them; a flat or thin one keeps the head's; a preview and the full-size
+photo get the same."""
 
 from __future__ import annotations
 
@@ -92,6 +93,8 @@ def test_a_noisy_photo_is_read_through_the_callers_denoiser_and_a_clean_one_neve
     assert seen == [dark.shape] and reading.readable
     assert auto_exposure(reading, GlobalParams(exposure_ev=0.4), NONE, pivot(dark)) == pytest.approx(1.0, abs=0.05)
     assert not read_tone(noisy(dark, 20)).readable  # no denoiser: the head's
+    grey = np.full((64, 64, 3), 128, dtype=np.uint8)  # denoised, still flat: nothing to read
+    assert not read_tone(noisy(grey, 20), lambda view: grey).readable
 
 
 def faded(photo: np.ndarray, contrast_log: float) -> np.ndarray:
@@ -186,3 +189,21 @@ def test_the_enhancer_reads_a_noisy_photos_tone_once_its_unet_has_denoised_it() 
         view = enhancer.denoised_view(tone_view(photo), head)
         assert float(estimate_sigma(view.astype(np.float32) / 255, channel_axis=-1)) * 255 < NOISY_LEVELS / 3
         assert params.exposure_ev == white_point_ev(view, params, pivot(photo))
+
+
+@needs_packaged
+def test_fixed_tone_skips_the_views_denoising_and_tiny_noisy_photos_still_work(monkeypatch: pytest.MonkeyPatch) -> None:
+    enhancer = Enhancer(PACKAGED_ENHANCER)
+    photo = noisy(darker(real_photo("rocket.jpg"), 1.0), 20)
+    calls = []
+    real = enhancer.denoised_view
+    monkeypatch.setattr(enhancer, "denoised_view", lambda view, head: calls.append(view.shape) or real(view, head))
+    fixed = enhancer.resolve_params(photo, EnhanceOptions(exposure=0.5, contrast=0.0), None, None)
+    assert calls == [] and (fixed.exposure_ev, fixed.contrast_log) == (0.5, 0.0)
+    enhancer.resolve_params(photo, EnhanceOptions(), None, None)
+    assert calls == [photo.shape]
+    for shape in ((2, 2, 3), (3, 5, 3), (7, 9, 3)):  # smaller than the UNet's multiple: padded, not a crash
+        tiny = noisy(np.full(shape, 90, dtype=np.uint8), 40, seed=2)
+        out, applied = enhancer.enhance(tiny)
+        assert out.shape == shape and out.dtype == np.uint8 and all(math.isfinite(v) for v in applied.params)
+    assert calls[1:] == [(2, 2, 3), (3, 5, 3), (7, 9, 3)]  # each was read through the denoiser
