@@ -100,8 +100,8 @@ class ToneReading(NamedTuple):
 
 def read_tone(photo: npt.NDArray[np.uint8],
               denoise: Callable[[npt.NDArray[np.uint8]], npt.NDArray[np.uint8]] | None = None) -> ToneReading:
-    """The photo's tone view, and whether the rules can read it (not too thin, too noisy or too flat). A view
-    whose noise would hide its highlights and blacks is read through `denoise` where the caller has one."""
+    """The photo's tone view, and whether the rules can read it (not too thin or too flat). A view whose noise
+    would hide its highlights and blacks is read through `denoise`; without one, it is too noisy to read."""
     view = tone_view(photo)
     if min(view.shape[:2]) < 2:  # no 2x2 block to measure noise on, and no highlights to speak of
         return ToneReading(view, False)
