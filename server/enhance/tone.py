@@ -51,11 +51,18 @@ def tone_view(photo: npt.NDArray[np.uint8]) -> npt.NDArray[np.uint8]:
     return np.asarray(Image.fromarray(photo).reduce(factor))
 
 
+def _corrected(view: npt.NDArray[np.uint8], correction: GlobalParams, pivot: float) -> npt.NDArray[np.float32]:
+    """The view in 0..1 (sRGB) after `correction`; the identity costs nothing (the flatness check reads the view
+    as it is, and the sRGB round trip of a correction that changes nothing was a third of its time)."""
+    x = view.astype(np.float32) / 255
+    if correction == GlobalParams():
+        return x
+    return correct(x, tuple(np.float32(v) for v in correction), np.float32(pivot), channel_axis=-1)
+
+
 def _brightest(view: npt.NDArray[np.uint8], correction: GlobalParams, pivot: float) -> npt.NDArray[np.float32]:
     """Each pixel's brightest channel in linear light, after `correction`'s contrast and colour (not its exposure)."""
-    applied = tuple(np.float32(v) for v in correction._replace(exposure_ev=0.0))
-    corrected = correct(view.astype(np.float32) / 255, applied, np.float32(pivot), channel_axis=-1)
-    return srgb_to_linear(corrected).max(axis=-1)
+    return srgb_to_linear(_corrected(view, correction._replace(exposure_ev=0.0), pivot)).max(axis=-1)
 
 
 def _to_white(white: float) -> float:
@@ -83,8 +90,7 @@ def _capped_at_white(view: npt.NDArray[np.uint8], colour: GlobalParams, pivot: f
     channel, sRGB, after `colour`) past white: 0 for a photo already at white (fading pulls the highlights down
     too, so it lost none; a misty scene simply holds no black), and a hazy one just short of white must not burn
     out."""
-    applied = tuple(np.float32(v) for v in colour._replace(exposure_ev=0.0, contrast_log=0.0))
-    coloured = correct(view.astype(np.float32) / 255, applied, np.float32(pivot), channel_axis=-1)
+    coloured = _corrected(view, colour._replace(exposure_ev=0.0, contrast_log=0.0), pivot)
     white = float(np.quantile(coloured.max(axis=-1), WHITE_QUANTILE))
     if white <= pivot:
         return contrast

@@ -31,6 +31,11 @@ def darker(photo: np.ndarray, ev: float) -> np.ndarray:
     return (out * 255).round().astype(np.uint8)
 
 
+def noisy(photo: np.ndarray, sigma: float, seed: int = 0) -> np.ndarray:
+    out = photo + np.random.default_rng(seed).normal(0, sigma, photo.shape)
+    return out.clip(0, 255).round().astype(np.uint8)
+
+
 def pivot(photo: np.ndarray) -> float:
     return float(photo_pivot(photo))
 
@@ -73,11 +78,6 @@ def test_auto_exposure_picks_the_white_point_or_the_head() -> None:
         warnings.simplefilter("error")  # e.g. numpy's "mean of empty slice"
         for shape in ((1, 1, 3), (1, 9, 3)):  # too thin to measure: the head's
             assert auto_exposure(read_tone(np.full(shape, 60, dtype=np.uint8)), head, NONE, 60 / 255) == 0.4
-
-
-def noisy(photo: np.ndarray, sigma: float, seed: int = 0) -> np.ndarray:
-    out = photo + np.random.default_rng(seed).normal(0, sigma, photo.shape)
-    return out.clip(0, 255).round().astype(np.uint8)
 
 
 def test_a_noisy_photo_is_read_through_the_callers_denoiser_and_a_clean_one_never_is() -> None:
@@ -136,8 +136,7 @@ def test_a_preview_and_the_full_size_photo_get_the_same_exposure() -> None:
     # A dark, noisy 3.8 MP photo: at full size its noise (about 15 levels) would hide the highlights; the exposure
     # is read from the photo averaged down to about the web page's preview, as the preview itself is.
     base = Image.fromarray(darker(real_photo("coffee.png"), 1.0)).resize((2400, 1600), Image.Resampling.BICUBIC)
-    full = (np.asarray(base, dtype=np.float32) + np.random.default_rng(1).normal(0, 15, (1600, 2400, 3)))
-    full = full.clip(0, 255).astype(np.uint8)
+    full = noisy(np.asarray(base), 15, seed=1)
     preview = np.asarray(Image.fromarray(full).resize((VIEW_SIDE, VIEW_SIDE * 2 // 3), Image.Resampling.BOX))
     assert max(tone_view(full).shape) <= VIEW_SIDE
     head = GlobalParams(exposure_ev=0.2)
